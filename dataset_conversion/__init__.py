@@ -1,0 +1,1 @@
+"""Converters from public data set layouts to nnU-Net raw format (one module per data set)."""

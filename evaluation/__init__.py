@@ -1,0 +1,1 @@
+"""Metrics and reports beyond nnU-Net's own Dice/IoU evaluation."""

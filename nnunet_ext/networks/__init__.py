@@ -1,0 +1,1 @@
+"""Building blocks for the method trainers (filled in by the method issues)."""

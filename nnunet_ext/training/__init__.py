@@ -1,0 +1,1 @@
+"""Shared trainer machinery: auxiliary state in checkpoints, phases, seeding, short variants."""

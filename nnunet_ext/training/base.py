@@ -1,0 +1,257 @@
+"""What every nnunet-ext trainer needs and the stock nnUNetTrainer lacks.
+
+- auxiliary networks (priors, discriminators, generators, teachers) with their optimizers and schedulers, saved in
+  the same checkpoint as the segmentation network, so `nnUNetv2_train ... --c` resumes all of them;
+- training in phases (see phases.py) with a `train_step_<phase>` per phase;
+- optional seeding, with the random state carried in checkpoints so that a resumed run continues the same random
+  stream as an uninterrupted one (single-process data augmentation, nnUNet_n_proc_DA=0);
+- a clean stop after N epochs (environment variable nnUNet_ext_stop_after_epochs), for jobs on clusters with a time
+  limit and for resume tests;
+- checkpoints written atomically (temporary file, then rename), so a kill while saving never leaves a broken file.
+
+The trainer keeps nnU-Net's __init__ signature (nnU-Net records it to rebuild the trainer); everything is
+configured through attributes set after super().__init__, as nnU-Net's own variants do.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import sys
+from os.path import join
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nnunet_ext.training.phases import NETWORK, PhaseSchedule, ResolvedPhase
+
+STOP_AFTER_ENV = "nnUNet_ext_stop_after_epochs"
+SEED_ENV = "nnUNet_ext_seed"
+CHECKPOINT_KEY = "nnunet_ext"
+CHECKPOINT_FORMAT = 1
+
+
+def env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def capture_rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def atomic_torch_save(obj, filename: str) -> None:
+    """torch.save through a temporary file in the same folder and os.replace, which is atomic on POSIX."""
+    tmp = f"{filename}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, filename)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module behind DDP and torch.compile wrappers (their state_dict keys differ)."""
+    if isinstance(module, DDP):
+        module = module.module
+    return getattr(module, "_orig_mod", module)
+
+
+class nnUNetExtTrainer(nnUNetTrainer):
+    """nnUNetTrainer plus the shared machinery. Methods override the hooks below, not the plumbing."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.seed: int | None = env_int(SEED_ENV)
+        self.stop_after_epochs: int | None = env_int(STOP_AFTER_ENV)
+        # None: the stock single-phase behaviour; methods assign a PhaseSchedule in their __init__
+        self.phase_schedule: PhaseSchedule | None = None
+        self.current_phase: ResolvedPhase | None = None
+        self.aux_modules: dict[str, nn.Module] = {}
+        self.aux_optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.aux_lr_schedulers: dict[str, object] = {}
+        self._rng_state_to_restore: dict | None = None
+
+    # ------------------------------------------------------------------ hooks for the methods
+    def build_aux_modules(self) -> dict[str, nn.Module]:
+        """Auxiliary networks by name, built after the segmentation network (self.network exists)."""
+        return {}
+
+    def configure_aux_optimizers(self) -> dict[str, tuple[torch.optim.Optimizer, object | None]]:
+        """(optimizer, lr scheduler or None) per name; schedulers are stepped with the epoch like nnU-Net's."""
+        return {}
+
+    def extra_checkpoint_state(self) -> dict:
+        """Method state that is not a module or optimizer (selected organs, pseudo-mask thresholds, counters)."""
+        return {}
+
+    def load_extra_checkpoint_state(self, state: dict) -> None:
+        pass
+
+    def on_phase_start(self, phase: ResolvedPhase) -> None:
+        """Called once when a phase begins, also when a resumed run starts inside it."""
+
+    # ------------------------------------------------------------------ set-up
+    def modules_by_name(self) -> dict[str, nn.Module]:
+        return {NETWORK: self.network, **self.aux_modules}
+
+    def initialize(self):
+        if self.seed is not None:
+            # ranks draw different batches, as in stock nnU-Net; DDP broadcasts rank 0's initial weights anyway
+            seed_everything(self.seed + self.local_rank)
+        super().initialize()
+        modules = self.build_aux_modules()
+        if NETWORK in modules:
+            raise ValueError(f"{self.__class__.__name__}: '{NETWORK}' is reserved for the segmentation network")
+        self.aux_modules = {}
+        for name, module in modules.items():
+            module = module.to(self.device)
+            if self.is_ddp and any(p.requires_grad for p in module.parameters()):
+                module = DDP(nn.SyncBatchNorm.convert_sync_batchnorm(module), device_ids=[self.local_rank])
+            self.aux_modules[name] = module
+        optimizers = self.configure_aux_optimizers()
+        unknown = set(optimizers) - set(self.aux_modules)
+        if unknown:
+            raise ValueError(f"{self.__class__.__name__}: optimizers for unknown auxiliary modules {sorted(unknown)}")
+        self.aux_optimizers = {k: opt for k, (opt, _) in optimizers.items()}
+        self.aux_lr_schedulers = {k: sched for k, (_, sched) in optimizers.items() if sched is not None}
+        if self.phase_schedule is not None:
+            missing = self.phase_schedule.module_names() - set(self.modules_by_name())
+            if missing:
+                raise ValueError(f"{self.__class__.__name__}: the phase schedule trains unknown modules "
+                                 f"{sorted(missing)}; known: {sorted(self.modules_by_name())}")
+            self.phase_schedule.resolve(self.num_epochs)  # fail at start-up, not hours later
+            self.print_to_log_file(f"Phases: {self.phase_schedule.describe(self.num_epochs)}")
+
+    def on_train_start(self):
+        super().on_train_start()
+        # the data loaders draw warm-up batches in on_train_start; a resumed run must continue the stream after
+        # them exactly where the interrupted run stood, so the saved state is restored only now
+        if self._rng_state_to_restore is not None:
+            restore_rng_state(self._rng_state_to_restore)
+            self._rng_state_to_restore = None
+
+    # ------------------------------------------------------------------ phases
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        for sched in self.aux_lr_schedulers.values():
+            sched.step(self.current_epoch)
+        if self.phase_schedule is None:
+            return
+        phase = self.phase_schedule.phase_at(self.current_epoch, self.num_epochs)
+        if self.current_phase is None or phase.name != self.current_phase.name:
+            self.print_to_log_file(f"Phase '{phase.name}' (epochs {phase.start}-{phase.end - 1}): trains "
+                                   f"{', '.join(phase.phase.train) or 'nothing'}")
+            self.current_phase = phase
+            self.on_phase_start(phase)
+        self.current_phase = phase
+        for name, module in self.modules_by_name().items():
+            trains = phase.phase.trains(name)
+            module.train(trains)
+            for p in module.parameters():
+                p.requires_grad_(trains)
+
+    def train_step(self, batch: dict) -> dict:
+        if self.current_phase is None:
+            return super().train_step(batch)
+        step = getattr(self, f"train_step_{self.current_phase.name}", None)
+        if step is not None:
+            return step(batch)
+        if self.current_phase.phase.train == (NETWORK,):
+            return super().train_step(batch)
+        raise NotImplementedError(f"{self.__class__.__name__} has no train_step_{self.current_phase.name} for "
+                                  f"phase '{self.current_phase.name}', which trains {self.current_phase.phase.train}")
+
+    # ------------------------------------------------------------------ stopping and resuming
+    def on_epoch_end(self):
+        super().on_epoch_end()  # increments current_epoch to the number of finished epochs
+        n = self.stop_after_epochs
+        if n is not None and self.current_epoch == n and n < self.num_epochs:
+            self.current_epoch -= 1  # save_checkpoint stores current_epoch + 1, as in on_train_end
+            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+            self.current_epoch += 1
+            self.print_to_log_file(f"Stopping after {n} epochs ({STOP_AFTER_ENV}={n}); continue with "
+                                   f"nnUNetv2_train ... --c")
+            for loader in (self.dataloader_train, self.dataloader_val):
+                if hasattr(loader, "_finish"):
+                    loader._finish()
+            if self.is_ddp:
+                dist.barrier()
+            sys.exit(0)
+
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0 or self.disable_checkpointing:
+            super().save_checkpoint(filename)
+            return
+        # nnU-Net assembles its part of the checkpoint; ours is added to the same file before one atomic write
+        buffer = io.BytesIO()
+        super().save_checkpoint(buffer)
+        checkpoint = torch.load(io.BytesIO(buffer.getvalue()), map_location="cpu", weights_only=False)
+        checkpoint[CHECKPOINT_KEY] = {
+            "format": CHECKPOINT_FORMAT,
+            "aux_modules": {k: unwrap(m).state_dict() for k, m in self.aux_modules.items()},
+            "aux_optimizers": {k: o.state_dict() for k, o in self.aux_optimizers.items()},
+            "aux_lr_schedulers": {k: s.state_dict() for k, s in self.aux_lr_schedulers.items()
+                                  if hasattr(s, "state_dict")},
+            "phase": self.current_phase.name if self.current_phase is not None else None,
+            "rng": capture_rng_state(),
+            "extra": self.extra_checkpoint_state(),
+        }
+        atomic_torch_save(checkpoint, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint: str) -> None:
+        if not isinstance(filename_or_checkpoint, str | os.PathLike):
+            raise TypeError(f"{self.__class__.__name__}.load_checkpoint takes a checkpoint file path")
+        filename = os.fspath(filename_or_checkpoint)
+        super().load_checkpoint(filename)
+        checkpoint = torch.load(filename, map_location=self.device, weights_only=False)
+        ours = checkpoint.get(CHECKPOINT_KEY)
+        if ours is None:
+            if self.aux_modules or self.aux_optimizers:
+                raise RuntimeError(f"{filename} was written by {checkpoint.get('trainer_name')}, which saves no "
+                                   f"auxiliary state; {self.__class__.__name__} needs {sorted(self.aux_modules)}")
+            return
+        if set(ours["aux_modules"]) != set(self.aux_modules):
+            raise RuntimeError(f"{filename} holds auxiliary modules {sorted(ours['aux_modules'])} but "
+                               f"{self.__class__.__name__} has {sorted(self.aux_modules)}: the checkpoint comes "
+                               f"from another trainer ({checkpoint.get('trainer_name')})")
+        for k, state in ours["aux_modules"].items():
+            unwrap(self.aux_modules[k]).load_state_dict(state)
+        for k, state in ours["aux_optimizers"].items():
+            self.aux_optimizers[k].load_state_dict(state)
+        for k, state in ours["aux_lr_schedulers"].items():
+            self.aux_lr_schedulers[k].load_state_dict(state)
+        self.load_extra_checkpoint_state(ours["extra"])
+        self._rng_state_to_restore = ours["rng"]

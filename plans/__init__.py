@@ -1,0 +1,1 @@
+"""Planner presets applied through nnU-Net's Python API."""
