@@ -1,0 +1,1 @@
+"""Deterministic synthetic data sets in nnU-Net raw format, for the demo and the tests."""
