@@ -1,12 +1,15 @@
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from nnunet_ext.stock import work_environment
+from nnunet_ext import stock
+from nnunet_ext.phantoms import fundus2d
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+TEST_TRAINERS = Path(__file__).resolve().parent / "ext_trainers"
 
 
 @pytest.fixture(scope="session")
@@ -23,4 +26,39 @@ def shared_data() -> Path:
 @pytest.fixture
 def nnunet_env(tmp_path) -> dict:
     """A process environment whose nnUNet_raw/preprocessed/results live in this test's tmp_path, CPU settings."""
-    return work_environment(tmp_path / "nnunet", device="cpu")
+    return stock.work_environment(tmp_path / "nnunet", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def fundus_preprocessed(tmp_path_factory) -> SimpleNamespace:
+    """A small fundus phantom (64x64, 8 training and 2 test cases) through the stock plan_and_preprocess (2d).
+
+    Tests that train on it get their own nnUNet_results through `results_env` so they never see each other's runs.
+    """
+    root = tmp_path_factory.mktemp("fundus")
+    env = stock.work_environment(root / "nnunet", device="cpu")
+    raw = fundus2d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=2, size=64, seed=1)
+    stock.plan_and_preprocess(fundus2d.DEFAULT_ID, "2d", env)
+    return SimpleNamespace(dataset_id=fundus2d.DEFAULT_ID, raw_dir=raw, env=env, root=root)
+
+
+def results_env(base: dict, results: Path, **extra: str) -> dict:
+    """base with its own nnUNet_results, single-process data augmentation, the test trainers findable."""
+    env = dict(base, nnUNet_results=str(results), nnUNet_n_proc_DA="0", **extra)
+    env["nnUNet_extTrainer"] = os.pathsep.join([base["nnUNet_extTrainer"], str(TEST_TRAINERS)])
+    return env
+
+
+@pytest.fixture(scope="session")
+def stock_prediction_2d(fundus_preprocessed) -> SimpleNamespace:
+    """Stock nnUNetv2_train with our nnUNetTrainer_debug (fold 0), then stock nnUNetv2_predict --save_probabilities
+    on the held-out images: a real nnU-Net prediction folder for evaluation tests."""
+    f = fundus_preprocessed
+    env = results_env(f.env, f.root / "results_stock_prediction")
+    train_log = stock.train(f.dataset_id, "2d", 0, "nnUNetTrainer_debug", env)
+    pred_dir = f.root / "predictions_debug"
+    predict_log = stock.predict(f.raw_dir / "imagesTs", pred_dir, f.dataset_id, "2d", "nnUNetTrainer_debug", env,
+                                save_probabilities=True)
+    return SimpleNamespace(dataset_id=f.dataset_id, raw_dir=f.raw_dir, images_dir=f.raw_dir / "imagesTs",
+                           labels_dir=f.raw_dir / "labelsTs", pred_dir=pred_dir, env=env,
+                           results_dir=Path(env["nnUNet_results"]), train_log=train_log, predict_log=predict_log)

@@ -1,1 +1,9 @@
-"""Deterministic synthetic data sets in nnU-Net raw format, for the demo and the tests."""
+"""Deterministic synthetic data sets in nnU-Net raw format, for the demo and the tests.
+
+Every module exposes `generate(out_root, dataset_id, ..., seed, overwrite) -> Path`, `make_case(rng)`, `LABELS`,
+`NAME`, `DEFAULT_ID` (790-799 block) and `CONFIGURATION` (the nnU-Net configuration it is meant for).
+"""
+
+from nnunet_ext.phantoms import ct3d, fundus2d
+
+PHANTOMS = {"fundus2d": fundus2d, "ct3d": ct3d}

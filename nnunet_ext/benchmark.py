@@ -1,0 +1,232 @@
+"""Cost of a trainer next to the stock nnUNetTrainer: seconds per training iteration, per predicted case, peak memory.
+
+Every trainer runs in its own fresh process (so peak memory is its own), on the same plans and, for the training
+step, on the same batches: the stock trainer's data pipeline draws them once and all trainers step on them. The data
+pipeline of each trainer (which may synthesise or add targets) is timed separately. Results are medians after
+warm-up; they are ratios to stock measured in the same run, never absolute promises.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STOCK = "nnUNetTrainer"
+
+
+def _rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _build_trainer(trainer_name: str, dataset: str, configuration: str, fold: int, plans_identifier: str,
+                   device: torch.device):
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    dataset_name = maybe_convert_to_dataset_name(dataset)
+    folder = Path(nnUNet_preprocessed.require()) / dataset_name
+    plans = load_json(str(folder / f"{plans_identifier}.json"))
+    plans["continue_training"] = False
+    trainer_class = recursive_find_trainer_class_by_name(trainer_name)
+    return trainer_class(plans=plans, configuration=configuration, fold=fold,
+                         dataset_json=load_json(str(folder / "dataset.json")), device=device)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _median_seconds(fn, n: int, warmup: int, device: torch.device) -> tuple[float, list[float]]:
+    times = []
+    for i in range(warmup + n):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn(i)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times)), times
+
+
+def measure(trainer_name: str, dataset: str, configuration: str, device: str, iterations: int, warmup: int,
+            batches_file: Path, draw_batches: bool, predict_cases: int, fold: int = 0,
+            plans_identifier: str = "nnUNetPlans") -> dict:
+    """Runs inside the child process."""
+    dev = torch.device(device)
+    rss_start = _rss_mb()
+    trainer = _build_trainer(trainer_name, dataset, configuration, fold, plans_identifier, dev)
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    n_batches = warmup + iterations
+
+    pipeline_s, _ = _median_seconds(lambda i: next(trainer.dataloader_train), iterations, warmup, dev)
+    own_batches = getattr(trainer, "benchmark_own_batches", False)
+    if draw_batches or own_batches:
+        batches = [next(trainer.dataloader_train) for _ in range(n_batches)]
+        if draw_batches:
+            torch.save(batches, batches_file)
+    else:
+        batches = torch.load(batches_file, weights_only=False)
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    step_s, step_times = _median_seconds(lambda i: trainer.train_step(batches[i]), iterations, warmup, dev)
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else None
+
+    predict_s = None
+    if predict_cases > 0:
+        predict_s = _measure_prediction(trainer, predict_cases, dev)
+
+    result = {
+        "trainer": trainer_name,
+        "seconds_per_iteration": step_s,
+        "iteration_times": step_times,
+        "seconds_per_batch_data_pipeline": pipeline_s,
+        "seconds_per_predicted_case": predict_s,
+        "peak_rss_mb": _rss_mb(),
+        "rss_at_start_mb": rss_start,
+        "peak_gpu_mb": gpu_peak,
+        "parameters": sum(p.numel() for p in trainer.network.parameters()),
+        "batch_size": trainer.batch_size,
+        "patch_size": list(trainer.configuration_manager.patch_size),
+    }
+    for loader in (trainer.dataloader_train, trainer.dataloader_val):
+        if hasattr(loader, "_finish"):
+            loader._finish()
+    return result
+
+
+def _measure_prediction(trainer, n_cases: int, dev: torch.device) -> float:
+    """Seconds per raw case through nnU-Net's predictor (preprocessing, sliding window with mirroring, resampling)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.paths import nnUNet_raw
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+
+    raw = Path(nnUNet_raw.require()) / trainer.plans_manager.dataset_name
+    ending = trainer.dataset_json["file_ending"]
+    folder = raw / "imagesTs" if (raw / "imagesTs").is_dir() else raw / "imagesTr"
+    cases = create_lists_from_splitted_dataset_folder(str(folder), ending)[:n_cases]
+    if not cases:
+        raise FileNotFoundError(f"no raw cases in {folder} to time prediction on")
+    trainer.set_deep_supervision_enabled(False)
+    trainer.network.eval()
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
+                                verbose_preprocessing=False, allow_tqdm=False)
+    predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager, None,
+                                    trainer.dataset_json, trainer.__class__.__name__,
+                                    trainer.inference_allowed_mirroring_axes)
+    rw = trainer.plans_manager.image_reader_writer_class()
+    times = []
+    with torch.no_grad():
+        for files in cases:
+            image, props = rw.read_images(files)
+            _sync(dev)
+            t0 = time.perf_counter()
+            predictor.predict_single_npy_array(image, props, None, None, False)
+            _sync(dev)
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def run_benchmark(trainers: list[str], dataset: str, configuration: str, device: str = "cpu",
+                  iterations: int = 10, warmup: int = 3, predict_cases: int = 2, out_dir: Path | None = None,
+                  env: dict | None = None, tag: str | None = None) -> dict:
+    """Measure STOCK first (it draws the shared batches), then every other trainer, each in a fresh process."""
+    order = [STOCK] + [t for t in trainers if t != STOCK]
+    env = dict(env or os.environ)
+    if device == "cpu":
+        env["nnUNet_n_proc_DA"] = "0"  # the pipeline is timed in-process; workers would hide its cost
+        env["nnUNet_compile"] = "false"
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        env["nnUNet_results"] = str(Path(tmp) / "results")  # benchmark runs must not touch real results
+        batches_file = Path(tmp) / "batches.pt"
+        for i, name in enumerate(order):
+            out_file = Path(tmp) / f"{name}.json"
+            argv = [sys.executable, "-m", "nnunet_ext.benchmark", "--child", name, "-d", str(dataset),
+                    "-c", configuration, "--device", device, "--iterations", str(iterations), "--warmup",
+                    str(warmup), "--predict-cases", str(predict_cases), "--batches", str(batches_file),
+                    "--out", str(out_file)] + (["--draw-batches"] if i == 0 else [])
+            proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"benchmark of {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            results.append(json.loads(out_file.read_text()))
+    stock = results[0]
+    for r in results:
+        r["ratio_iteration"] = r["seconds_per_iteration"] / stock["seconds_per_iteration"]
+        if r["seconds_per_predicted_case"] is not None:
+            r["ratio_prediction"] = r["seconds_per_predicted_case"] / stock["seconds_per_predicted_case"]
+        r["ratio_peak_rss"] = r["peak_rss_mb"] / stock["peak_rss_mb"]
+        if r["peak_gpu_mb"] is not None:
+            r["ratio_peak_gpu"] = r["peak_gpu_mb"] / stock["peak_gpu_mb"]
+    report = {
+        "dataset": str(dataset), "configuration": configuration, "device": device,
+        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(), "torch": torch.__version__, "iterations": iterations, "warmup": warmup,
+        "date": time.strftime("%Y-%m-%d"), "results": results,
+    }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        stem = tag or f"{dataset}_{configuration}_{device}"
+        (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=2))
+        (out_dir / f"{stem}.md").write_text(markdown_table(report))
+    return report
+
+
+def markdown_table(report: dict) -> str:
+    head = (f"Dataset {report['dataset']}, {report['configuration']}, {report['device']} "
+            f"({report['device_name']}, {report['cpu_count']} cores, torch {report['torch']}), "
+            f"median of {report['iterations']} after {report['warmup']} warm-up, {report['date']}\n\n"
+            "| trainer | s/iteration | x stock | data s/batch | s/predicted case | x stock | peak RSS MB | x stock "
+            "| peak GPU MB | params |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    rows = []
+    for r in report["results"]:
+        pred = r["seconds_per_predicted_case"]
+        gpu = r["peak_gpu_mb"]
+        rows.append(
+            f"| {r['trainer']} | {r['seconds_per_iteration']:.3f} | {r['ratio_iteration']:.2f} "
+            f"| {r['seconds_per_batch_data_pipeline']:.3f} "
+            f"| {'-' if pred is None else f'{pred:.2f}'} | {r.get('ratio_prediction', float('nan')):.2f} "
+            f"| {r['peak_rss_mb']:.0f} | {r['ratio_peak_rss']:.2f} | {'-' if gpu is None else f'{gpu:.0f}'} "
+            f"| {r['parameters'] / 1e6:.2f}M |")
+    return head + "\n".join(rows) + "\n"
+
+
+def _child_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--child", required=True)
+    p.add_argument("-d", required=True)
+    p.add_argument("-c", required=True)
+    p.add_argument("--device", required=True)
+    p.add_argument("--iterations", type=int, required=True)
+    p.add_argument("--warmup", type=int, required=True)
+    p.add_argument("--predict-cases", type=int, required=True)
+    p.add_argument("--batches", type=Path, required=True)
+    p.add_argument("--draw-batches", action="store_true")
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    result = measure(a.child, a.d, a.c, a.device, a.iterations, a.warmup, a.batches, a.draw_batches,
+                     a.predict_cases)
+    a.out.write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child_main(sys.argv[1:]))

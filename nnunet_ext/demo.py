@@ -1,0 +1,80 @@
+"""`nnunet_ext demo`: the whole stock nnU-Net pipeline with one of our trainers on an embedded phantom.
+
+phantom -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train (fold 0) -> nnUNetv2_predict (held-out cases)
+-> evaluation against the held-out labels -> report.md, metrics.json, overlays.png in the work folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nnunet_ext import stock
+from nnunet_ext.phantoms import PHANTOMS
+from nnunet_ext.report import evaluate_folder, write_overlays, write_report
+
+# Lines of the stock commands' output worth showing while they run: one per epoch, and the final validation.
+PROGRESS = r"Epoch \d+$|Epoch time|train_loss|Pseudo dice|Mean Validation Dice|Using trainer|Predicting|Traceback"
+
+
+@dataclass
+class DemoResult:
+    work_dir: Path
+    dataset_dir: Path
+    predictions: Path
+    report: Path
+    metrics: dict
+    seconds: dict
+
+
+def run_demo(work_dir: Path, trainer: str = "nnUNetTrainer_demo", phantom: str = "fundus2d",
+             device: str | None = None, seed: int = 0, echo: Callable[[str], None] = print,
+             quiet_commands: bool = False) -> DemoResult:
+    if phantom not in PHANTOMS:
+        raise ValueError(f"unknown phantom {phantom!r}; choose from {sorted(PHANTOMS)}")
+    module = PHANTOMS[phantom]
+    device = device or stock.default_device()
+    work_dir = Path(work_dir).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    env = stock.work_environment(work_dir / "nnunet", device)
+    if device == "cpu":
+        # on 2 cores, data augmentation in worker processes only competes with the network for the same cores
+        env.setdefault("nnUNet_n_proc_DA", "0")
+    log = work_dir / "commands.log"
+    run_kw = {"log_file": log, "echo": None if quiet_commands else (lambda s: echo("    " + s)),
+              "echo_pattern": PROGRESS}
+    seconds = {}
+
+    def stage(name: str, title: str, fn):
+        echo(f"[{len(seconds) + 1}/5] {title}")
+        t0 = time.perf_counter()
+        out = fn()
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        return out
+
+    dataset_dir = stage("phantom", f"generating the {phantom} phantom (seed {seed})", lambda: module.generate(
+        Path(env["nnUNet_raw"]), module.DEFAULT_ID, seed=seed, overwrite=True))
+    dataset_id, configuration = module.DEFAULT_ID, module.CONFIGURATION
+    stage("plan_and_preprocess", f"nnUNetv2_plan_and_preprocess -d {dataset_id} -c {configuration}",
+          lambda: stock.plan_and_preprocess(dataset_id, configuration, env, **run_kw))
+    stage("train", f"nnUNetv2_train {dataset_id} {configuration} 0 -tr {trainer} -device {device}",
+          lambda: stock.train(dataset_id, configuration, 0, trainer, env, device=device, **run_kw))
+    predictions = work_dir / "predictions"
+    if predictions.exists():
+        shutil.rmtree(predictions)
+    stage("predict", f"nnUNetv2_predict on {dataset_dir.name}/imagesTs",
+          lambda: stock.predict(dataset_dir / "imagesTs", predictions, dataset_id, configuration, trainer, env,
+                                device=device, **run_kw))
+    metrics = stage("evaluate", "evaluating against labelsTs and writing the report",
+                    lambda: evaluate_folder(dataset_dir / "labelsTs", predictions, dataset_dir / "dataset.json"))
+    metrics["trainer"], metrics["phantom"], metrics["device"] = trainer, phantom, device
+    (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    overlays = write_overlays(dataset_dir / "imagesTs", dataset_dir / "labelsTs", predictions,
+                              dataset_dir / "dataset.json", work_dir / "overlays.png")
+    report = write_report(work_dir / "report.md", metrics, seconds, overlays,
+                          title=f"nnunet-ext demo: {trainer} on the {phantom} phantom ({configuration}, fold 0)")
+    return DemoResult(work_dir, dataset_dir, predictions, report, metrics, seconds)

@@ -1,0 +1,52 @@
+"""Pieces the phantom generators share: seeding per case, smooth noise, writing an nnU-Net raw data set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+from scipy import ndimage
+
+from nnunet_ext.fileio import atomic_output_dir
+
+
+def case_rng(seed: int, index: int) -> np.random.Generator:
+    """One generator per case so that a case does not change when the number of cases does."""
+    return np.random.default_rng(np.random.SeedSequence([seed, index]))
+
+
+def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma: float) -> np.ndarray:
+    """Zero-mean, unit-std low-frequency texture (organ parenchyma, fundus choroid)."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma, mode="wrap")
+    return (field - field.mean()) / (field.std() + 1e-8)
+
+
+def grid(shape: tuple[int, ...], spacing: tuple[float, ...] | None = None) -> list[np.ndarray]:
+    """Open-grid coordinates of every pixel/voxel, in mm when spacing is given."""
+    coords = np.ogrid[tuple(slice(0, n) for n in shape)]
+    if spacing is None:
+        return list(coords)
+    return [c * s for c, s in zip(coords, spacing, strict=True)]
+
+
+def write_dataset(out_root: Path, dataset_id: int, name: str, make_case: Callable[[int], tuple],
+                  write_case: Callable[[tuple, Path, Path, str], None], n_train: int, n_test: int,
+                  channel_names: Mapping[str, str], labels: Mapping[str, int], file_ending: str,
+                  description: str, overwrite: bool = False, **dataset_json_extra) -> Path:
+    """Generate cases with make_case(index) and write them with write_case(case, image_dir, label_dir, case_id).
+
+    Cases 0..n_train-1 go to imagesTr/labelsTr, the next n_test to imagesTs/labelsTs (the reference for evaluation).
+    """
+    target = Path(out_root) / f"Dataset{dataset_id:03d}_{name}"
+    with atomic_output_dir(target, overwrite=overwrite) as tmp:
+        for split, indices in (("Tr", range(n_train)), ("Ts", range(n_train, n_train + n_test))):
+            (tmp / f"images{split}").mkdir()
+            (tmp / f"labels{split}").mkdir()
+            for i in indices:
+                write_case(make_case(i), tmp / f"images{split}", tmp / f"labels{split}", f"{name.lower()}_{i:03d}")
+        generate_dataset_json(str(tmp), channel_names=dict(channel_names), labels=dict(labels),
+                              num_training_cases=n_train, file_ending=file_ending, dataset_name=name,
+                              description=description, **dataset_json_extra)
+    return target
