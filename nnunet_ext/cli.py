@@ -7,6 +7,7 @@ import shlex
 import sys
 
 from nnunet_ext import __version__
+from nnunet_ext.dataset_conversion.cli import add_parser as _add_convert
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
@@ -60,7 +61,7 @@ def _add_demo(sub) -> None:
 
 # Each entry adds one subcommand; a module's parser is built only when the command line asks for it would be nicer,
 # but argparse needs all of them for --help, and they import nothing heavy at module level.
-_SUBCOMMANDS = [_add_env, _add_demo]
+_SUBCOMMANDS = [_add_env, _add_demo, _add_convert]
 
 
 def build_parser() -> argparse.ArgumentParser:
