@@ -4,7 +4,8 @@ A reference lesion is *detected* when the IoU between it and the union of the pr
 reaches `iou_threshold`. A predicted component is a *true positive* when it touches a detected reference lesion or
 when the IoU between it and the union of the reference lesions it touches reaches the threshold; otherwise it is a
 *false positive*. Judging against the union of touching components keeps a lesion predicted in two pieces from
-being counted as a miss plus two false positives, and two lesions predicted as one blob from being a false positive. With `iou_threshold=0` any overlap counts. Components use full connectivity (8 in 2D, 26 in 3D).
+being counted as a miss plus two false positives, and two lesions predicted as one blob from being a false positive.
+With `iou_threshold=0` any overlap counts. Components use full connectivity (8 in 2D, 26 in 3D).
 
 Sensitivity = detected / reference lesions, precision = true-positive components / predicted components,
 F1 from the two; a case without reference lesions has NaN sensitivity, one without predicted components NaN
