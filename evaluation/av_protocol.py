@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from nnunet_ext.evaluation.metrics import confusion_counts, overlap_from_counts, probability_metrics
+from nnunet_ext.evaluation.metrics import confusion_counts, describe, overlap_from_counts, probability_metrics
 
 AV_CLASSES = {"artery": 1, "vein": 2, "uncertain": 3}
 AV_METRICS = ("sensitivity", "f1", "auc_roc", "auc_pr", "mse")
@@ -51,14 +51,8 @@ def av_protocol_case(reference: np.ndarray, prediction: np.ndarray, probabilitie
 
 def summarise_av(cases: Sequence[dict]) -> dict:
     """Mean and std over images of the weighted figures and of each class's figures."""
-    def stats(values):
-        values = np.asarray(values, dtype=float)
-        values = values[~np.isnan(values)]
-        return {"mean": float(values.mean()) if values.size else float("nan"),
-                "std": float(values.std()) if values.size else float("nan"), "n": int(values.size)}
-
-    summary = {"weighted": {m: stats([c["weighted"][m] for c in cases]) for m in AV_METRICS}, "per_class": {}}
+    summary = {"weighted": {m: describe([c["weighted"][m] for c in cases]) for m in AV_METRICS}, "per_class": {}}
     if cases:
         for name in cases[0]["per_class"]:
-            summary["per_class"][name] = {m: stats([c["per_class"][name][m] for c in cases]) for m in AV_METRICS}
+            summary["per_class"][name] = {m: describe([c["per_class"][name][m] for c in cases]) for m in AV_METRICS}
     return summary

@@ -209,6 +209,16 @@ def probability_metrics(target: np.ndarray, probability: np.ndarray) -> dict[str
     }
 
 
+def describe(values) -> dict:
+    """mean, std (population), median and the number of values, NaNs left out."""
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return {"mean": float("nan"), "std": float("nan"), "median": float("nan"), "n": 0}
+    return {"mean": float(values.mean()), "std": float(values.std()), "median": float(np.median(values)),
+            "n": int(values.size)}
+
+
 def squeeze_spatial(array: np.ndarray, spacing: Sequence[float], keep_leading: int = 0
                     ) -> tuple[np.ndarray, tuple[float, ...]]:
     """Drop spatial axes of length one with their spacing (nnU-Net stores 2D images as 1 x H x W with a dummy
