@@ -7,6 +7,7 @@ import shlex
 import sys
 
 from nnunet_ext import __version__
+from nnunet_ext.evaluation.cli import add_compare, add_evaluate
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
@@ -28,7 +29,11 @@ def _add_env(sub) -> None:
 
 # Each entry adds one subcommand; a module's parser is built only when the command line asks for it would be nicer,
 # but argparse needs all of them for --help, and they import nothing heavy at module level.
-_SUBCOMMANDS = [_add_env]
+_SUBCOMMANDS = [
+    _add_env,
+    add_evaluate,
+    add_compare,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
