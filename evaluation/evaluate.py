@@ -182,6 +182,32 @@ def read_fov(fov_dir: str, case: str) -> np.ndarray:
     raise FileNotFoundError(f"no field-of-view mask {case}{{{','.join(FOV_ENDINGS)}}} in {fov_dir}")
 
 
+def class_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float],
+                  classes: Sequence[LabelOrRegion], settings: EvaluationSettings | None = None,
+                  ignore: np.ndarray | None = None, probabilities: np.ndarray | None = None,
+                  channel_of=lambda c: c if isinstance(c, int) else None) -> list[dict]:
+    """One record per label/region of two label maps: overlap, surface (unless settings.surface is off) and, given
+    (C, *spatial) probabilities, probability metrics of channel `channel_of(class)`. Voxels where `ignore` is True
+    count for neither side. Volumes are in mm^3 (mm^2 for 2D)."""
+    settings = settings or EvaluationSettings()
+    keep = ~ignore if ignore is not None else np.ones(reference.shape, dtype=bool)
+    voxel = float(np.prod(spacing))
+    rows = []
+    for c in classes:
+        ref_mask, pred_mask = region_mask(reference, c) & keep, region_mask(prediction, c) & keep
+        row = {"key": class_key(c), **overlap_metrics(ref_mask, pred_mask)}
+        if settings.surface:
+            row.update(surface_metrics(ref_mask, pred_mask, spacing, settings.nsd_tolerance_mm,
+                                       settings.empty_distance))
+        channel = channel_of(c)
+        if settings.probabilities and probabilities is not None and channel is not None:
+            row.update(probability_metrics(ref_mask[keep], probabilities[channel][keep]))
+        row["ref_volume"] = int(ref_mask.sum()) * voxel
+        row["pred_volume"] = int(pred_mask.sum()) * voxel
+        rows.append(row)
+    return rows
+
+
 def evaluate_case(pair: CasePair, info: DatasetInfo, settings: EvaluationSettings) -> dict:
     """All metrics of one case: `rows` (one per class), `detection` (per lesion class), `av` (or None)."""
     reference, spacing, stored_spacing = read_segmentation(info.reader_writer, pair.reference)
@@ -201,21 +227,9 @@ def evaluate_case(pair: CasePair, info: DatasetInfo, settings: EvaluationSetting
             raise ValueError(f"{pair.case}: probabilities {probabilities.shape} do not match {reference.shape}")
 
     classes = list(settings.classes or info.classes) + [tuple(r) for r in settings.extra_regions]
-    rows = []
-    for c in classes:
-        ref_mask, pred_mask = region_mask(reference, c) & keep, region_mask(prediction, c) & keep
-        row = {"case": pair.case, "fold": pair.fold, "class": info.names.get(class_key(c), class_key(c)),
-               "key": class_key(c)}
-        row.update(overlap_metrics(ref_mask, pred_mask))
-        if settings.surface:
-            row.update(surface_metrics(ref_mask, pred_mask, spacing, settings.nsd_tolerance_mm,
-                                       settings.empty_distance))
-        channel = info.channel(c)
-        if settings.probabilities and probabilities is not None and channel is not None:
-            row.update(probability_metrics(ref_mask[keep], probabilities[channel][keep]))
-        row["ref_volume"] = int(ref_mask.sum()) * voxel
-        row["pred_volume"] = int(pred_mask.sum()) * voxel
-        rows.append(row)
+    rows = [{"case": pair.case, "fold": pair.fold, "class": info.names.get(row["key"], row["key"]), **row}
+            for row in class_metrics(reference, prediction, spacing, classes, settings, ignore, probabilities,
+                                     info.channel)]
 
     detection = {}
     for c in settings.lesion_classes:
