@@ -194,8 +194,11 @@ def class_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequen
     voxel = float(np.prod(spacing))
     rows = []
     for c in classes:
-        ref_mask, pred_mask = region_mask(reference, c) & keep, region_mask(prediction, c) & keep
-        row = {"key": class_key(c), **overlap_metrics(ref_mask, pred_mask)}
+        ref_mask, pred_mask = region_mask(reference, c), region_mask(prediction, c)
+        if ignore is not None:
+            ref_mask &= keep
+            pred_mask &= keep
+        row = {"key": class_key(c), **overlap_metrics(ref_mask, pred_mask, ignore)}
         if settings.surface:
             row.update(surface_metrics(ref_mask, pred_mask, spacing, settings.nsd_tolerance_mm,
                                        settings.empty_distance))

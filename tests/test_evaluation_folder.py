@@ -167,3 +167,32 @@ def test_compare_two_result_folders(png_folders, tmp_path):
     assert {"stock", "perfect", "perfect - stock"} <= set(table.columns)
     assert "perfect - stock" in (out / "comparison.md").read_text()
     _assert_real_png(out / "comparison_dice.png")
+
+
+def test_regions_ignore_label_and_sigmoid_channels(tmp_path):
+    """Region-based data set: probability channel i is region i (sigmoid outputs), the ignore label counts for
+    neither side."""
+    raw = tmp_path / "Dataset998_Regions"
+    labels_dir, pred_dir = raw / "labelsTs", tmp_path / "pred"
+    labels_dir.mkdir(parents=True)
+    pred_dir.mkdir()
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "x"}, "numTraining": 0, "file_ending": ".png", "regions_class_order": [1, 2],
+        "labels": {"background": 0, "whole": [1, 2], "core": 2, "ignore": 3}}))
+    ref = np.zeros((10, 12), dtype=np.uint8)
+    ref[2:8, 2:8] = 1
+    ref[4:6, 4:6] = 2
+    ref[0] = 3
+    pred = ref.copy()
+    pred[0] = 0
+    pred[0, :5] = 1  # under the ignore label: no false positive
+    Image.fromarray(ref).save(labels_dir / "c.png")
+    Image.fromarray(pred).save(pred_dir / "c.png")
+    probs = np.stack([np.isin(pred, (1, 2)), pred == 2]).astype(np.float32)[:, None] * 0.9
+    np.savez_compressed(pred_dir / "c.npz", probabilities=probs)
+    summary = evaluate_folder(str(labels_dir), str(pred_dir), str(tmp_path / "out"), plots=False, progress=False)
+    frame = pd.read_csv(tmp_path / "out" / "per_case.csv").set_index("class")
+    assert list(frame.index) == ["whole", "core"]
+    assert (frame["dice"] == 1).all() and (frame["fp"] == 0).all() and (frame["auc_roc"] == 1).all()
+    assert frame.loc["whole", "ref_volume"] == 36 and frame.loc["whole", "tn"] == 10 * 12 - 12 - 36
+    assert summary["foreground_mean"]["dice"] == 1.0
