@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def _label_or_region(text: str):
@@ -26,6 +27,12 @@ def _av_classes(text: str) -> dict[str, int]:
         raise argparse.ArgumentTypeError(f"expected name=label,... (e.g. artery=1,vein=2), got {text!r}") from e
 
 
+def _fail(command: str, error: Exception) -> int:
+    """Missing files and inconsistent inputs are the user's to fix: one line, not a traceback."""
+    print(f"nnunet_ext {command}: error: {error}", file=sys.stderr)
+    return 2
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nnunet_ext.evaluation.evaluate import EvaluationSettings, evaluate_cross_validation, evaluate_folder
     from nnunet_ext.evaluation.report import summary_markdown
@@ -40,10 +47,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         settings.av_classes = args.av_classes
     common = dict(dataset_json=args.djfile, settings=settings, images_dir=args.images, num_processes=args.np,
                   plots=not args.no_plots)
-    if args.cv:
-        summary = evaluate_cross_validation(args.cv, args.ref, args.o, folds=args.folds, **common)
-    else:
-        summary = evaluate_folder(args.ref, args.pred, args.o, **common)
+    try:
+        if args.cv:
+            summary = evaluate_cross_validation(args.cv, args.ref, args.o, folds=args.folds, **common)
+        else:
+            summary = evaluate_folder(args.ref, args.pred, args.o, **common)
+    except (FileNotFoundError, ValueError) as e:
+        return _fail("evaluate", e)
     print(summary_markdown(summary))
     return 0
 
@@ -95,7 +105,11 @@ def add_evaluate(sub) -> None:
 def _cmd_compare(args: argparse.Namespace) -> int:
     from nnunet_ext.evaluation.compare import compare_results, comparison_markdown
 
-    result = compare_results(args.results, args.o, names=args.names, metrics=args.metrics, plots=not args.no_plots)
+    try:
+        result = compare_results(args.results, args.o, names=args.names, metrics=args.metrics,
+                                 plots=not args.no_plots)
+    except (FileNotFoundError, ValueError) as e:
+        return _fail("compare", e)
     print(comparison_markdown(result))
     return 0
 

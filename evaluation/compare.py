@@ -1,6 +1,7 @@
 """Side-by-side comparison of evaluations (e.g. our trainer vs stock nnUNetTrainer on the same cases).
 
-Each input is an output folder of `evaluate` (its `per_case.csv`). Cases are paired by (fold, case, class); the first
+Each input is an output folder of `evaluate` (its `per_case.csv`). Cases are paired by (case, class), so a prediction
+folder and a cross-validation (where each case is in one fold) pair up as well; the first
 folder is the baseline, every other one is compared with it: per-case differences (other - baseline), their mean
 and median, win/tie/loss counts (a win is a better value: higher, or lower for distances and MSE), and the two-sided
 Wilcoxon signed-rank p-value of the differences. A "(mean)" class holds each case's mean over its classes.
@@ -49,12 +50,11 @@ def load_per_case(result_dir: str, metrics: Sequence[str]) -> pd.DataFrame:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} not found: run `nnunet_ext evaluate` with -o {result_dir} first")
     frame = pd.read_csv(path)
-    frame["fold"] = frame["fold"].fillna(-1).astype(int)
     metrics = [m for m in metrics if m in frame]
-    frame = frame[["fold", "case", "class", *metrics]]
-    means = frame.groupby(["fold", "case"], sort=False)[metrics].mean().reset_index()
+    frame = frame[["case", "class", *metrics]]
+    means = frame.groupby("case", sort=False)[metrics].mean().reset_index()
     means["class"] = MEAN_CLASS
-    return pd.concat([frame, means], ignore_index=True).melt(id_vars=["fold", "case", "class"], var_name="metric")
+    return pd.concat([frame, means], ignore_index=True).melt(id_vars=["case", "class"], var_name="metric")
 
 
 def compare_results(result_dirs: Sequence[str], output_dir: str, names: Sequence[str] | None = None,
@@ -64,13 +64,13 @@ def compare_results(result_dirs: Sequence[str], output_dir: str, names: Sequence
     names = list(names) if names else _unique_names(result_dirs)
     if len(names) != len(result_dirs) or len(set(names)) != len(names):
         raise ValueError(f"need one distinct name per result folder, got {names}")
-    keys = ["fold", "case", "class", "metric"]
+    keys = ["case", "class", "metric"]
     table = None
     for name, d in zip(names, result_dirs, strict=True):
         frame = load_per_case(d, metrics).rename(columns={"value": name})
         table = frame if table is None else table.merge(frame, on=keys, how="inner")
     if table.empty:
-        raise ValueError("the result folders have no (fold, case, class) in common")
+        raise ValueError("the result folders have no (case, class) in common")
     baseline = names[0]
     comparisons = {}
     for other in names[1:]:
@@ -92,7 +92,7 @@ def compare_results(result_dirs: Sequence[str], output_dir: str, names: Sequence
     os.makedirs(output_dir, exist_ok=True)
     table.to_csv(os.path.join(output_dir, "comparison_per_case.csv"), index=False)
     result = {"baseline": baseline, "methods": names, "result_dirs": [str(d) for d in result_dirs],
-              "n_pairs": int(table[["fold", "case"]].drop_duplicates().shape[0]), "comparisons": comparisons}
+              "n_pairs": int(table["case"].nunique()), "comparisons": comparisons}
     if plots:
         result["plots"] = [os.path.basename(plot_differences(table, names, metric, output_dir))
                            for metric in metrics if (table["metric"] == metric).any()]

@@ -50,6 +50,20 @@ def _component_ious(labels_a: np.ndarray, n_a: int, labels_b: np.ndarray, n_b: i
     return intersection[1:] / np.maximum(union[1:], 1)
 
 
+def detection_scores(n_ref: int, n_pred: int, n_detected: int, n_true_pred: int) -> dict[str, float]:
+    """Lesion sensitivity, precision and F1. Nothing to find and nothing found is a perfect F1 of 1; with only one
+    side empty the F1 is 0 (the other side's score is 0 or undefined)."""
+    sensitivity = n_detected / n_ref if n_ref else float("nan")
+    precision = n_true_pred / n_pred if n_pred else float("nan")
+    if n_ref == 0 and n_pred == 0:
+        f1 = 1.0
+    elif n_detected + n_true_pred == 0 or n_ref == 0 or n_pred == 0:
+        f1 = 0.0
+    else:
+        f1 = 2 * precision * sensitivity / (precision + sensitivity)
+    return {"lesion_sensitivity": sensitivity, "lesion_precision": precision, "lesion_f1": float(f1)}
+
+
 def lesion_detection(reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float],
                      iou_threshold: float = 0.1, size_bins: Sequence[float] | None = None) -> dict:
     """Detection counts of one case; `reference` and `prediction` are boolean lesion masks.
@@ -83,20 +97,10 @@ def lesion_detection(reference: np.ndarray, prediction: np.ndarray, spacing: Seq
         by_size[name] = {"n_lesions": int(in_bin.sum()), "n_detected": int(detected[in_bin].sum())}
 
     n_detected, n_true_pred = int(detected.sum()), int(true_pred.sum())
-    sensitivity = n_detected / n_ref if n_ref else float("nan")
-    precision = n_true_pred / n_pred if n_pred else float("nan")
-    if n_ref == 0 and n_pred == 0:
-        f1 = 1.0
-    elif n_detected + n_true_pred == 0:
-        f1 = 0.0
-    else:
-        # NaN on one side (nothing to find, or nothing found) makes the other side's zero the answer
-        f1 = 2 * np.nan_to_num(precision) * np.nan_to_num(sensitivity) / (
-            np.nan_to_num(precision) + np.nan_to_num(sensitivity))
     return {
         "n_ref_lesions": int(n_ref), "n_pred_lesions": int(n_pred), "n_detected": n_detected,
         "n_true_positive_pred": n_true_pred, "false_positives": int(n_pred - n_true_pred),
-        "lesion_sensitivity": sensitivity, "lesion_precision": precision, "lesion_f1": float(f1),
+        **detection_scores(n_ref, n_pred, n_detected, n_true_pred),
         "lesions": [{"size": float(s), "iou": float(i), "detected": bool(d)}
                     for s, i, d in zip(sizes, iou_ref, detected, strict=True)],
         "by_size": by_size,
@@ -110,10 +114,6 @@ def pool_detection(cases: Sequence[dict]) -> dict:
     n_pred = sum(c["n_pred_lesions"] for c in cases)
     n_detected = sum(c["n_detected"] for c in cases)
     n_true = sum(c["n_true_positive_pred"] for c in cases)
-    sensitivity = n_detected / n_ref if n_ref else float("nan")
-    precision = n_true / n_pred if n_pred else float("nan")
-    f1 = (2 * sensitivity * precision / (sensitivity + precision)
-          if n_ref and n_pred and sensitivity + precision > 0 else float("nan"))
     by_size: dict[str, dict] = {}
     for c in cases:
         for name, counts in c["by_size"].items():
@@ -124,7 +124,7 @@ def pool_detection(cases: Sequence[dict]) -> dict:
         entry["sensitivity"] = entry["n_detected"] / entry["n_lesions"] if entry["n_lesions"] else float("nan")
     return {
         "n_cases": len(cases), "n_ref_lesions": n_ref, "n_pred_lesions": n_pred, "n_detected": n_detected,
-        "lesion_sensitivity": sensitivity, "lesion_precision": precision, "lesion_f1": f1,
+        **detection_scores(n_ref, n_pred, n_detected, n_true),
         "false_positives_per_case": float(np.mean([c["false_positives"] for c in cases])) if cases else float("nan"),
         "by_size": by_size,
     }

@@ -34,6 +34,10 @@ def test_cli_evaluate_and_compare_in_process(png_folders, tmp_path, capsys):  # 
     # --empty-distance nan: the missed one-pixel class has no HD95 instead of the diagonal
     assert frame.loc[(frame["case"] == "toy_002") & (frame["class"] == "uncertain"), "hd95"].isna().all()
 
+    assert main(["evaluate", "-ref", str(tmp_path / "nowhere"), "-pred", str(pred_dir), "-djfile",
+                 str(raw / "dataset.json")]) == 2
+    assert "no reference" in capsys.readouterr().err
+
     rc = main(["compare", str(out), str(out), "-o", str(tmp_path / "cmp"), "--names", "a", "b", "--metrics", "dice"])
     assert rc == 0
     comparison = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
