@@ -1,0 +1,216 @@
+"""Metrics against values worked out by hand on small arrays, and AUC against scikit-learn."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy.ndimage import binary_erosion
+from scipy.spatial.distance import cdist
+
+from nnunet_ext.evaluation.av_protocol import av_protocol_case, summarise_av
+from nnunet_ext.evaluation.detection import lesion_detection, pool_detection
+from nnunet_ext.evaluation.metrics import (
+    auc_pr,
+    auc_roc,
+    image_diagonal,
+    overlap_metrics,
+    probability_metrics,
+    region_mask,
+    squeeze_spatial,
+    surface_metrics,
+)
+
+
+def test_overlap_hand_computed():
+    ref = np.array([1, 1, 1, 0, 0, 0, 0, 0], dtype=bool)
+    pred = np.array([0, 1, 1, 1, 0, 0, 0, 0], dtype=bool)
+    m = overlap_metrics(ref, pred)
+    # tp 2, fp 1, fn 1, tn 4
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (2, 1, 1, 4)
+    assert m["dice"] == pytest.approx(2 / 3)
+    assert m["iou"] == pytest.approx(0.5)
+    assert m["sensitivity"] == pytest.approx(2 / 3)
+    assert m["specificity"] == pytest.approx(4 / 5)
+    assert m["precision"] == pytest.approx(2 / 3)
+    assert m["accuracy"] == pytest.approx(6 / 8)
+
+
+def test_overlap_ignore_and_regions():
+    seg_ref = np.array([0, 1, 2, 2, 3, 9])
+    seg_pred = np.array([0, 1, 1, 2, 0, 2])
+    ignore = seg_ref == 9
+    m = overlap_metrics(region_mask(seg_ref, (1, 2)), region_mask(seg_pred, (1, 2)), ignore)
+    # region {1,2}: ref at 1,2,3; pred at 1,2,3 (index 5 is ignored)
+    assert m["dice"] == 1.0 and m["fp"] == 0 and m["tn"] == 2
+    m = overlap_metrics(region_mask(seg_ref, 2), region_mask(seg_pred, 2), ignore)
+    assert m["dice"] == pytest.approx(2 * 1 / (2 * 1 + 0 + 1))
+
+
+def test_empty_conventions():
+    empty = np.zeros((4, 5), dtype=bool)
+    one = empty.copy()
+    one[1, 1] = True
+    m = overlap_metrics(empty, empty)
+    assert m["dice"] == m["iou"] == m["sensitivity"] == m["precision"] == 1.0
+    assert surface_metrics(empty, empty, (1.0, 1.0)) == {"hd95": 0.0, "assd": 0.0, "nsd": 1.0}
+
+    missed = overlap_metrics(one, empty)
+    assert missed["dice"] == 0.0 and missed["sensitivity"] == 0.0 and math.isnan(missed["precision"])
+    hallucinated = overlap_metrics(empty, one)
+    assert hallucinated["dice"] == 0.0 and hallucinated["precision"] == 0.0
+    assert math.isnan(hallucinated["sensitivity"])
+
+    diagonal = math.hypot(3 * 2.0, 4 * 0.5)
+    assert image_diagonal((4, 5), (2.0, 0.5)) == pytest.approx(diagonal)
+    for ref, pred in ((one, empty), (empty, one)):
+        s = surface_metrics(ref, pred, (2.0, 0.5))
+        assert s["hd95"] == pytest.approx(diagonal) and s["assd"] == pytest.approx(diagonal) and s["nsd"] == 0.0
+        s = surface_metrics(ref, pred, (2.0, 0.5), empty_distance=float("nan"))
+        assert math.isnan(s["hd95"]) and s["nsd"] == 0.0
+
+
+def test_single_voxel_objects_anisotropic():
+    ref = np.zeros((5, 8), dtype=bool)
+    pred = ref.copy()
+    ref[2, 2] = True
+    pred[2, 5] = True
+    # three columns apart at 0.5 mm
+    s = surface_metrics(ref, pred, (2.0, 0.5), nsd_tolerance_mm=1.0)
+    assert s["hd95"] == pytest.approx(1.5) and s["assd"] == pytest.approx(1.5) and s["nsd"] == 0.0
+    assert surface_metrics(ref, pred, (2.0, 0.5), nsd_tolerance_mm=1.5)["nsd"] == 1.0
+    pred[:] = False
+    pred[4, 2] = True
+    # two rows apart at 2 mm
+    assert surface_metrics(ref, pred, (2.0, 0.5))["hd95"] == pytest.approx(4.0)
+
+    # a single voxel in the corner of a 3D image, found exactly
+    ref3 = np.zeros((3, 3, 3), dtype=bool)
+    ref3[0, 0, 0] = True
+    s = surface_metrics(ref3, ref3.copy(), (3.0, 1.0, 1.0))
+    assert s == {"hd95": 0.0, "assd": 0.0, "nsd": 1.0}
+    assert overlap_metrics(ref3, ref3)["dice"] == 1.0
+
+
+@pytest.mark.parametrize("row_spacing, expected", [(1.0, 1.0), (2.0, 2.0)])
+def test_surface_blocks_hand_computed(row_spacing, expected):
+    # reference 4x4 block, prediction one row longer: 12 + 14 surface pixels. The reference's last row has two
+    # pixels inside the prediction, whose nearest prediction surface is one column (1 mm) away; the prediction's
+    # extra row of 4 pixels is one row (row_spacing) from the reference's surface.
+    ref = np.zeros((10, 10), dtype=bool)
+    pred = ref.copy()
+    ref[0:4, 0:4] = True
+    pred[0:5, 0:4] = True
+    s = surface_metrics(ref, pred, (row_spacing, 1.0), nsd_tolerance_mm=0.5)
+    assert s["hd95"] == pytest.approx(expected)
+    assert s["assd"] == pytest.approx((2 * 1.0 + 4 * row_spacing) / 26)
+    assert s["nsd"] == pytest.approx(20 / 26)
+
+
+def _brute_force_surface(ref, pred, spacing, tolerance):
+    def points(mask):
+        surface = mask & ~binary_erosion(mask, border_value=0)
+        return np.argwhere(surface) * np.asarray(spacing)
+
+    d = cdist(points(ref), points(pred))
+    a, b = d.min(axis=1), d.min(axis=0)
+    pooled = np.r_[a, b]
+    return max(np.percentile(a, 95), np.percentile(b, 95)), pooled.mean(), np.mean(pooled <= tolerance)
+
+
+def test_surface_matches_brute_force_3d():
+    rng = np.random.default_rng(0)
+    grid = np.indices((18, 20, 16)).astype(float)
+    centre = np.array([9, 10, 8])[:, None, None, None]
+    r = np.sqrt((((grid - centre) * np.array([2.5, 1, 1])[:, None, None, None]) ** 2).sum(0))
+    ref = r < 7
+    pred = (r + rng.normal(0, 1.2, r.shape)) < 7.5
+    pred[0, 0, :3] = True  # a stray blob on the image edge
+    spacing = (2.5, 0.8, 1.1)
+    s = surface_metrics(ref, pred, spacing, nsd_tolerance_mm=2.0)
+    hd95, assd, nsd = _brute_force_surface(ref, pred, spacing, 2.0)
+    assert s["hd95"] == pytest.approx(hd95) and s["assd"] == pytest.approx(assd) and s["nsd"] == pytest.approx(nsd)
+
+
+def test_probability_metrics_hand_and_sklearn():
+    target = np.array([0, 0, 1, 1])
+    score = np.array([0.1, 0.4, 0.35, 0.8])
+    m = probability_metrics(target, score)
+    assert m["auc_roc"] == pytest.approx(0.75)
+    assert m["auc_pr"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    assert m["mse"] == pytest.approx((0.01 + 0.16 + 0.4225 + 0.04) / 4)
+    assert math.isnan(auc_roc(np.zeros(3), np.ones(3))) and math.isnan(auc_pr(np.zeros(3), np.ones(3)))
+
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(1)
+    target = rng.random(3000) < 0.2
+    # rounded scores: many ties, which is where hand-rolled AUCs usually go wrong
+    score = np.round(np.clip(target * 0.3 + rng.random(3000) * 0.7, 0, 1), 2)
+    assert auc_roc(target, score) == pytest.approx(sklearn_metrics.roc_auc_score(target, score), abs=1e-12)
+    assert auc_pr(target, score) == pytest.approx(sklearn_metrics.average_precision_score(target, score), abs=1e-12)
+
+
+def test_squeeze_spatial_drops_nnunet_dummy_axis():
+    seg = np.zeros((1, 6, 7))
+    out, spacing = squeeze_spatial(seg, (999.0, 1.0, 1.0))
+    assert out.shape == (6, 7) and spacing == (1.0, 1.0)
+    probs = np.zeros((4, 1, 6, 7))
+    out, spacing = squeeze_spatial(probs, (999.0, 1.0, 1.0), keep_leading=1)
+    assert out.shape == (4, 6, 7) and spacing == (1.0, 1.0)
+
+
+def test_lesion_detection_hand_computed():
+    ref = np.zeros((20, 20), dtype=bool)
+    ref[1:3, 1:3] = True      # A, 4 px, found exactly
+    ref[10, 10] = True        # B, 1 px, missed
+    ref[15:18, 15:18] = True  # C, 9 px, one pixel of it found: IoU 1/9
+    pred = np.zeros_like(ref)
+    pred[1:3, 1:3] = True
+    pred[16, 16] = True
+    pred[5, 15:17] = True     # a false positive
+    spacing = (0.5, 0.5)
+    bins = (0, 1, 2, float("inf"))
+    d = lesion_detection(ref, pred, spacing, iou_threshold=0.1, size_bins=bins)
+    assert (d["n_ref_lesions"], d["n_pred_lesions"], d["n_detected"], d["false_positives"]) == (3, 3, 2, 1)
+    assert d["lesion_sensitivity"] == pytest.approx(2 / 3) and d["lesion_precision"] == pytest.approx(2 / 3)
+    assert d["lesion_f1"] == pytest.approx(2 / 3)
+    assert sorted(x["size"] for x in d["lesions"]) == [0.25, 1.0, 2.25]
+    assert d["by_size"] == {"[0,1)": {"n_lesions": 1, "n_detected": 0}, "[1,2)": {"n_lesions": 1, "n_detected": 1},
+                            "[2,inf)": {"n_lesions": 1, "n_detected": 1}}
+    strict = lesion_detection(ref, pred, spacing, iou_threshold=0.5, size_bins=bins)
+    assert strict["n_detected"] == 1 and strict["false_positives"] == 2
+
+    pooled = pool_detection([d, strict])
+    assert pooled["n_ref_lesions"] == 6 and pooled["lesion_sensitivity"] == pytest.approx(3 / 6)
+    assert pooled["false_positives_per_case"] == pytest.approx(1.5)
+    assert pooled["by_size"]["[2,inf)"]["sensitivity"] == pytest.approx(0.5)
+
+
+def test_lesion_split_in_two_is_one_detection_no_false_positive():
+    ref = np.zeros((3, 8), dtype=bool)
+    ref[1, 1:7] = True
+    pred = np.zeros_like(ref)
+    pred[1, 1:3] = True
+    pred[1, 5:7] = True
+    d = lesion_detection(ref, pred, (1.0, 1.0), iou_threshold=0.5)
+    assert d["n_detected"] == 1 and d["lesions"][0]["iou"] == pytest.approx(4 / 6)
+    assert d["n_pred_lesions"] == 2 and d["false_positives"] == 0 and d["lesion_f1"] == 1.0
+    empty = lesion_detection(np.zeros_like(ref), np.zeros_like(ref), (1.0, 1.0))
+    assert empty["lesion_f1"] == 1.0 and math.isnan(empty["lesion_sensitivity"])
+
+
+def test_av_protocol_weighted_inside_fov():
+    ref = np.array([[1, 1, 2, 2], [3, 0, 0, 0]])
+    pred = np.array([[1, 0, 2, 0], [3, 0, 0, 0]])
+    fov = np.ones_like(ref, dtype=bool)
+    fov[:, 3] = False  # the vein pixel at (0, 3) is outside and must not count as missed
+    probs = np.stack([pred == k for k in range(4)]).astype(float)
+    r = av_protocol_case(ref, pred, probs, fov)
+    assert r["per_class"]["artery"]["sensitivity"] == 0.5 and r["per_class"]["vein"]["sensitivity"] == 1.0
+    assert [r["per_class"][c]["n_pixels"] for c in ("artery", "vein", "uncertain")] == [2, 1, 1]
+    assert r["weighted"]["sensitivity"] == pytest.approx((0.5 * 2 + 1 + 1) / 4)
+    assert r["weighted"]["f1"] == pytest.approx((2 / 3 * 2 + 1 + 1) / 4)
+    # artery: positives score {1, 0}, negatives {0, 0, 0, 0}: 4 wins and 4 ties of 8 pairs
+    assert r["per_class"]["artery"]["auc_roc"] == pytest.approx(0.75)
+    assert r["per_class"]["artery"]["mse"] == pytest.approx(1 / 6)
+    s = summarise_av([r, r])
+    assert s["weighted"]["sensitivity"]["mean"] == pytest.approx(0.75) and s["weighted"]["sensitivity"]["std"] == 0
