@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 from PIL import Image
+
+from nnunet_ext.fileio import atomic_output_dir, dataset_id_clashes, refuse_existing
 
 IMAGE_EXTENSIONS_2D = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".gif", ".bmp", ".ppm")
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -254,14 +255,12 @@ def staged_dataset(dataset_id: int, name: str, out_root: str | os.PathLike | Non
     """
     root = raw_root(out_root)
     target = root / dataset_name(dataset_id, name)
-    clashes = [p for p in root.glob(f"Dataset{int(dataset_id):03d}_*") if p.is_dir() and p != target] \
-        if root.is_dir() else []
-    if (target.exists() or clashes) and not overwrite:
-        existing = target if target.exists() else clashes[0]
-        raise ConversionError(f"{existing}: data set exists; pass overwrite=True (--overwrite) to replace it")
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=root))
+    clashes = dataset_id_clashes(root, dataset_id, target)
     try:
+        refuse_existing(target, clashes, overwrite)
+    except FileExistsError as e:
+        raise ConversionError(f"{e}; a data set with id {dataset_id} is there") from None
+    with atomic_output_dir(target, overwrite=True, also_replace=clashes) as tmp:
         for sub in ("imagesTr", "labelsTr"):
             (tmp / sub).mkdir()
         yield tmp
@@ -269,13 +268,6 @@ def staged_dataset(dataset_id: int, name: str, out_root: str | os.PathLike | Non
         for sub in tmp.iterdir():
             if sub.is_dir() and not any(sub.iterdir()) and sub.name not in ("imagesTr", "labelsTr"):
                 sub.rmdir()
-        for old in [target, *clashes]:
-            if old.exists():
-                shutil.rmtree(old)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def make_dirs(folder: Path, *names: str) -> tuple[Path, ...]:

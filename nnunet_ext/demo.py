@@ -1,12 +1,11 @@
 """`nnunet_ext demo`: the whole stock nnU-Net pipeline with one of our trainers on an embedded phantom.
 
 phantom -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train (fold 0) -> nnUNetv2_predict (held-out cases)
--> evaluation against the held-out labels -> report.md, metrics.json, overlays.png in the work folder.
+-> nnunet_ext.evaluation against the held-out labels -> report.md (+ evaluation/ with CSV, JSON, plots).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -14,8 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nnunet_ext import stock
+from nnunet_ext.evaluation.evaluate import evaluate_folder
+from nnunet_ext.evaluation.report import summary_markdown
 from nnunet_ext.phantoms import PHANTOMS
-from nnunet_ext.report import evaluate_folder, write_overlays, write_report
 
 # Lines of the stock commands' output worth showing while they run: one per epoch, and the final validation.
 PROGRESS = r"Epoch \d+$|Epoch time|train_loss|Pseudo dice|Mean Validation Dice|Using trainer|Predicting|Traceback"
@@ -69,12 +69,19 @@ def run_demo(work_dir: Path, trainer: str = "nnUNetTrainer_demo", phantom: str =
     stage("predict", f"nnUNetv2_predict on {dataset_dir.name}/imagesTs",
           lambda: stock.predict(dataset_dir / "imagesTs", predictions, dataset_id, configuration, trainer, env,
                                 device=device, **run_kw))
-    metrics = stage("evaluate", "evaluating against labelsTs and writing the report",
-                    lambda: evaluate_folder(dataset_dir / "labelsTs", predictions, dataset_dir / "dataset.json"))
-    metrics["trainer"], metrics["phantom"], metrics["device"] = trainer, phantom, device
-    (work_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    overlays = write_overlays(dataset_dir / "imagesTs", dataset_dir / "labelsTs", predictions,
-                              dataset_dir / "dataset.json", work_dir / "overlays.png")
-    report = write_report(work_dir / "report.md", metrics, seconds, overlays,
-                          title=f"nnunet-ext demo: {trainer} on the {phantom} phantom ({configuration}, fold 0)")
-    return DemoResult(work_dir, dataset_dir, predictions, report, metrics, seconds)
+    evaluation_dir = work_dir / "evaluation"
+    summary = stage("evaluate", f"nnunet_ext evaluate -> {evaluation_dir.name}/", lambda: evaluate_folder(
+        str(dataset_dir / "labelsTs"), str(predictions), str(evaluation_dir), str(dataset_dir / "dataset.json"),
+        images_dir=str(dataset_dir / "imagesTs"), progress=False))
+    title = f"nnunet-ext demo: {trainer} on the {phantom} phantom ({configuration}, fold 0, {device})"
+    report = _write_report(work_dir / "report.md", title, summary, seconds)
+    return DemoResult(work_dir, dataset_dir, predictions, report, summary, seconds)
+
+
+def _write_report(path: Path, title: str, summary: dict, seconds: dict) -> Path:
+    lines = [f"# {title}", "", summary_markdown(summary), "",
+             "Stage times (s): " + ", ".join(f"{k} {v}" for k, v in seconds.items()), "",
+             "Per-case values: `evaluation/per_case.csv`; plots: "
+             + ", ".join(f"`evaluation/{p}`" for p in summary.get("plots", [])), ""]
+    path.write_text("\n".join(lines))
+    return path

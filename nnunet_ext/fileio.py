@@ -4,33 +4,47 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 
-@contextmanager
-def atomic_output_dir(target: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside target; it replaces target only when the block finishes without error.
+def dataset_id_clashes(root: Path, dataset_id: int, target: Path) -> list[Path]:
+    """Other data set folders with target's id: nnU-Net resolves ids by folder name and fails on duplicates."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return [p for p in root.glob(f"Dataset{int(dataset_id):03d}_*") if p.is_dir() and p != Path(target)]
 
-    The temporary folder lives in target's parent so the final rename stays on one file system (atomic).
-    """
+
+def refuse_existing(target: Path, others: Sequence[Path] = (), overwrite: bool = False) -> None:
+    existing = [p for p in (Path(target), *others) if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]}: already exists; pass overwrite=True (--overwrite) to replace it")
+
+
+@contextmanager
+def atomic_output_dir(target: Path, overwrite: bool = False, also_replace: Sequence[Path] = ()) -> Iterator[Path]:
+    """Yield a temporary folder beside target; it replaces target (and removes also_replace) only when the block
+    finishes without error. Living in target's parent keeps the final rename on one file system (atomic)."""
     target = Path(target)
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass overwrite=True (--overwrite) to replace it")
+    refuse_existing(target, also_replace, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         yield tmp
         if target.exists():
-            old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
+            # move the old folder aside first so that target is never missing and never mixed
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / target.name)
             os.replace(tmp, target)
             shutil.rmtree(old)
         else:
             os.replace(tmp, target)
+        for other in also_replace:
+            if Path(other).exists():
+                shutil.rmtree(other)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

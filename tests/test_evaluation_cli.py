@@ -45,17 +45,9 @@ def test_cli_evaluate_and_compare_in_process(png_folders, tmp_path, capsys):  # 
     assert comparison["comparisons"]["b - a"]["artery"]["dice"]["p_value"] == 1.0
 
 
-@pytest.fixture
-def stock_prediction(request):
-    try:
-        return request.getfixturevalue("stock_prediction_2d")
-    except pytest.FixtureLookupError:
-        pytest.skip("fixture stock_prediction_2d (the stock nnU-Net pipeline, tests/conftest.py on main) is not "
-                    "available in this checkout yet")
-
-
 @pytest.mark.slow
-def test_cli_on_stock_nnunet_prediction(stock_prediction, tmp_path):
+def test_cli_on_stock_nnunet_prediction(stock_prediction_2d, tmp_path):
+    stock_prediction = stock_prediction_2d
     pred_dir = stock_prediction.pred_dir
     npz = sorted(pred_dir.glob("*.npz"))
     assert npz, "the stock prediction was expected with --save_probabilities"

@@ -9,7 +9,7 @@ import numpy as np
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 from scipy import ndimage
 
-from nnunet_ext.fileio import atomic_output_dir
+from nnunet_ext.fileio import atomic_output_dir, dataset_id_clashes
 
 
 def case_rng(seed: int, index: int) -> np.random.Generator:
@@ -40,7 +40,8 @@ def write_dataset(out_root: Path, dataset_id: int, name: str, make_case: Callabl
     Cases 0..n_train-1 go to imagesTr/labelsTr, the next n_test to imagesTs/labelsTs (the reference for evaluation).
     """
     target = Path(out_root) / f"Dataset{dataset_id:03d}_{name}"
-    with atomic_output_dir(target, overwrite=overwrite) as tmp:
+    clashes = dataset_id_clashes(Path(out_root), dataset_id, target)
+    with atomic_output_dir(target, overwrite=overwrite, also_replace=clashes) as tmp:
         for split, indices in (("Tr", range(n_train)), ("Ts", range(n_train, n_train + n_test))):
             (tmp / f"images{split}").mkdir()
             (tmp / f"labels{split}").mkdir()

@@ -20,7 +20,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 # Budgets every method shares. debug: the smallest run that exercises every phase transition in tests;
 # demo: what `nnunet_ext demo` trains for, a few minutes on 2 CPU cores for the 2D phantom.
 DEBUG_BUDGET = {"epochs": 2, "iterations": 5, "val_iterations": 2}
-DEMO_BUDGET = {"epochs": 20, "iterations": 20, "val_iterations": 5}
+DEMO_BUDGET = {"epochs": 24, "iterations": 20, "val_iterations": 4}
 
 
 def short_variant(base: type[nnUNetTrainer], name: str, epochs: int, iterations: int,

@@ -1,0 +1,58 @@
+"""The demo job and the benchmark harness, end to end through the stock nnU-Net commands."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from nnunet_ext.benchmark import STOCK, run_benchmark
+
+
+def test_demo_on_reduced_budget(tmp_path):
+    """`nnunet_ext demo` as README runs it, with the 2-epoch trainer: every stage runs and reports."""
+    cli = Path(sys.executable).parent / "nnunet_ext"
+    work = tmp_path / "demo"
+    proc = subprocess.run([str(cli), "demo", "--work-dir", str(work), "--trainer", "nnUNetTrainer_debug",
+                           "--device", "cpu"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for step in ("[1/5]", "[2/5] nnUNetv2_plan_and_preprocess", "[3/5] nnUNetv2_train", "[4/5]", "[5/5]"):
+        assert step in proc.stdout
+    assert "Using trainer 'nnUNetTrainer_debug'" in proc.stdout  # found through nnUNet_extTrainer
+    assert "Epoch time" in proc.stdout  # progress is shown while training
+
+    summary = json.loads((work / "evaluation" / "summary.json").read_text())
+    assert summary["n_cases"] == 6
+    assert set(summary["per_class"]) == {"optic_disc", "vessel", "lesion"}
+    dice = summary["foreground_mean"]["dice"]
+    assert 0.0 <= dice <= 1.0
+    assert f"Foreground mean Dice on 6 held-out phantom cases: {dice:.3f}" in proc.stdout
+    report = (work / "report.md").read_text()
+    assert "| optic_disc |" in report and "nnUNetTrainer_debug" in report
+    predictions = sorted(p.name for p in (work / "predictions").glob("*.png"))
+    assert predictions == sorted(p.name for p in (work / "nnunet/nnUNet_raw/Dataset791_PhantomFundus/labelsTs")
+                                 .glob("*.png"))
+    for plot in summary["plots"]:
+        with Image.open(work / "evaluation" / plot) as im:
+            assert im.size[0] > 100 and im.size[1] > 100
+
+
+def test_benchmark_against_stock_on_the_same_batches(fundus_preprocessed, tmp_path):
+    f = fundus_preprocessed
+    report = run_benchmark(["nnUNetTrainer_debug"], str(f.dataset_id), "2d", "cpu", iterations=2, warmup=1,
+                           predict_cases=1, out_dir=tmp_path, env=f.env, tag="t")
+    names = [r["trainer"] for r in report["results"]]
+    assert names == [STOCK, "nnUNetTrainer_debug"]
+    stock, ours = report["results"]
+    assert stock["ratio_iteration"] == 1.0
+    for r in report["results"]:
+        assert r["seconds_per_iteration"] > 0 and r["seconds_per_predicted_case"] > 0
+        assert r["peak_rss_mb"] > r["rss_at_start_mb"] > 0
+        assert len(r["iteration_times"]) == 2
+    # the same plans: same network, patch and batch
+    assert ours["parameters"] == stock["parameters"]
+    assert ours["patch_size"] == stock["patch_size"] and ours["batch_size"] == stock["batch_size"]
+    table = (tmp_path / "t.md").read_text()
+    assert "| nnUNetTrainer_debug |" in table and "| nnUNetTrainer |" in table
+    assert json.loads((tmp_path / "t.json").read_text())["results"][1]["trainer"] == "nnUNetTrainer_debug"
