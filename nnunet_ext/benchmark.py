@@ -25,9 +25,18 @@ import torch
 STOCK = "nnUNetTrainer"
 
 
-def _rss_mb() -> float:
+def _peak_rss_mb() -> float:
     # ru_maxrss is in KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _current_rss_mb() -> float:
+    """Resident memory now (Linux /proc); elsewhere the peak so far, an upper bound."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return _peak_rss_mb()
 
 
 def _build_trainer(trainer_name: str, dataset: str, configuration: str, fold: int, plans_identifier: str,
@@ -68,7 +77,7 @@ def measure(trainer_name: str, dataset: str, configuration: str, device: str, it
             plans_identifier: str = "nnUNetPlans") -> dict:
     """Runs inside the child process."""
     dev = torch.device(device)
-    rss_start = _rss_mb()
+    rss_start = _current_rss_mb()  # after importing torch and nnU-Net, before the trainer exists
     trainer = _build_trainer(trainer_name, dataset, configuration, fold, plans_identifier, dev)
     trainer.on_train_start()
     trainer.on_train_epoch_start()
@@ -98,7 +107,7 @@ def measure(trainer_name: str, dataset: str, configuration: str, device: str, it
         "iteration_times": step_times,
         "seconds_per_batch_data_pipeline": pipeline_s,
         "seconds_per_predicted_case": predict_s,
-        "peak_rss_mb": _rss_mb(),
+        "peak_rss_mb": _peak_rss_mb(),
         "rss_at_start_mb": rss_start,
         "peak_gpu_mb": gpu_peak,
         "parameters": sum(p.numel() for p in trainer.network.parameters()),
