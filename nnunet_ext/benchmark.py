@@ -182,7 +182,9 @@ def run_benchmark(trainers: list[str], dataset: str, configuration: str, device:
         r["ratio_iteration"] = r["seconds_per_iteration"] / stock["seconds_per_iteration"]
         if r["seconds_per_predicted_case"] is not None:
             r["ratio_prediction"] = r["seconds_per_predicted_case"] / stock["seconds_per_predicted_case"]
-        r["ratio_peak_rss"] = r["peak_rss_mb"] / stock["peak_rss_mb"]
+        # memory the trainer itself adds over the interpreter with torch and nnU-Net loaded
+        r["trainer_rss_mb"] = r["peak_rss_mb"] - r["rss_at_start_mb"]
+        r["ratio_trainer_rss"] = r["trainer_rss_mb"] / (stock["peak_rss_mb"] - stock["rss_at_start_mb"])
         if r["peak_gpu_mb"] is not None:
             r["ratio_peak_gpu"] = r["peak_gpu_mb"] / stock["peak_gpu_mb"]
     report = {
@@ -204,8 +206,8 @@ def markdown_table(report: dict) -> str:
     head = (f"Dataset {report['dataset']}, {report['configuration']}, {report['device']} "
             f"({report['device_name']}, {report['cpu_count']} cores, torch {report['torch']}), "
             f"median of {report['iterations']} after {report['warmup']} warm-up, {report['date']}\n\n"
-            "| trainer | s/iteration | x stock | data s/batch | s/predicted case | x stock | peak RSS MB | x stock "
-            "| peak GPU MB | params |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            "| trainer | s/iteration | x stock | data s/batch | s/predicted case | x stock | RSS over start MB "
+            "| x stock | peak GPU MB | params |\n|---|---|---|---|---|---|---|---|---|---|\n")
     rows = []
     for r in report["results"]:
         pred = r["seconds_per_predicted_case"]
@@ -214,7 +216,7 @@ def markdown_table(report: dict) -> str:
             f"| {r['trainer']} | {r['seconds_per_iteration']:.3f} | {r['ratio_iteration']:.2f} "
             f"| {r['seconds_per_batch_data_pipeline']:.3f} "
             f"| {'-' if pred is None else f'{pred:.2f}'} | {r.get('ratio_prediction', float('nan')):.2f} "
-            f"| {r['peak_rss_mb']:.0f} | {r['ratio_peak_rss']:.2f} | {'-' if gpu is None else f'{gpu:.0f}'} "
+            f"| {r['trainer_rss_mb']:.0f} | {r['ratio_trainer_rss']:.2f} | {'-' if gpu is None else f'{gpu:.0f}'} "
             f"| {r['parameters'] / 1e6:.2f}M |")
     return head + "\n".join(rows) + "\n"
 
