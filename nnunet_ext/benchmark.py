@@ -77,6 +77,9 @@ def measure(trainer_name: str, dataset: str, configuration: str, device: str, it
             plans_identifier: str = "nnUNetPlans") -> dict:
     """Runs inside the child process."""
     dev = torch.device(device)
+    if dev.type == "cpu":
+        # as nnUNetv2_train and nnUNetv2_predict do on the CPU; torch's implicit default is several times slower here
+        torch.set_num_threads(os.cpu_count() or 1)
     rss_start = _current_rss_mb()  # after importing torch and nnU-Net, before the trainer exists
     trainer = _build_trainer(trainer_name, dataset, configuration, fold, plans_identifier, dev)
     trainer.on_train_start()
