@@ -87,6 +87,9 @@ def test_fusion_network_shapes_2d(fusion):
     # deep supervision on: the fused logits first, then G's side outputs, as nnU-Net's DeepSupervisionWrapper wants
     assert [tuple(o.shape) for o in output] == [(2, 4, 32, 32), (2, 4, 16, 16)]
     assert artery.shape == vein.shape == (2, 1, 32, 32)
+    # every parameter takes part (DDP needs that): the unused 1x1 heads of G and of the branches were dropped
+    (sum(o.sum() for o in output) + artery.sum() + vein.sum()).backward()
+    assert [n for n, p in net.named_parameters() if p.grad is None] == []
     # what nnU-Net's set_deep_supervision_enabled and the predictor do
     net.decoder.deep_supervision = False
     net.eval()

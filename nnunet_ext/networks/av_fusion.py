@@ -65,6 +65,13 @@ class AVFusionNetwork(nn.Module):
             if unet.decoder.num_classes != 1:
                 raise ValueError(f"{role} must have one output channel, has {unet.decoder.num_classes}")
         self.multi, self.artery, self.vein = multi, artery, vein
+        # G's full-resolution 1x1 head is replaced by the fusion head and the branches have no side outputs: drop the
+        # heads that would never run, so that every parameter gets a gradient (DDP insists) and checkpoints hold no
+        # dead weights. Training and prediction build the network the same way, so the keys always match.
+        multi.decoder.seg_layers[-1] = nn.Identity()
+        for unet in (artery, vein):
+            for s in range(len(unet.decoder.seg_layers) - 1):
+                unet.decoder.seg_layers[s] = nn.Identity()
         self.fusion_mode = fusion
         self.detach_branches = detach_branches
         features = multi.decoder.stages[-1].output_channels
