@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from nnunet_ext.fileio import atomic_output_dir, dataset_id_clashes, refuse_existing
+from nnunet_ext.fileio import atomic_output_dir, dataset_id_clashes, first_existing_path
 
 IMAGE_EXTENSIONS_2D = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".gif", ".bmp", ".ppm")
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
@@ -256,10 +256,9 @@ def staged_dataset(dataset_id: int, name: str, out_root: str | os.PathLike | Non
     root = raw_root(out_root)
     target = root / dataset_name(dataset_id, name)
     clashes = dataset_id_clashes(root, dataset_id, target)
-    try:
-        refuse_existing(target, clashes, overwrite)
-    except FileExistsError as e:
-        raise ConversionError(f"{e}; a data set with id {dataset_id} is there") from None
+    existing = first_existing_path(target, *clashes)
+    if existing is not None and not overwrite:
+        raise ConversionError(f"{existing}: data set exists; pass overwrite=True (--overwrite) to replace it")
     with atomic_output_dir(target, overwrite=True, also_replace=clashes) as tmp:
         for sub in ("imagesTr", "labelsTr"):
             (tmp / sub).mkdir()

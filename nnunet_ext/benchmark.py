@@ -25,9 +25,18 @@ import torch
 STOCK = "nnUNetTrainer"
 
 
-def _rss_mb() -> float:
+def _peak_rss_mb() -> float:
     # ru_maxrss is in KiB on Linux
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _current_rss_mb() -> float:
+    """Resident memory now (Linux /proc); elsewhere the peak so far, an upper bound."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return _peak_rss_mb()
 
 
 def _build_trainer(trainer_name: str, dataset: str, configuration: str, fold: int, plans_identifier: str,
@@ -68,7 +77,7 @@ def measure(trainer_name: str, dataset: str, configuration: str, device: str, it
             plans_identifier: str = "nnUNetPlans") -> dict:
     """Runs inside the child process."""
     dev = torch.device(device)
-    rss_start = _rss_mb()
+    rss_start = _current_rss_mb()  # after importing torch and nnU-Net, before the trainer exists
     trainer = _build_trainer(trainer_name, dataset, configuration, fold, plans_identifier, dev)
     trainer.on_train_start()
     trainer.on_train_epoch_start()
@@ -98,7 +107,7 @@ def measure(trainer_name: str, dataset: str, configuration: str, device: str, it
         "iteration_times": step_times,
         "seconds_per_batch_data_pipeline": pipeline_s,
         "seconds_per_predicted_case": predict_s,
-        "peak_rss_mb": _rss_mb(),
+        "peak_rss_mb": _peak_rss_mb(),
         "rss_at_start_mb": rss_start,
         "peak_gpu_mb": gpu_peak,
         "parameters": sum(p.numel() for p in trainer.network.parameters()),
@@ -128,7 +137,8 @@ def _measure_prediction(trainer, n_cases: int, dev: torch.device) -> float:
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
                                 perform_everything_on_device=dev.type == "cuda", device=dev, verbose=False,
                                 verbose_preprocessing=False, allow_tqdm=False)
-    predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager, None,
+    predictor.manual_initialization(trainer.network, trainer.plans_manager, trainer.configuration_manager,
+                                    [trainer.network.state_dict()],
                                     trainer.dataset_json, trainer.__class__.__name__,
                                     trainer.inference_allowed_mirroring_axes)
     rw = trainer.plans_manager.image_reader_writer_class()
@@ -172,7 +182,9 @@ def run_benchmark(trainers: list[str], dataset: str, configuration: str, device:
         r["ratio_iteration"] = r["seconds_per_iteration"] / stock["seconds_per_iteration"]
         if r["seconds_per_predicted_case"] is not None:
             r["ratio_prediction"] = r["seconds_per_predicted_case"] / stock["seconds_per_predicted_case"]
-        r["ratio_peak_rss"] = r["peak_rss_mb"] / stock["peak_rss_mb"]
+        # memory the trainer itself adds over the interpreter with torch and nnU-Net loaded
+        r["trainer_rss_mb"] = r["peak_rss_mb"] - r["rss_at_start_mb"]
+        r["ratio_trainer_rss"] = r["trainer_rss_mb"] / (stock["peak_rss_mb"] - stock["rss_at_start_mb"])
         if r["peak_gpu_mb"] is not None:
             r["ratio_peak_gpu"] = r["peak_gpu_mb"] / stock["peak_gpu_mb"]
     report = {
@@ -194,8 +206,8 @@ def markdown_table(report: dict) -> str:
     head = (f"Dataset {report['dataset']}, {report['configuration']}, {report['device']} "
             f"({report['device_name']}, {report['cpu_count']} cores, torch {report['torch']}), "
             f"median of {report['iterations']} after {report['warmup']} warm-up, {report['date']}\n\n"
-            "| trainer | s/iteration | x stock | data s/batch | s/predicted case | x stock | peak RSS MB | x stock "
-            "| peak GPU MB | params |\n|---|---|---|---|---|---|---|---|---|---|\n")
+            "| trainer | s/iteration | x stock | data s/batch | s/predicted case | x stock | RSS over start MB "
+            "| x stock | peak GPU MB | params |\n|---|---|---|---|---|---|---|---|---|---|\n")
     rows = []
     for r in report["results"]:
         pred = r["seconds_per_predicted_case"]
@@ -204,7 +216,7 @@ def markdown_table(report: dict) -> str:
             f"| {r['trainer']} | {r['seconds_per_iteration']:.3f} | {r['ratio_iteration']:.2f} "
             f"| {r['seconds_per_batch_data_pipeline']:.3f} "
             f"| {'-' if pred is None else f'{pred:.2f}'} | {r.get('ratio_prediction', float('nan')):.2f} "
-            f"| {r['peak_rss_mb']:.0f} | {r['ratio_peak_rss']:.2f} | {'-' if gpu is None else f'{gpu:.0f}'} "
+            f"| {r['trainer_rss_mb']:.0f} | {r['ratio_trainer_rss']:.2f} | {'-' if gpu is None else f'{gpu:.0f}'} "
             f"| {r['parameters'] / 1e6:.2f}M |")
     return head + "\n".join(rows) + "\n"
 

@@ -18,10 +18,8 @@ def dataset_id_clashes(root: Path, dataset_id: int, target: Path) -> list[Path]:
     return [p for p in root.glob(f"Dataset{int(dataset_id):03d}_*") if p.is_dir() and p != Path(target)]
 
 
-def refuse_existing(target: Path, others: Sequence[Path] = (), overwrite: bool = False) -> None:
-    existing = [p for p in (Path(target), *others) if p.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing[0]}: already exists; pass overwrite=True (--overwrite) to replace it")
+def first_existing_path(*paths: Path) -> Path | None:
+    return next((Path(p) for p in paths if Path(p).exists()), None)
 
 
 @contextmanager
@@ -29,7 +27,9 @@ def atomic_output_dir(target: Path, overwrite: bool = False, also_replace: Seque
     """Yield a temporary folder beside target; it replaces target (and removes also_replace) only when the block
     finishes without error. Living in target's parent keeps the final rename on one file system (atomic)."""
     target = Path(target)
-    refuse_existing(target, also_replace, overwrite)
+    existing = first_existing_path(target, *also_replace)
+    if existing is not None and not overwrite:
+        raise FileExistsError(f"{existing}: already exists; pass overwrite=True (--overwrite) to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:

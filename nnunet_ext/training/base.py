@@ -139,7 +139,8 @@ class nnUNetExtTrainer(nnUNetTrainer):
         for name, module in modules.items():
             module = module.to(self.device)
             if self.is_ddp and any(p.requires_grad for p in module.parameters()):
-                module = DDP(nn.SyncBatchNorm.convert_sync_batchnorm(module), device_ids=[self.local_rank])
+                module = DDP(nn.SyncBatchNorm.convert_sync_batchnorm(module),
+                             device_ids=[self.local_rank] if self.device.type == "cuda" else None)
             self.aux_modules[name] = module
         optimizers = self.configure_aux_optimizers()
         unknown = set(optimizers) - set(self.aux_modules)
