@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
 
     train_env = dict(env, nnUNet_n_proc_DA="0", nnUNet_ext_seed="0")
     results = {}
+    previous = a.out / "av_drive.json"
+    if previous.exists():  # a rerun of some trainers keeps the others' rows
+        old = json.loads(previous.read_text())
+        results, seconds = old["results"], {**old["seconds"], **seconds}
     for trainer in a.trainers:
         t0 = time.perf_counter()
         stock.train(711, CONFIGURATION, 0, trainer, train_env, log_file=log)
