@@ -59,8 +59,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--work-dir", default="nnunet_ext_work", help="folder for data, results and report")
     p.add_argument("--trainer", default=DEMO_TRAINER,
                    help="trainer class name (ours or nnU-Net's); default: stock nnU-Net behaviour, demo budget")
-    p.add_argument("--phantom", default="fundus2d", choices=["fundus2d", "ct3d"],
-                   help="embedded data set: fundus2d (2D RGB, default) or ct3d (3D abdominal CT)")
+    p.add_argument("--phantom", default="fundus2d", choices=["fundus2d", "ct3d", "av2d"],
+                   help="embedded data set: fundus2d (2D RGB, default), ct3d (3D abdominal CT) or av2d (2D A/V fundus)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"], help="default: cuda if available")
     p.add_argument("--seed", type=int, default=0, help="phantom seed")
     p.add_argument("--min-dice", type=float, default=None,

@@ -1,0 +1,213 @@
+"""Artery/vein binary-to-multi-class fusion (Zhou et al., MICCAI 2021) as nnU-Net trainers.
+
+    nnUNetv2_train 711 2d 0 -tr AVFusionTrainer
+    nnUNetv2_predict -i IN -o OUT -d 711 -c 2d -tr AVFusionTrainer --save_probabilities
+
+The network (G, G_A, G_V and the fusion head, nnunet_ext.networks.av_fusion) is one module built by
+`build_network_architecture`, so stock prediction needs nothing else. Losses: nnU-Net's Dice+CE with deep supervision
+on [fused logits, G's side outputs], plus Dice+BCE on the artery (artery + crossing) and vein (vein + crossing)
+branches. `AVFusionTrainer_GAN` adds the original's adversarial term (a discriminator on image + probabilities, an
+auxiliary module saved and resumed with the rest) and its MSE between softmax and one-hot reference.
+
+The fusion mode shapes the network, and nnUNetv2_predict builds the network from the trainer class without making
+an instance: variants therefore set class attributes (fusion_mode, detach_branches), which
+`build_network_architecture` (a classmethod) reads.
+"""
+
+from __future__ import annotations
+
+import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast, nn
+
+from nnunet_ext.losses.av_fusion import BranchLoss, find_av_labels
+from nnunet_ext.networks.av_fusion import AVDiscriminator, AVFusionNetwork
+from nnunet_ext.training.base import nnUNetExtTrainer
+from nnunet_ext.training.phases import Phase, PhaseSchedule
+from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
+
+__all__ = ["AVFusionTrainer", "AVFusionTrainer_detach", "AVFusionTrainer_mean", "AVFusionTrainer_mean_attached",
+           "AVFusionTrainer_GAN", "AVFusionTrainer_debug", "AVFusionTrainer_demo", "AVFusionTrainer_GAN_debug",
+           "AVFusionTrainer_GAN_demo"]
+
+
+class AVFusionTrainer(nnUNetExtTrainer):
+    # network structure: class attributes, read by build_network_architecture at training and prediction time
+    fusion_mode = "concat"  # "concat": [sigmoid(G_A), G features, sigmoid(G_V)]; "mean": mean of the 3 features
+    detach_branches = False  # True: the fused loss does not reach G_A/G_V
+    # set True in a subclass for data that really are 3D vessel trees (the method and its phantom are 2D fundus)
+    allow_3d = False
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        dataset = self.plans_manager.dataset_name
+        if len(self.configuration_manager.patch_size) != 2 and not self.allow_3d:
+            raise ValueError(
+                f"{self.__class__.__name__} is a 2D method (fundus photographs); configuration '{configuration}' of "
+                f"{dataset} is 3D. Train the 2d configuration (nnUNetv2_train {dataset} 2d FOLD -tr "
+                f"{self.__class__.__name__}), or subclass with allow_3d = True for real 3D vessel volumes")
+        if self.label_manager.has_regions:
+            raise ValueError(f"{dataset} uses region-based labels; {self.__class__.__name__} needs class labels "
+                             f"(artery, vein, optionally crossing/uncertain)")
+        self.av_labels = find_av_labels(dataset_json["labels"], dataset)
+        self.branch_loss_weight = 1.0
+        self.branch_loss: BranchLoss | None = None
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        def unet(outputs: int, deep_supervision: bool) -> nn.Module:
+            return get_network_from_plans(configuration_manager.network_arch_class_name,
+                                          configuration_manager.network_arch_init_kwargs,
+                                          configuration_manager.network_arch_init_kwargs_req_import,
+                                          num_input_channels, outputs, allow_init=True,
+                                          deep_supervision=deep_supervision)
+
+        # the branches have no side outputs: deep supervision stays on G, as in the paper's adaptation to nnU-Net
+        return AVFusionNetwork(unet(num_output_channels, enable_deep_supervision), unet(1, False), unet(1, False),
+                               num_output_channels, cls.fusion_mode, cls.detach_branches)
+
+    def initialize(self):
+        super().initialize()
+        self.branch_loss = BranchLoss(self.av_labels, self.configuration_manager.batch_dice,
+                                      self.label_manager.ignore_label, self.is_ddp)
+        self.print_to_log_file(f"A/V fusion ({self.fusion_mode}, branches "
+                               f"{'detached' if self.detach_branches else 'attached'}): {self.av_labels.describe()}")
+
+    # ------------------------------------------------------------------ training
+    def _batch_to_device(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor] | torch.Tensor, torch.Tensor]:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        if isinstance(target, list):
+            target = [t.to(self.device, non_blocking=True) for t in target]
+            return data, target, target[0]
+        target = target.to(self.device, non_blocking=True)
+        return data, target, target
+
+    def _autocast(self):
+        # as nnU-Net: mixed precision on CUDA only (slow on CPU, unsupported on MPS)
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def _step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters) -> None:
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(parameters, 12)
+            self.grad_scaler.step(optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 12)
+            optimizer.step()
+
+    def segmentation_losses(self, data: torch.Tensor, target, full_target: torch.Tensor):
+        """(network output, fused + branch loss) of one forward pass."""
+        output, artery_logits, vein_logits = self.network(data, return_branches=True)
+        fused = self.loss(output, target)
+        branches = self.branch_loss(artery_logits, vein_logits, full_target)
+        return output, fused + self.branch_loss_weight * branches
+
+    def train_step_fusion(self, batch: dict) -> dict:
+        data, target, full_target = self._batch_to_device(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            _, loss = self.segmentation_losses(data, target, full_target)
+        self._step(loss, self.optimizer, self.network.parameters())
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def train_step(self, batch: dict) -> dict:
+        if self.current_phase is None:
+            return self.train_step_fusion(batch)
+        return super().train_step(batch)  # train_step_<phase>
+
+
+class AVFusionTrainer_detach(AVFusionTrainer):
+    """Concatenated probabilities, branch probabilities detached: the branches learn from their binary losses only."""
+
+    detach_branches = True
+
+
+class AVFusionTrainer_mean(AVFusionTrainer):
+    """The authors' later code: mean of the three final feature maps, branch features detached."""
+
+    fusion_mode = "mean"
+    detach_branches = True
+
+
+class AVFusionTrainer_mean_attached(AVFusionTrainer):
+    fusion_mode = "mean"
+
+
+class AVFusionTrainer_GAN(AVFusionTrainer):
+    """AVFusionTrainer plus the original's adversarial training: a discriminator on (image, probabilities) pairs
+    learns to tell the reference one-hot from the fused softmax; the generator (the whole fusion network) adds
+    0.08 * adversarial + 0.5 * MSE(softmax, one-hot) to nnU-Net's fused Dice+CE and the branch losses (the original
+    used 1.1 * CE where nnU-Net uses Dice+CE)."""
+
+    adversarial_weight = 0.08
+    mse_weight = 0.5
+    discriminator_lr = 2e-4
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.phase_schedule = PhaseSchedule([
+            Phase("adversarial", None, train=("network", "discriminator"),
+                  losses={"adversarial": self.adversarial_weight, "mse": self.mse_weight}),
+        ])
+
+    def build_aux_modules(self) -> dict[str, nn.Module]:
+        channels = self.num_input_channels + self.label_manager.num_segmentation_heads
+        return {"discriminator": AVDiscriminator(channels, len(self.configuration_manager.patch_size))}
+
+    def configure_aux_optimizers(self):
+        opt = torch.optim.Adam(self.aux_modules["discriminator"].parameters(), lr=self.discriminator_lr,
+                               betas=(0.5, 0.999))
+        return {"discriminator": (opt, PolyLRScheduler(opt, self.discriminator_lr, self.num_epochs))}
+
+    def _one_hot(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(one-hot reference, valid-pixel mask); ignore-label pixels are zero in both pairs the discriminator sees."""
+        if self.label_manager.ignore_label is not None:
+            valid = target != self.label_manager.ignore_label
+        else:
+            valid = torch.ones_like(target, dtype=torch.bool)
+        labels = torch.where(valid, target, 0).long()[:, 0]
+        one_hot = nn.functional.one_hot(labels, self.label_manager.num_segmentation_heads)
+        return one_hot.movedim(-1, 1).float() * valid, valid.float()
+
+    def train_step_adversarial(self, batch: dict) -> dict:
+        data, target, full_target = self._batch_to_device(batch)
+        phase = self.current_phase.phase
+        disc = self.aux_modules["discriminator"]
+        disc_opt = self.aux_optimizers["discriminator"]
+        one_hot, valid = self._one_hot(full_target)
+
+        # generator: the whole fusion network
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            output, seg_loss = self.segmentation_losses(data, target, full_target)
+            fused = output[0] if isinstance(output, list) else output
+            probabilities = torch.softmax(fused.float(), 1) * valid
+            real = torch.ones(data.shape[0], device=self.device)
+            adversarial = nn.functional.binary_cross_entropy_with_logits(disc(data, probabilities), real)
+            mse = ((probabilities - one_hot) ** 2).sum() / (valid.sum() * one_hot.shape[1]).clamp_min(1)
+            loss = seg_loss + phase.loss_weight("adversarial") * adversarial + phase.loss_weight("mse") * mse
+        self._step(loss, self.optimizer, self.network.parameters())
+
+        # discriminator: reference pairs are real, predicted pairs fake (its grads from the generator step dropped)
+        disc_opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            logits = disc(torch.cat((data, data)), torch.cat((one_hot, probabilities.detach())))
+            labels = torch.cat((real, torch.zeros_like(real)))
+            disc_loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        self._step(disc_loss, disc_opt, disc.parameters())
+        return {"loss": loss.detach().cpu().numpy()}
+
+
+AVFusionTrainer_debug = short_variant(AVFusionTrainer, "AVFusionTrainer_debug", **DEBUG_BUDGET)
+AVFusionTrainer_demo = short_variant(AVFusionTrainer, "AVFusionTrainer_demo", **DEMO_BUDGET)
+AVFusionTrainer_GAN_debug = short_variant(AVFusionTrainer_GAN, "AVFusionTrainer_GAN_debug", **DEBUG_BUDGET)
+AVFusionTrainer_GAN_demo = short_variant(AVFusionTrainer_GAN, "AVFusionTrainer_GAN_demo", **DEMO_BUDGET)
