@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nnunet_ext.stock import cpu_friendly
+
 STOCK = "nnUNetTrainer"
 
 
@@ -162,10 +164,9 @@ def run_benchmark(trainers: list[str], dataset: str, configuration: str, device:
                   env: dict | None = None, tag: str | None = None) -> dict:
     """Measure STOCK first (it draws the shared batches), then every other trainer, each in a fresh process."""
     order = [STOCK] + [t for t in trainers if t != STOCK]
-    env = dict(env or os.environ)
+    env = cpu_friendly(env or os.environ, device)
     if device == "cpu":
         env["nnUNet_n_proc_DA"] = "0"  # the pipeline is timed in-process; workers would hide its cost
-        env["nnUNet_compile"] = "false"
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         env["nnUNet_results"] = str(Path(tmp) / "results")  # benchmark runs must not touch real results

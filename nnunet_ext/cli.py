@@ -44,18 +44,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     floor = args.min_dice
     if floor is None and args.trainer == DEMO_TRAINER:
         floor = getattr(PHANTOMS[args.phantom], "DEMO_DICE_FLOOR", None)
-    if floor is not None:
-        verdict = "PASS" if dice >= floor else "FAIL"
-        print(f"{verdict}: Dice {dice:.3f} {'>=' if dice >= floor else '<'} floor {floor}")
-        return 0 if dice >= floor else 1
-    return 0
+    if floor is None:
+        return 0
+    passed = dice >= floor
+    print(f"{'PASS' if passed else 'FAIL'}: Dice {dice:.3f} {'>=' if passed else '<'} floor {floor}")
+    return 0 if passed else 1
 
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="end-to-end stock nnU-Net pipeline on an embedded phantom",
                        description="Generate a phantom data set, then run the stock nnUNetv2_plan_and_preprocess, "
                                    "nnUNetv2_train (fold 0, short budget) and nnUNetv2_predict with one of our "
-                                   "trainers, evaluate the held-out cases and write report.md + overlays.png.")
+                                   "trainers, evaluate the held-out cases and write report.md + evaluation/ "
+                                   "(CSV, JSON, overlay PNGs).")
     p.add_argument("--work-dir", default="nnunet_ext_work", help="folder for data, results and report")
     p.add_argument("--trainer", default=DEMO_TRAINER,
                    help="trainer class name (ours or nnU-Net's); default: stock nnU-Net behaviour, demo budget")

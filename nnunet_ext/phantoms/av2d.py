@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nnunet_ext.phantoms.common import case_rng, grid, smooth_noise, write_dataset
+from nnunet_ext.phantoms.common import case_rng, grid, save_rgb_case, smooth_noise, write_dataset
 from nnunet_ext.phantoms.fundus2d import _segment_distance, _vessel_tree
 
 LABELS = {"background": 0, "artery": 1, "vein": 2, "crossing": 3}
@@ -94,8 +94,7 @@ def _write(case: tuple, image_dir: Path, label_dir: Path, case_id: str) -> None:
     rgb, label, fov = case
     mask_dir = image_dir.parent / image_dir.name.replace("images", "masks")
     mask_dir.mkdir(exist_ok=True)
-    Image.fromarray(rgb, mode="RGB").save(image_dir / f"{case_id}_0000.png")
-    Image.fromarray(label, mode="L").save(label_dir / f"{case_id}.png")
+    save_rgb_case(rgb, label, image_dir, label_dir, case_id)
     Image.fromarray(fov.astype(np.uint8), mode="L").save(mask_dir / f"{case_id}.png")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+from PIL import Image
 from scipy import ndimage
 
 from nnunet_ext.fileio import atomic_output_dir, dataset_id_clashes
@@ -29,6 +30,12 @@ def grid(shape: tuple[int, ...], spacing: tuple[float, ...] | None = None) -> li
     if spacing is None:
         return list(coords)
     return [c * s for c, s in zip(coords, spacing, strict=True)]
+
+
+def save_rgb_case(rgb: np.ndarray, label: np.ndarray, image_dir: Path, label_dir: Path, case_id: str) -> None:
+    """An RGB image as one `_0000.png` (nnU-Net's NaturalImage2DIO) and its label map as a grey PNG."""
+    Image.fromarray(rgb, mode="RGB").save(image_dir / f"{case_id}_0000.png")
+    Image.fromarray(label, mode="L").save(label_dir / f"{case_id}.png")
 
 
 def write_dataset(out_root: Path, dataset_id: int, name: str, make_case: Callable[[int], tuple],

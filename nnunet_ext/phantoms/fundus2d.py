@@ -11,9 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from nnunet_ext.phantoms.common import case_rng, grid, smooth_noise, write_dataset
+from nnunet_ext.phantoms.common import case_rng, grid, save_rgb_case, smooth_noise, write_dataset
 
 LABELS = {"background": 0, "optic_disc": 1, "vessel": 2, "lesion": 3}
 CONFIGURATION = "2d"  # the nnU-Net configuration the demo and tests train
@@ -106,9 +105,7 @@ def make_case(rng: np.random.Generator, size: int = 96, lesion_probability: floa
 
 
 def _write(case: tuple, image_dir: Path, label_dir: Path, case_id: str) -> None:
-    rgb, label = case
-    Image.fromarray(rgb, mode="RGB").save(image_dir / f"{case_id}_0000.png")
-    Image.fromarray(label, mode="L").save(label_dir / f"{case_id}.png")
+    save_rgb_case(*case, image_dir, label_dir, case_id)
 
 
 def generate(out_root: Path, dataset_id: int = DEFAULT_ID, n_train: int = 24, n_test: int = 6, size: int = 96,

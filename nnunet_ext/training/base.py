@@ -177,7 +177,6 @@ class nnUNetExtTrainer(nnUNetTrainer):
                                    f"{', '.join(phase.phase.train) or 'nothing'}")
             self.current_phase = phase
             self.on_phase_start(phase)
-        self.current_phase = phase
         for name, module in self.modules_by_name().items():
             trains = phase.phase.trains(name)
             module.train(trains)
