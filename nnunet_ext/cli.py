@@ -9,6 +9,7 @@ import sys
 from nnunet_ext import __version__
 from nnunet_ext.dataset_conversion.cli import add_parser as _add_convert
 from nnunet_ext.evaluation.cli import add_compare, add_evaluate
+from nnunet_ext.phantoms import PHANTOMS
 
 DEMO_TRAINER = "nnUNetTrainer_demo"
 
@@ -31,19 +32,17 @@ def _add_env(sub) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from nnunet_ext.demo import run_demo
-    from nnunet_ext.phantoms import PHANTOMS
+    from nnunet_ext.demo import resolve_demo, run_demo
 
-    result = run_demo(args.work_dir, trainer=args.trainer, phantom=args.phantom, device=args.device, seed=args.seed,
+    trainer, phantom, floor = resolve_demo(args.trainer, args.phantom)
+    result = run_demo(args.work_dir, trainer=trainer, phantom=phantom, device=args.device, seed=args.seed,
                       quiet_commands=args.quiet)
     print()
     print(result.report.read_text())
     dice = result.metrics["foreground_mean"]["dice"]
     print(f"Foreground mean Dice on {result.metrics['n_cases']} held-out phantom cases: {dice:.3f}")
     print(f"Report: {result.report}  (work folder {result.work_dir}, full command log commands.log)")
-    floor = args.min_dice
-    if floor is None and args.trainer == DEMO_TRAINER:
-        floor = getattr(PHANTOMS[args.phantom], "DEMO_DICE_FLOOR", None)
+    floor = args.min_dice if args.min_dice is not None else floor
     if floor is None:
         return 0
     passed = dice >= floor
@@ -59,14 +58,15 @@ def _add_demo(sub) -> None:
                                    "(CSV, JSON, overlay PNGs).")
     p.add_argument("--work-dir", default="nnunet_ext_work", help="folder for data, results and report")
     p.add_argument("--trainer", default=DEMO_TRAINER,
-                   help="trainer class name (ours or nnU-Net's); default: stock nnU-Net behaviour, demo budget")
-    p.add_argument("--phantom", default="fundus2d", choices=["fundus2d", "ct3d", "av2d"],
-                   help="embedded data set: fundus2d (2D RGB, default), ct3d (3D abdominal CT) or av2d (2D A/V fundus)")
+                   help="trainer class name (ours or nnU-Net's); a method name such as AVFusionTrainer runs its "
+                        "_demo variant. Default: stock nnU-Net behaviour, demo budget")
+    p.add_argument("--phantom", default=None, choices=sorted(PHANTOMS),
+                   help="embedded data set (default: the trainer's own phantom, else fundus2d)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda", "mps"], help="default: cuda if available")
     p.add_argument("--seed", type=int, default=0, help="phantom seed")
     p.add_argument("--min-dice", type=float, default=None,
-                   help="exit with 1 when the foreground Dice is below (default: the phantom's floor when the "
-                        "default trainer runs)")
+                   help="exit with 1 when the foreground Dice is below (default: the floor measured for the "
+                        "trainer's demo on its own phantom, none otherwise)")
     p.add_argument("--quiet", action="store_true", help="do not echo the stock commands' progress lines")
     p.set_defaults(func=_cmd_demo)
 

@@ -12,13 +12,47 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import nnunetv2
+from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
 from nnunet_ext import stock
 from nnunet_ext.evaluation.evaluate import evaluate_folder
 from nnunet_ext.evaluation.report import summary_markdown
+from nnunet_ext.paths import TRAINERS_DIR
 from nnunet_ext.phantoms import PHANTOMS
 
 # Lines of the stock commands' output worth showing while they run: one per epoch, and the final validation.
 PROGRESS = r"Epoch \d+$|Epoch time|train_loss|Pseudo dice|Mean Validation Dice|Using trainer|Predicting|Traceback"
+
+
+def resolve_demo(trainer: str, phantom: str | None = None) -> tuple[str, str, float | None]:
+    """(trainer to run, phantom, Dice floor or None) for `nnunet_ext demo --trainer NAME [--phantom P]`.
+
+    A method name runs its `_demo` variant when one exists (the full budget is days on a CPU). A trainer class says
+    which phantom shows it (`demo_phantom`) and which Dice its demo reaches there (`demo_dice_floor`); the stock demo
+    trainer uses the phantom's own `DEMO_DICE_FLOOR`. A floor is only applied on the phantom it was measured on.
+    """
+    def find(name: str):
+        # ours first, imported under the package name so the classes are the ones checkpoints refer to
+        ours = recursive_find_python_class(str(TRAINERS_DIR), name, "nnunet_ext.trainers")
+        return ours or recursive_find_python_class(str(Path(nnunetv2.__file__).parent / "training" / "nnUNetTrainer"),
+                                                   name, "nnunetv2.training.nnUNetTrainer")
+
+    cls = find(trainer)
+    if cls is None:
+        raise ValueError(f"trainer {trainer!r} was not found in nnU-Net's or nnunet_ext's trainer folders")
+    if not trainer.endswith(("_demo", "_debug")) and find(f"{trainer}_demo") is not None:
+        trainer, cls = f"{trainer}_demo", find(f"{trainer}_demo")
+    own_phantom = getattr(cls, "demo_phantom", None)
+    phantom = phantom or own_phantom or "fundus2d"
+    if phantom not in PHANTOMS:
+        raise ValueError(f"unknown phantom {phantom!r}; choose from {sorted(PHANTOMS)}")
+    floor = None
+    if own_phantom == phantom and trainer.endswith("_demo"):
+        floor = getattr(cls, "demo_dice_floor", None)
+    if floor is None and trainer == "nnUNetTrainer_demo":
+        floor = getattr(PHANTOMS[phantom], "DEMO_DICE_FLOOR", None)
+    return trainer, phantom, floor
 
 
 @dataclass

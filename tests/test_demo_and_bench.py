@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from nnunet_ext.benchmark import STOCK, run_benchmark
@@ -56,3 +57,15 @@ def test_benchmark_against_stock_on_the_same_batches(fundus_preprocessed, tmp_pa
     table = (tmp_path / "t.md").read_text()
     assert "| nnUNetTrainer_debug |" in table and "| nnUNetTrainer |" in table
     assert json.loads((tmp_path / "t.json").read_text())["results"][1]["trainer"] == "nnUNetTrainer_debug"
+
+
+def test_demo_resolves_method_name_to_its_demo_variant_phantom_and_floor():
+    from nnunet_ext.demo import resolve_demo
+
+    assert resolve_demo("AVFusionTrainer") == ("AVFusionTrainer_demo", "av2d", 0.75)
+    assert resolve_demo("nnUNetTrainer_demo") == ("nnUNetTrainer_demo", "fundus2d", 0.90)
+    # a floor is only meaningful on the phantom and budget it was measured with
+    assert resolve_demo("AVFusionTrainer", "fundus2d") == ("AVFusionTrainer_demo", "fundus2d", None)
+    assert resolve_demo("nnUNetTrainer_debug", "ct3d") == ("nnUNetTrainer_debug", "ct3d", None)
+    with pytest.raises(ValueError, match="NoSuchTrainer"):
+        resolve_demo("NoSuchTrainer")
