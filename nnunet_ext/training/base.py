@@ -94,6 +94,11 @@ class nnUNetExtTrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        # nnU-Net's launcher runs DDP on CUDA only and moves every rank to cuda:<rank>; a gloo process group with
+        # device cpu (our multi-process tests, CPU clusters) keeps the cpu
+        self._cpu_ddp = self.is_ddp and torch.device(device).type == "cpu"
+        if self._cpu_ddp:
+            self.device = torch.device("cpu")
         self.seed: int | None = env_int(SEED_ENV)
         self.stop_after_epochs: int | None = env_int(STOP_AFTER_ENV)
         # None: the stock single-phase behaviour; methods assign a PhaseSchedule in their __init__
@@ -131,17 +136,28 @@ class nnUNetExtTrainer(nnUNetTrainer):
         if self.seed is not None:
             # ranks draw different batches, as in stock nnU-Net; DDP broadcasts rank 0's initial weights anyway
             seed_everything(self.seed + self.local_rank)
-        super().initialize()
+        if self._cpu_ddp:
+            # the stock initialize wraps with device_ids=[rank], which DDP refuses for CPU modules: let it build the
+            # plain network and loss, then wrap and rebuild the (DDP-aware) loss here
+            self.is_ddp = False
+            try:
+                super().initialize()
+            finally:
+                self.is_ddp = True
+            self.network = DDP(self.network)
+            self._set_batch_size_and_oversample()  # per-rank share of the batch
+            self.loss = self._build_loss()
+        else:
+            super().initialize()
         modules = self.build_aux_modules()
         if NETWORK in modules:
             raise ValueError(f"{self.__class__.__name__}: '{NETWORK}' is reserved for the segmentation network")
         self.aux_modules = {}
         for name, module in modules.items():
             module = module.to(self.device)
-            if self.is_ddp and any(p.requires_grad for p in module.parameters()):
-                module = DDP(nn.SyncBatchNorm.convert_sync_batchnorm(module),
-                             device_ids=[self.local_rank] if self.device.type == "cuda" else None)
-            self.aux_modules[name] = module
+            if self.is_ddp and self.device.type == "cuda":
+                module = nn.SyncBatchNorm.convert_sync_batchnorm(module)  # SyncBatchNorm runs on GPUs only
+            self.aux_modules[name] = self._ddp_wrap(module)
         optimizers = self.configure_aux_optimizers()
         unknown = set(optimizers) - set(self.aux_modules)
         if unknown:
@@ -155,6 +171,16 @@ class nnUNetExtTrainer(nnUNetTrainer):
                                  f"{sorted(missing)}; known: {sorted(self.modules_by_name())}")
             self.phase_schedule.resolve(self.num_epochs)  # fail at start-up, not hours later
             self.print_to_log_file(f"Phases: {self.phase_schedule.describe(self.num_epochs)}")
+
+    def _ddp_wrap(self, module: nn.Module) -> nn.Module:
+        """DDP over the parameters that train now. DDP fixes its parameter set when it is built, and a parameter it
+        holds that gets no gradient breaks the next step, so phases that freeze or unfreeze a module re-wrap it."""
+        if not self.is_ddp:
+            return module
+        plain = module.module if isinstance(module, DDP) else module
+        if not any(p.requires_grad for p in plain.parameters()):
+            return plain
+        return DDP(plain, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
 
     def on_train_start(self):
         super().on_train_start()
@@ -177,11 +203,20 @@ class nnUNetExtTrainer(nnUNetTrainer):
                                    f"{', '.join(phase.phase.train) or 'nothing'}")
             self.current_phase = phase
             self.on_phase_start(phase)
+        changed = False
         for name, module in self.modules_by_name().items():
             trains = phase.phase.trains(name)
             module.train(trains)
             for p in module.parameters():
+                changed |= p.requires_grad != trains
                 p.requires_grad_(trains)
+        if changed and self.is_ddp:
+            # nnU-Net reaches the network behind DDP as self.network.module, so the network stays wrapped (a frozen
+            # network keeps its old wrapper; a method that freezes it calls it under no_grad or through unwrap())
+            if any(p.requires_grad for p in unwrap(self.network).parameters()):
+                self.network = self._ddp_wrap(self.network)
+            self.aux_modules = {k: self._ddp_wrap(m) for k, m in self.aux_modules.items()}
+            # optimizers hold the parameter tensors, not the wrappers: they are unaffected
 
     def train_step(self, batch: dict) -> dict:
         if self.current_phase is None:
