@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from nnunet_ext import stock
-from nnunet_ext.phantoms import fundus2d
+from nnunet_ext.phantoms import av2d, fundus2d
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -40,6 +40,17 @@ def fundus_preprocessed(tmp_path_factory) -> SimpleNamespace:
     raw = fundus2d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=2, size=64, seed=1)
     stock.plan_and_preprocess(fundus2d.DEFAULT_ID, "2d", env)
     return SimpleNamespace(dataset_id=fundus2d.DEFAULT_ID, raw_dir=raw, env=env, root=root)
+
+
+@pytest.fixture(scope="session")
+def av_preprocessed(tmp_path_factory) -> SimpleNamespace:
+    """The A/V phantom (64x64, 8 training and 2 test cases) through the stock plan_and_preprocess (2d)."""
+    root = tmp_path_factory.mktemp("av")
+    env = stock.work_environment(root / "nnunet", device="cpu")
+    raw = av2d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=2, size=64, seed=1)
+    stock.plan_and_preprocess(av2d.DEFAULT_ID, "2d", env)
+    return SimpleNamespace(dataset_id=av2d.DEFAULT_ID, raw_dir=raw, env=env, root=root,
+                           preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
 
 
 def results_env(base: dict, results: Path, **extra: str) -> dict:

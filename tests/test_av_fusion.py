@@ -112,17 +112,6 @@ def test_detached_branches_learn_only_from_their_own_loss(detach):
 
 
 # ---------------------------------------------------------------------------------------------- phantom + trainer
-@pytest.fixture(scope="module")
-def av_preprocessed(tmp_path_factory) -> SimpleNamespace:
-    """The A/V phantom (64x64, 8 training and 2 test cases) through the stock plan_and_preprocess (2d)."""
-    root = tmp_path_factory.mktemp("av")
-    env = stock.work_environment(root / "nnunet", device="cpu")
-    raw = av2d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=2, size=64, seed=1)
-    stock.plan_and_preprocess(av2d.DEFAULT_ID, "2d", env)
-    return SimpleNamespace(dataset_id=av2d.DEFAULT_ID, raw_dir=raw, env=env, root=root,
-                           preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
-
-
 def test_av_phantom_labels_and_fov_masks(av_preprocessed):
     raw = av_preprocessed.raw_dir
     assert json.loads((raw / "dataset.json").read_text())["labels"] == av2d.LABELS

@@ -184,6 +184,11 @@ class nnUNetExtTrainer(nnUNetTrainer):
 
     def on_train_start(self):
         super().on_train_start()
+        if self.local_rank == 0:
+            # a process killed while saving leaves its temporary file (the checkpoint itself is intact): tidy up
+            for name in os.listdir(self.output_folder):
+                if name.startswith("checkpoint_") and ".pth.tmp" in name:
+                    os.remove(join(self.output_folder, name))
         # the data loaders draw warm-up batches in on_train_start; a resumed run must continue the stream after
         # them exactly where the interrupted run stood, so the saved state is restored only now
         if self._rng_state_to_restore is not None:

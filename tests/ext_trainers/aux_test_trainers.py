@@ -6,6 +6,7 @@ from torch import nn
 
 from nnunet_ext.training.base import nnUNetExtTrainer
 from nnunet_ext.training.phases import Phase, PhaseSchedule
+from nnunet_ext.training.variants import short_variant
 
 
 class ForegroundCritic(nn.Module):
@@ -56,3 +57,8 @@ class AuxPhaseTestTrainer(nnUNetExtTrainer):
         self.optimizer.step()
         self.aux_optimizers["critic"].step()
         return {"loss": seg_loss.detach().cpu().numpy()}
+
+
+# checkpoint_latest.pth after every epoch (nnU-Net's default is every 50): a run killed mid-way has one to resume from
+AuxPhaseTestTrainer_kill = short_variant(AuxPhaseTestTrainer, "AuxPhaseTestTrainer_kill", epochs=4, iterations=3,
+                                         val_iterations=1, save_every=1)
