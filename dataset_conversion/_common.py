@@ -139,9 +139,23 @@ def read_binary_mask_2d(path: Path, threshold: int = 0) -> np.ndarray:
 
 def read_volume(path: Path) -> sitk.Image:
     try:
-        return sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except Exception as e:
         raise ConversionError(f"{path}: unreadable or corrupt volume ({e})") from e
+    if image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64):
+        # a NaN that reaches nnU-Net's normalisation becomes a NaN patch and a NaN loss hours into training; and
+        # SimpleITK's NIfTI reader silently turns NaN into 0 (measured), which hides broken scans, so NIfTI files are
+        # read through nibabel for this check
+        if str(path).endswith((".nii", ".nii.gz")):
+            import nibabel
+
+            values = np.asanyarray(nibabel.load(str(path)).dataobj)
+        else:
+            values = sitk.GetArrayViewFromImage(image)
+        bad = int((~np.isfinite(values)).sum())
+        if bad:
+            raise ConversionError(f"{path}: {bad} NaN/Inf voxels; fix or mask them before conversion")
+    return image
 
 
 # ------------------------------------------------------------------------------------------------------ checking

@@ -10,6 +10,7 @@ from nnunet_ext import __version__
 from nnunet_ext.dataset_conversion.cli import add_parser as _add_convert
 from nnunet_ext.evaluation.cli import add_compare, add_evaluate
 from nnunet_ext.phantoms import PHANTOMS
+from nnunet_ext.stock import StockCommandError
 
 DEMO_TRAINER = "nnUNetTrainer_demo"
 
@@ -88,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, StockCommandError) as e:
+        # user errors (bad names, missing folders, a stock command that failed): the message, not a traceback
+        print(f"nnunet_ext {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import torch
-
 from nnunet_ext.paths import environment_for_root
 
 
@@ -24,6 +22,8 @@ class StockCommandError(RuntimeError):
 
 
 def default_device() -> str:
+    import torch  # here: `nnunet_ext env` and --help should not pay for importing torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

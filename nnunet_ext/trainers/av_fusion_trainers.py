@@ -47,18 +47,23 @@ class AVFusionTrainer(nnUNetExtTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        dataset = self.plans_manager.dataset_name
-        if len(self.configuration_manager.patch_size) != 2 and not self.allow_3d:
-            raise ValueError(
-                f"{self.__class__.__name__} is a 2D method (fundus photographs); configuration '{configuration}' of "
-                f"{dataset} is 3D. Train the 2d configuration (nnUNetv2_train {dataset} 2d FOLD -tr "
-                f"{self.__class__.__name__}), or subclass with allow_3d = True for real 3D vessel volumes")
-        if self.label_manager.has_regions:
-            raise ValueError(f"{dataset} uses region-based labels; {self.__class__.__name__} needs class labels "
-                             f"(artery, vein, optionally crossing/uncertain)")
-        self.av_labels = find_av_labels(dataset_json["labels"], dataset)
+        self.av_labels = find_av_labels(dataset_json["labels"], self.plans_manager.dataset_name)
         self.branch_loss_weight = 1.0
         self.branch_loss: BranchLoss | None = None
+
+    @classmethod
+    def check_dataset(cls, plans_manager, configuration_manager, label_manager, dataset_json: dict,
+                      configuration: str) -> None:
+        dataset = plans_manager.dataset_name
+        if len(configuration_manager.patch_size) != 2 and not cls.allow_3d:
+            raise ValueError(
+                f"{cls.__name__} is a 2D method (fundus photographs); configuration '{configuration}' of "
+                f"{dataset} is 3D. Train the 2d configuration (nnUNetv2_train {dataset} 2d FOLD -tr "
+                f"{cls.__name__}), or subclass with allow_3d = True for real 3D vessel volumes")
+        if label_manager.has_regions:
+            raise ValueError(f"{dataset} uses region-based labels; {cls.__name__} needs class labels "
+                             f"(artery, vein, optionally crossing/uncertain)")
+        find_av_labels(dataset_json["labels"], dataset)
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,

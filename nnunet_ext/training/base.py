@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -93,6 +95,11 @@ class nnUNetExtTrainer(nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        # before nnU-Net creates the fold folder and its log: a refused data set leaves nnUNet_results as it was
+        plans_manager = PlansManager(plans)
+        configuration_manager = plans_manager.get_configuration(configuration)
+        self.check_dataset(plans_manager, configuration_manager, plans_manager.get_label_manager(dataset_json),
+                           dataset_json, configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
         # nnU-Net's launcher runs DDP on CUDA only and moves every rank to cuda:<rank>; a gloo process group with
         # device cpu (our multi-process tests, CPU clusters) keeps the cpu
@@ -110,6 +117,12 @@ class nnUNetExtTrainer(nnUNetTrainer):
         self._rng_state_to_restore: dict | None = None
 
     # ------------------------------------------------------------------ hooks for the methods
+    @classmethod
+    def check_dataset(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                      label_manager: LabelManager, dataset_json: dict, configuration: str) -> None:
+        """Raise ValueError naming the data set and the problem when the method cannot train on it (missing classes,
+        wrong dimensionality, region labels). Runs before anything is written."""
+
     def build_aux_modules(self) -> dict[str, nn.Module]:
         """Auxiliary networks by name, built after the segmentation network (self.network exists)."""
         return {}
