@@ -73,6 +73,9 @@ def sos_net(in_channels: int, box: Sequence[int], features: int) -> nn.Module:
                         norm_op_kwargs={"affine": True, "eps": 1e-5}, nonlin=nn.LeakyReLU,
                         nonlin_kwargs={"inplace": True}, deep_supervision=False)
     net.apply(InitWeights_He(1e-2))
+    # without deep supervision only the last 1x1 head runs: drop the others (no dead weights in checkpoints)
+    for s in range(len(net.decoder.seg_layers) - 1):
+        net.decoder.seg_layers[s] = nn.Identity()
     return net
 
 
