@@ -1,0 +1,108 @@
+"""Stock nnUNetTrainer vs FocusNetV2Trainer at the same budget on the head-and-neck phantom (3d_fullres, CPU).
+
+Both _demo variants (24 epochs x 20 iterations) train fold 0 of `hn3d` (10 training cases), predict the held-out
+cases with stock nnUNetv2_predict, and are evaluated with `nnunet_ext evaluate` (per-organ Dice and HD95); the small
+organs are summarised separately. For FocusNetV2 the heatmap peaks of the held-out cases are compared with the
+reference centroids (mm). Results: bench/results/focusnet_hn3d_3d_cpu.{json,md}.
+
+    python bench/bench_focusnet_phantom.py --root /tmp/focusnet_bench [--epochs-trainer-suffix _demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from nnunet_ext import stock
+from nnunet_ext.focusnet.roi import centroid, peak
+from nnunet_ext.phantoms import hn3d
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def localisation_errors(model_dir: Path, raw: Path, trainer_name: str) -> dict[str, list[float]]:
+    """Distance (mm) between each small organ's heatmap peak and its reference centroid on the held-out cases."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    from nnunetv2.preprocessing.normalization.default_normalization_schemes import CTNormalization
+
+    predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=False)
+    predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
+    net = predictor.network
+    net.load_state_dict(predictor.list_of_parameters[0])
+    net.eval()
+    props = predictor.plans_manager.foreground_intensity_properties_per_channel["0"]
+    norm = CTNormalization(use_mask_for_norm=False, intensityproperties=props)
+    spacing = np.array(hn3d.SPACING_ZYX)
+    names = {v: k for k, v in hn3d.LABELS.items()}
+    errors: dict[str, list[float]] = {names[lab]: [] for lab in net.labels}
+    for image_file in sorted((raw / "imagesTs").glob("*_0000.nii.gz")):
+        case = image_file.name[:-len("_0000.nii.gz")]
+        image = sitk.GetArrayFromImage(sitk.ReadImage(str(image_file))).astype(np.float32)
+        label = torch.from_numpy(sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTs" / f"{case}.nii.gz"))))
+        x = torch.from_numpy(norm.run(image[None], None))[None].float()
+        with torch.no_grad():
+            heat = torch.sigmoid(net.snet_forward(x).heat_logits)[0]
+        for k, lab in enumerate(net.labels):
+            c = centroid(label == lab)
+            if c is not None:
+                index, _ = peak(heat[k])
+                errors[names[lab]].append(float(np.linalg.norm((np.array(index) - np.array(c)) * spacing)))
+    return errors
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--suffix", default="_demo", help="trainer variant suffix (budget), default _demo")
+    p.add_argument("--n-train", type=int, default=10)
+    p.add_argument("--n-test", type=int, default=4)
+    args = p.parse_args()
+    env = stock.work_environment(args.root / "nnunet", device="cpu")
+    env.update(nnUNet_ext_seed="0")
+    raw = Path(env["nnUNet_raw"]) / f"Dataset{hn3d.DEFAULT_ID}_{hn3d.NAME}"
+    if not raw.exists():
+        hn3d.generate(Path(env["nnUNet_raw"]), n_train=args.n_train, n_test=args.n_test, seed=0)
+        stock.plan_and_preprocess(hn3d.DEFAULT_ID, "3d_fullres", env)
+    train_env = dict(env, nnUNet_n_proc_DA="0")
+    report = {"setting": {"phantom": "hn3d", "n_train": args.n_train, "n_test": args.n_test, "fold": 0,
+                          "configuration": "3d_fullres", "device": "cpu", "suffix": args.suffix}, "trainers": {}}
+    for base in ("nnUNetTrainer", "FocusNetV2Trainer"):
+        name = base + args.suffix
+        t0 = time.time()
+        stock.train(hn3d.DEFAULT_ID, "3d_fullres", 0, name, train_env)
+        t_train = time.time() - t0
+        pred = args.root / f"pred_{name}"
+        t0 = time.time()
+        stock.predict(raw / "imagesTs", pred, hn3d.DEFAULT_ID, "3d_fullres", name, train_env)
+        t_pred = time.time() - t0
+        subprocess.run([sys.executable, "-m", "nnunet_ext.cli", "evaluate", "-ref", str(raw / "labelsTs"), "-pred",
+                        str(pred), "--no-plots", "-np", "1"], check=True, env=env)
+        summary = json.loads((pred / "evaluation" / "summary.json").read_text())
+        entry = {"train_s": round(t_train, 1), "predict_s": round(t_pred, 1), "summary": summary}
+        if base == "FocusNetV2Trainer":
+            model = Path(env["nnUNet_results"]) / raw.name / f"{name}__nnUNetPlans__3d_fullres"
+            try:
+                errs = localisation_errors(model, raw, name)
+                entry["heatmap_peak_error_mm"] = {k: {"mean": float(np.mean(v)), "max": float(np.max(v)),
+                                                      "n": len(v)} for k, v in errs.items() if v}
+            except Exception as e:  # keep the segmentation results of a long run if only this part fails
+                entry["heatmap_peak_error_mm"] = f"failed: {e!r}"
+        (args.root / f"{name}.json").write_text(json.dumps(entry, indent=2, default=float))
+        report["trainers"][name] = entry
+        print(json.dumps({k: v for k, v in entry.items() if k != "summary"}), flush=True)
+    out = REPO / "bench" / "results" / "focusnet_hn3d_3d_cpu.json"
+    out.write_text(json.dumps(report, indent=2, default=float))
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
