@@ -56,6 +56,11 @@ def test_roi_box_from_extents_rounded_to_pooling_and_clipped():
     assert box == (8, 16, 16) and pooling_per_axis(box) == (1, 2, 2)  # y, x: 15 rounded up to a multiple of 2
     assert all(n % 2 ** p == 0 for n, p in zip(box, pooling_per_axis(box), strict=True))
     assert roi_box(extents, patch_size=(6, 12, 56), spacing=(2.5, 1.0, 1.0)) == (6, 12, 16)
+    # a 2d configuration of 3D data: one in-plane extent per slice that shows the organ
+    seg = np.zeros((1, 5, 10, 10), np.uint8)
+    seg[0, 1:3, 2:5, 3:4] = 2
+    assert case_stats(seg, [2]).extents == {2: [(2, 3, 1)]}
+    assert case_stats(seg, [2], patch_dims=2).extents == {2: [(3, 1), (3, 1)]}
     with pytest.raises(ValueError, match="no small-organ instance"):
         roi_box([], (24, 56, 56), (2.5, 1.0, 1.0))
 

@@ -24,17 +24,24 @@ MIN_POOLED = 4  # and at least 4 voxels left along an axis after pooling
 
 @dataclass
 class CaseStats:
-    """Voxel count and bounding-box extent (voxels per axis) of each present foreground label in one case."""
+    """Voxel count and bounding-box extents (voxels per axis) of each present foreground label in one case. A 3D case
+    trained with 2D patches has one extent per slice that shows the label (the box lives in the slice)."""
 
     counts: dict[int, int]
-    extents: dict[int, tuple[int, ...]]
+    extents: dict[int, list[tuple[int, ...]]]
 
 
-def case_stats(seg: np.ndarray, labels: Sequence[int]) -> CaseStats:
-    """seg: one case's label map (spatial axes only, or with a leading channel axis of 1)."""
+def _extent(mask: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i.max() - i.min() + 1) for i in np.nonzero(mask))
+
+
+def case_stats(seg: np.ndarray, labels: Sequence[int], patch_dims: int | None = None) -> CaseStats:
+    """seg: one case's label map (spatial axes, optionally with a leading channel axis of 1); patch_dims: 2 for a
+    2d configuration of 3D data, else the spatial dimensionality of seg."""
     seg = np.asarray(seg)
     if seg.ndim >= 3 and seg.shape[0] == 1:
         seg = seg[0]
+    patch_dims = seg.ndim if patch_dims is None else patch_dims
     counts, extents = {}, {}
     for lab in labels:
         mask = seg == lab
@@ -42,8 +49,11 @@ def case_stats(seg: np.ndarray, labels: Sequence[int]) -> CaseStats:
         if n == 0:
             continue
         counts[lab] = n
-        idx = np.nonzero(mask)
-        extents[lab] = tuple(int(i.max() - i.min() + 1) for i in idx)
+        if patch_dims == seg.ndim:
+            extents[lab] = [_extent(mask)]
+        else:
+            flat = mask.reshape(-1, *mask.shape[seg.ndim - patch_dims:])
+            extents[lab] = [_extent(m) for m in flat if m.any()]
     return CaseStats(counts, extents)
 
 

@@ -110,7 +110,7 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         stats = {}
         for key in list(tr_keys) + list(val_keys):
             seg = dataset.load_case(key)[1]
-            stats[key] = case_stats(np.asarray(seg[:]), labels)
+            stats[key] = case_stats(np.asarray(seg[:]), labels, len(self.configuration_manager.patch_size))
         self.case_labels = {k: set(s.counts) for k, s in stats.items()}
         names = {k: int(v) for k, v in self.dataset_json["labels"].items()}
         env_value = os.environ.get(SMALL_ORGANS_ENV)
@@ -118,7 +118,7 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         train_stats = [stats[k] for k in tr_keys]
         self.selection = select_small_organs(train_stats, names, self.small_organ_fraction, self.max_small_organs,
                                              override)
-        extents = [s.extents[lab] for s in train_stats for lab in self.selection.labels if lab in s.extents]
+        extents = [e for s in train_stats for lab in self.selection.labels for e in s.extents.get(lab, [])]
         spacing = [float(s) for s in self.configuration_manager.spacing]
         self.box = roi_box(extents, self.configuration_manager.patch_size, spacing, self.roi_margin_mm,
                            self.roi_percentile)
