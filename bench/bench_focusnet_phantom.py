@@ -1,17 +1,19 @@
 """Stock nnUNetTrainer vs FocusNetV2Trainer at the same budget on the head-and-neck phantom (3d_fullres, CPU).
 
-Both _demo variants (24 epochs x 20 iterations) train fold 0 of `hn3d` (10 training cases), predict the held-out
-cases with stock nnUNetv2_predict, and are evaluated with `nnunet_ext evaluate` (per-organ Dice and HD95); the small
-organs are summarised separately. For FocusNetV2 the heatmap peaks of the held-out cases are compared with the
-reference centroids (mm). Results: bench/results/focusnet_hn3d_3d_cpu.{json,md}.
+Both trainers of bench/focusnet_trainers (same narrow S-Net, 12 epochs x 10 iterations; --suffix _demo for the
+full-width _demo variants, 24 x 20, about 2 hours of a shared 2-core CPU) train fold 0 of `hn3d` (10 training
+cases), predict the held-out cases with stock nnUNetv2_predict and are evaluated with `nnunet_ext evaluate`
+(per-organ Dice and HD95); the small organs are summarised separately. For FocusNetV2 the heatmap peaks of the
+held-out cases are compared with the reference centroids (mm). Results: bench/results/focusnet_hn3d_3d_cpu*.json.
 
-    python bench/bench_focusnet_phantom.py --root /tmp/focusnet_bench [--epochs-trainer-suffix _demo]
+    python bench/bench_focusnet_phantom.py --root /tmp/focusnet_bench
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -61,7 +63,7 @@ def localisation_errors(model_dir: Path, raw: Path, trainer_name: str) -> dict[s
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--root", type=Path, required=True)
-    p.add_argument("--suffix", default="_demo", help="trainer variant suffix (budget), default _demo")
+    p.add_argument("--suffix", default="_hnbench", help="trainer variant suffix (budget), default _hnbench")
     p.add_argument("--n-train", type=int, default=10)
     p.add_argument("--n-test", type=int, default=4)
     args = p.parse_args()
@@ -72,6 +74,8 @@ def main() -> int:
         hn3d.generate(Path(env["nnUNet_raw"]), n_train=args.n_train, n_test=args.n_test, seed=0)
         stock.plan_and_preprocess(hn3d.DEFAULT_ID, "3d_fullres", env)
     train_env = dict(env, nnUNet_n_proc_DA="0")
+    extra = str(REPO / "bench" / "focusnet_trainers")
+    train_env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], extra])
     report = {"setting": {"phantom": "hn3d", "n_train": args.n_train, "n_test": args.n_test, "fold": 0,
                           "configuration": "3d_fullres", "device": "cpu", "suffix": args.suffix}, "trainers": {}}
     for base in ("nnUNetTrainer", "FocusNetV2Trainer"):
@@ -98,7 +102,7 @@ def main() -> int:
         (args.root / f"{name}.json").write_text(json.dumps(entry, indent=2, default=float))
         report["trainers"][name] = entry
         print(json.dumps({k: v for k, v in entry.items() if k != "summary"}), flush=True)
-    out = REPO / "bench" / "results" / "focusnet_hn3d_3d_cpu.json"
+    out = REPO / "bench" / "results" / f"focusnet_hn3d_3d_cpu{args.suffix}.json"
     out.write_text(json.dumps(report, indent=2, default=float))
     print(out)
     return 0
