@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def localisation_errors(model_dir: Path, raw: Path, trainer_name: str) -> dict[str, list[float]]:
-    """Distance (mm) between each small organ's heatmap peak and its reference centroid on the held-out cases."""
+    """Distance (mm) between each small organ's heatmap peak and its reference centroid on the held-out cases, and
+    the peak heights (pasting needs them above the network's peak_threshold) under '<organ> peak'."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.preprocessing.normalization.default_normalization_schemes import CTNormalization
 
@@ -44,7 +45,7 @@ def localisation_errors(model_dir: Path, raw: Path, trainer_name: str) -> dict[s
     norm = CTNormalization(use_mask_for_norm=False, intensityproperties=props)
     spacing = np.array(hn3d.SPACING_ZYX)
     names = {v: k for k, v in hn3d.LABELS.items()}
-    errors: dict[str, list[float]] = {names[lab]: [] for lab in net.labels}
+    errors: dict[str, list[float]] = {n: [] for lab in net.labels for n in (names[lab], f"{names[lab]} peak")}
     for image_file in sorted((raw / "imagesTs").glob("*_0000.nii.gz")):
         case = image_file.name[:-len("_0000.nii.gz")]
         image = sitk.GetArrayFromImage(sitk.ReadImage(str(image_file))).astype(np.float32)
@@ -55,7 +56,8 @@ def localisation_errors(model_dir: Path, raw: Path, trainer_name: str) -> dict[s
         for k, lab in enumerate(net.labels):
             c = centroid(label == lab)
             if c is not None:
-                index, _ = peak(heat[k])
+                index, value = peak(heat[k])
+                errors[f"{names[lab]} peak"].append(value)
                 errors[names[lab]].append(float(np.linalg.norm((np.array(index) - np.array(c)) * spacing)))
     return errors
 
@@ -93,6 +95,7 @@ def main() -> int:
         entry = {"train_s": round(t_train, 1), "predict_s": round(t_pred, 1), "summary": summary}
         if base == "FocusNetV2Trainer":
             model = Path(env["nnUNet_results"]) / raw.name / f"{name}__nnUNetPlans__3d_fullres"
+            os.environ.update(train_env)  # the predictor finds the trainer class through nnUNet_extTrainer
             try:
                 errs = localisation_errors(model, raw, name)
                 entry["heatmap_peak_error_mm"] = {k: {"mean": float(np.mean(v)), "max": float(np.max(v)),

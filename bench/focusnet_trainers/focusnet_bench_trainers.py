@@ -52,3 +52,30 @@ class FocusNetV2Trainer_hnbench(FocusNetV2Trainer):
                                    num_output_channels: int, enable_deep_supervision: bool = True):
         return super().build_network_architecture(plans_manager, narrow(configuration_manager), num_input_channels,
                                                   num_output_channels, enable_deep_supervision)
+
+
+class _FocusNetV2CostProbe(FocusNetV2Trainer):
+    """For bench/bench_trainers.py, which times the steps of the epoch it starts in and predicts with the network as
+    it is: start in `start_phase`, with pasting on and every small organ pasted in every window (threshold 0, the
+    worst case of prediction cost)."""
+
+    start_phase = "snet"
+    peak_threshold = 0.0
+
+    def on_train_start(self):
+        super().on_train_start()
+        resolved = {r.name: r for r in self.phase_schedule.resolve(self.num_epochs)}
+        self.current_epoch = resolved[self.start_phase].start
+        self.focus_network.sos_ready.fill_(True)
+
+
+class FocusNetV2Trainer_cost_snet(_FocusNetV2CostProbe):
+    start_phase = "snet"
+
+
+class FocusNetV2Trainer_cost_sos(_FocusNetV2CostProbe):
+    start_phase = "sos"
+
+
+class FocusNetV2Trainer_cost_adversarial(_FocusNetV2CostProbe):
+    start_phase = "adversarial"
