@@ -226,3 +226,10 @@ def test_phases_stop_resume_and_predict_through_stock_commands(hn_preprocessed, 
     stock.predict(pre.raw_dir / "imagesTs", out, pre.dataset_id, "3d_fullres", name, env)
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "phantomheadneckct_008.nii.gz")))
     assert seg.shape == hn3d.SHAPE_ZYX and seg.max() <= 7
+
+
+def test_demo_resolves_to_the_head_and_neck_phantom_without_a_floor():
+    from nnunet_ext.demo import resolve_demo
+
+    # the 3D _demo budget was not measured on a CPU: no Dice floor is claimed
+    assert resolve_demo("FocusNetV2Trainer") == ("FocusNetV2Trainer_demo", "hn3d", None)
