@@ -24,15 +24,15 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_ext import stock
-from nnunet_ext.focusnet.roi import centroid, peak
+from nnunet_ext.focusnet.roi import centroid, crop, peak, place_box
 from nnunet_ext.phantoms import hn3d
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def localisation_errors(model_dir: Path, raw: Path, trainer_name: str) -> dict[str, list[float]]:
-    """Distance (mm) between each small organ's heatmap peak and its reference centroid on the held-out cases, and
-    the peak heights (pasting needs them above the network's peak_threshold) under '<organ> peak'."""
+def _held_out(model_dir: Path, raw: Path):
+    """The trained network (as stock prediction builds it) and, per held-out case, (normalised image, S-Net output,
+    reference labels). Phantom cases are one patch each, so no sliding window is needed."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.preprocessing.normalization.default_normalization_schemes import CTNormalization
 
@@ -43,23 +43,47 @@ def localisation_errors(model_dir: Path, raw: Path, trainer_name: str) -> dict[s
     net.eval()
     props = predictor.plans_manager.foreground_intensity_properties_per_channel["0"]
     norm = CTNormalization(use_mask_for_norm=False, intensityproperties=props)
-    spacing = np.array(hn3d.SPACING_ZYX)
-    names = {v: k for k, v in hn3d.LABELS.items()}
-    errors: dict[str, list[float]] = {n: [] for lab in net.labels for n in (names[lab], f"{names[lab]} peak")}
+    cases = []
     for image_file in sorted((raw / "imagesTs").glob("*_0000.nii.gz")):
         case = image_file.name[:-len("_0000.nii.gz")]
         image = sitk.GetArrayFromImage(sitk.ReadImage(str(image_file))).astype(np.float32)
-        label = torch.from_numpy(sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTs" / f"{case}.nii.gz"))))
+        label = sitk.GetArrayFromImage(sitk.ReadImage(str(raw / "labelsTs" / f"{case}.nii.gz"))).astype(np.int64)
         x = torch.from_numpy(norm.run(image[None], None))[None].float()
         with torch.no_grad():
-            heat = torch.sigmoid(net.snet_forward(x).heat_logits)[0]
+            cases.append((x, net.snet_forward(x), torch.from_numpy(label)))
+    return net, cases
+
+
+def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    total = int(a.sum() + b.sum())
+    return float(2 * (a & b).sum() / total) if total else 1.0
+
+
+def localisation_errors(model_dir: Path, raw: Path) -> tuple[dict[str, list[float]], dict[str, dict[str, list]]]:
+    """Per small organ on the held-out cases: distance (mm) between heatmap peak and reference centroid, the peak
+    heights (pasting needs them above peak_threshold) under '<organ> peak'; and, with oracle localisation (box at
+    the reference centroid), Dice inside the box of SOS-Net vs S-Net."""
+    net, cases = _held_out(model_dir, raw)
+    spacing = np.array(hn3d.SPACING_ZYX)
+    names = {v: k for k, v in hn3d.LABELS.items()}
+    errors: dict[str, list[float]] = {n: [] for lab in net.labels for n in (names[lab], f"{names[lab]} peak")}
+    oracle: dict[str, dict[str, list]] = {names[lab]: {"sos": [], "snet": []} for lab in net.labels}
+    for x, out, label in cases:
+        heat = torch.sigmoid(out.heat_logits)[0]
         for k, lab in enumerate(net.labels):
             c = centroid(label == lab)
-            if c is not None:
-                index, value = peak(heat[k])
-                errors[f"{names[lab]} peak"].append(value)
-                errors[names[lab]].append(float(np.linalg.norm((np.array(index) - np.array(c)) * spacing)))
-    return errors
+            if c is None:
+                continue
+            index, value = peak(heat[k])
+            errors[f"{names[lab]} peak"].append(value)
+            errors[names[lab]].append(float(np.linalg.norm((np.array(index) - np.array(c)) * spacing)))
+            start = place_box(c, net.box, x.shape[2:])
+            ref = crop(label == lab, start, net.box)
+            with torch.no_grad():
+                sos = net.sos[k](net.sos_input(x, out, k, 0, start))[0, 0] > 0
+            oracle[names[lab]]["sos"].append(_dice(sos, ref))
+            oracle[names[lab]]["snet"].append(_dice(crop(out.logits[0].argmax(0) == lab, start, net.box), ref))
+    return errors, oracle
 
 
 def main() -> int:
@@ -97,9 +121,11 @@ def main() -> int:
             model = Path(env["nnUNet_results"]) / raw.name / f"{name}__nnUNetPlans__3d_fullres"
             os.environ.update(train_env)  # the predictor finds the trainer class through nnUNet_extTrainer
             try:
-                errs = localisation_errors(model, raw, name)
+                errs, oracle = localisation_errors(model, raw)
                 entry["heatmap_peak_error_mm"] = {k: {"mean": float(np.mean(v)), "max": float(np.max(v)),
                                                       "n": len(v)} for k, v in errs.items() if v}
+                entry["oracle_box_dice"] = {k: {m: float(np.mean(v)) for m, v in d.items() if v}
+                                            for k, d in oracle.items()}
             except Exception as e:  # keep the segmentation results of a long run if only this part fails
                 entry["heatmap_peak_error_mm"] = f"failed: {e!r}"
         (args.root / f"{name}.json").write_text(json.dumps(entry, indent=2, default=float))
