@@ -1,0 +1,321 @@
+"""FocusNetV2 (Gao et al., MedIA 2021): small-organ localisation, ROI pooling and segmentation with an adversarial
+shape prior, as one nnU-Net run.
+
+    nnUNetv2_train DATASET 3d_fullres 0 -tr FocusNetV2Trainer
+    nnUNetv2_predict -i IN -o OUT -d DATASET -c 3d_fullres -f 0 -tr FocusNetV2Trainer
+
+Phases of the epoch budget (nnunet_ext.training.phases; each resumes with --c):
+  snet         S-Net (the plans' U-Net, Dice+CE with deep supervision) + SOL-Net heatmaps (MSE, weight 2)
+  shape        the shape autoencoder on ground-truth small-organ crops (reconstruction)
+  sos          one SOS-Net per small organ on ROI crops (binary focal + Tversky-Dice); S-Net frozen
+  adversarial  SOS-Nets with their loss + 5 latent MSE + intermediate-feature MSE + MSE(sigmoid, reference), and the
+               autoencoder updated to reconstruct true shapes and to separate predicted from true shapes in latent space
+
+The small organs and the ROI box are derived from the preprocessed training labels of the fold when training starts
+(nnunet_ext.focusnet.organs), logged and written to focusnet_small_organs.json in the fold folder. Override the
+choice with the class attribute `small_organs` or the environment variable nnUNet_ext_focusnet_small_organs (names or
+label values, comma-separated).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast, nn
+
+from nnunet_ext.focusnet.organs import case_stats, parse_override, roi_box, select_small_organs
+from nnunet_ext.focusnet.roi import centroid, crop, gaussian_heatmap, place_box
+from nnunet_ext.losses import focusnet as fl
+from nnunet_ext.networks.focusnet import FocusNetV2Network, ShapeAutoencoder
+from nnunet_ext.training.base import nnUNetExtTrainer, unwrap
+from nnunet_ext.training.phases import NETWORK, Phase, PhaseSchedule
+from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
+
+__all__ = ["FocusNetV2Trainer", "FocusNetV2Trainer_debug", "FocusNetV2Trainer_demo"]
+
+SMALL_ORGANS_ENV = "nnUNet_ext_focusnet_small_organs"
+SELECTION_FILE = "focusnet_small_organs.json"
+
+
+class FocusNetV2Trainer(nnUNetExtTrainer):
+    # network structure: class attributes, read by build_network_architecture at training and prediction time
+    sos_features = 16  # SOS-Net base features (x1, x2, x4 over its three stages)
+    peak_threshold = 0.6  # SOS replaces S-Net in a box only when the heatmap maximum exceeds this (spec)
+    # small organs and ROI (nnunet_ext.focusnet.organs)
+    small_organs: tuple[str | int, ...] | None = None  # override; env nnUNet_ext_focusnet_small_organs wins
+    small_organ_fraction = 0.01  # median voxels per case below this fraction of the median foreground
+    max_small_organs = 3
+    roi_margin_mm = 3.0
+    roi_percentile = 95.0
+    roi_jitter = 0.25  # training crops: centroid shifted by up to this fraction of the box per axis
+    # SOL-Net targets: Gaussian with this sigma in voxels along the finest axis (coarser axes scaled by spacing)
+    heatmap_sigma = 3.0
+    # losses and optimizers
+    heatmap_weight = 2.0
+    latent_weight = 5.0
+    feature_weight = 1.0
+    mse_weight = 1.0
+    sos_lr = 1e-3
+    shape_lr = 1e-3
+    shape_features = 8
+    # phase lengths as fractions of num_epochs: snet, shape, sos; adversarial takes the rest
+    phase_fractions = (0.5, 0.1, 0.25)
+    demo_phantom = "hn3d"
+    demo_dice_floor = None
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.label_manager.has_regions:
+            raise ValueError(f"{self.plans_manager.dataset_name} uses region-based labels; "
+                             f"{self.__class__.__name__} needs one class per organ")
+        snet, shape, sos = self.phase_fractions
+        self.phase_schedule = PhaseSchedule([
+            Phase("snet", snet, train=(NETWORK,), losses={"segmentation": 1.0, "heatmap": self.heatmap_weight}),
+            Phase("shape", shape, train=("shape_ae",), losses={"reconstruction": 1.0}),
+            Phase("sos", sos, train=(NETWORK,), losses={"sos": 1.0}),
+            Phase("adversarial", None, train=(NETWORK, "shape_ae"),
+                  losses={"sos": 1.0, "latent": self.latent_weight, "feature": self.feature_weight,
+                          "mse": self.mse_weight}),
+        ])
+        self.selection = None
+        self.box: tuple[int, ...] | None = None
+        self.case_labels: dict[str, set[int]] = {}
+        self.sigma: tuple[float, ...] | None = None
+        self.sos_optimizer: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        snet = get_network_from_plans(configuration_manager.network_arch_class_name,
+                                      configuration_manager.network_arch_init_kwargs,
+                                      configuration_manager.network_arch_init_kwargs_req_import,
+                                      num_input_channels, num_output_channels, allow_init=True,
+                                      deep_supervision=enable_deep_supervision)
+        # SOL head and SOS-Nets are added by configure() (training) or load_state_dict (prediction)
+        return FocusNetV2Network(snet, num_input_channels, cls.sos_features, cls.peak_threshold)
+
+    # ------------------------------------------------------------------ set-up
+    def plan_focus(self) -> None:
+        """Small organs, ROI box and per-case organ presence from the preprocessed labels of this fold."""
+        tr_keys, val_keys = self.do_split()
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, list(tr_keys) + list(val_keys))
+        labels = [int(v) for v in self.label_manager.foreground_labels]
+        stats = {}
+        for key in list(tr_keys) + list(val_keys):
+            seg = dataset.load_case(key)[1]
+            stats[key] = case_stats(np.asarray(seg[:]), labels, len(self.configuration_manager.patch_size))
+        self.case_labels = {k: set(s.counts) for k, s in stats.items()}
+        names = {k: int(v) for k, v in self.dataset_json["labels"].items()}
+        env_value = os.environ.get(SMALL_ORGANS_ENV)
+        override = parse_override(env_value if env_value not in (None, "") else self.small_organs, names)
+        train_stats = [stats[k] for k in tr_keys]
+        self.selection = select_small_organs(train_stats, names, self.small_organ_fraction, self.max_small_organs,
+                                             override)
+        extents = [e for s in train_stats for lab in self.selection.labels for e in s.extents.get(lab, [])]
+        spacing = [float(s) for s in self.configuration_manager.spacing]
+        self.box = roi_box(extents, self.configuration_manager.patch_size, spacing, self.roi_margin_mm,
+                           self.roi_percentile)
+        finest = min(spacing)
+        self.sigma = tuple(self.heatmap_sigma * finest / s for s in spacing)
+
+    def initialize(self):
+        if not self.was_initialized:
+            self.plan_focus()
+        super().initialize()
+        self.print_to_log_file(f"FocusNetV2: {self.selection.describe()}; ROI box {list(self.box)} voxels; heatmap "
+                               f"sigma {[round(s, 2) for s in self.sigma]} voxels")
+        if self.local_rank == 0:
+            os.makedirs(self.output_folder, exist_ok=True)
+            target = os.path.join(self.output_folder, SELECTION_FILE)
+            tmp = f"{target}.tmp{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump({**self.selection.to_json(), "roi_box_voxels": list(self.box),
+                           "spacing": [float(s) for s in self.configuration_manager.spacing],
+                           "heatmap_sigma_voxels": list(self.sigma), "peak_threshold": self.peak_threshold}, f,
+                          indent=2)
+            os.replace(tmp, target)
+
+    @property
+    def focus_network(self) -> FocusNetV2Network:
+        return unwrap(self.network)
+
+    def configure_optimizers(self):
+        net = self.focus_network
+        net.configure(self.selection.labels, self.box)
+        snet_params = list(net.snet.parameters()) + list(net.sol.parameters())
+        optimizer = torch.optim.SGD(snet_params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
+                                    nesterov=True)
+        self.sos_optimizer = torch.optim.Adam(net.sos.parameters(), lr=self.sos_lr)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def build_aux_modules(self) -> dict[str, nn.Module]:
+        return {"shape_ae": ShapeAutoencoder(self.box, len(self.selection.labels), self.shape_features)}
+
+    def configure_aux_optimizers(self):
+        return {"shape_ae": (torch.optim.Adam(self.aux_modules["shape_ae"].parameters(), lr=self.shape_lr), None)}
+
+    def extra_checkpoint_state(self) -> dict:
+        return {"small_organs": list(self.selection.labels), "roi_box": list(self.box),
+                "sos_optimizer": self.sos_optimizer.state_dict()}
+
+    def load_extra_checkpoint_state(self, state: dict) -> None:
+        if state["small_organs"] != list(self.selection.labels) or state["roi_box"] != list(self.box):
+            raise RuntimeError(f"the checkpoint was trained for small organs {state['small_organs']} with ROI box "
+                               f"{state['roi_box']}, this run selected {list(self.selection.labels)} and "
+                               f"{list(self.box)}: keep {SMALL_ORGANS_ENV} / small_organs as in the first run")
+        self.sos_optimizer.load_state_dict(state["sos_optimizer"])
+
+    def on_phase_start(self, phase) -> None:
+        if phase.name in ("sos", "adversarial"):
+            self.focus_network.sos_ready.fill_(True)
+
+    # ------------------------------------------------------------------ targets
+    def heatmap_targets(self, seg: torch.Tensor, keys) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gaussian centroid maps [B, K, *spatial] and valid[B, K]: False where the case lacks the organ (no target,
+        no loss); an organ present in the case but outside the patch gets an all-zero target."""
+        labels = self.selection.labels
+        spatial = tuple(seg.shape[2:])
+        targets = torch.zeros((seg.shape[0], len(labels), *spatial), device=seg.device)
+        valid = torch.zeros((seg.shape[0], len(labels)), dtype=torch.bool, device=seg.device)
+        for b in range(seg.shape[0]):
+            present = self.case_labels.get(str(keys[b]), set(labels)) if keys is not None else set(labels)
+            for k, lab in enumerate(labels):
+                if lab not in present:
+                    continue
+                valid[b, k] = True
+                c = centroid(seg[b, 0] == lab)
+                if c is not None:
+                    targets[b, k] = gaussian_heatmap(spatial, c, self.sigma, device=seg.device)
+        return targets, valid
+
+    def organ_crops(self, seg: torch.Tensor, k: int, jitter: bool = True) -> list[tuple[int, tuple[int, ...]]]:
+        """(batch item, box start) around organ k's centroid for every item that shows the organ."""
+        lab = self.selection.labels[k]
+        out = []
+        for b in range(seg.shape[0]):
+            c = centroid(seg[b, 0] == lab)
+            if c is None:
+                continue
+            if jitter:
+                c = tuple(ci + np.random.uniform(-1, 1) * self.roi_jitter * n
+                          for ci, n in zip(c, self.box, strict=True))
+            out.append((b, place_box(c, self.box, tuple(seg.shape[2:]))))
+        return out
+
+    # ------------------------------------------------------------------ training
+    def _batch(self, batch: dict):
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        full = target[0] if isinstance(target, list) else target
+        return data, target, full, batch.get("keys")
+
+    def _autocast(self):
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def _step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters) -> None:
+        parameters = list(parameters)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 12)
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(optimizer)
+            self.grad_scaler.update()
+        else:
+            optimizer.step()
+
+    def train_step_snet(self, batch: dict) -> dict:
+        data, target, full, keys = self._batch(batch)
+        net, phase = self.focus_network, self.current_phase.phase
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            out = net.snet_forward(data)
+            output = [out.logits, *out.side] if net.snet.decoder.deep_supervision else out.logits
+            seg = self.loss(output, target)
+            heat_t, valid = self.heatmap_targets(full, keys)
+            heat = fl.heatmap_loss(out.heat_logits, heat_t, valid)
+            loss = phase.loss_weight("segmentation") * seg + phase.loss_weight("heatmap") * heat
+        self._step(loss, self.optimizer, list(net.snet.parameters()) + list(net.sol.parameters()))
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def train_step_shape(self, batch: dict) -> dict:
+        _, _, full, _ = self._batch(batch)
+        ae, opt = self.aux_modules["shape_ae"], self.aux_optimizers["shape_ae"]
+        opt.zero_grad(set_to_none=True)
+        losses = []
+        for k, lab in enumerate(self.selection.labels):
+            crops = self.organ_crops(full, k)
+            if crops:
+                shapes = torch.cat([crop((full[b:b + 1] == lab).float(), s, self.box) for b, s in crops])
+                losses.append(fl.reconstruction_loss(ae(k, shapes)[2], shapes))
+        if not losses:
+            return {"loss": np.array(0.0)}
+        loss = torch.stack(losses).mean()
+        self._step(loss, opt, ae.parameters())
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def _sos_predictions(self, data: torch.Tensor, full: torch.Tensor):
+        """(organ index, SOS logits, reference crops) for every organ the batch shows; S-Net runs without grad."""
+        net = self.focus_network
+        with torch.no_grad():
+            out = net.snet_forward(data)
+        results = []
+        for k, lab in enumerate(self.selection.labels):
+            crops = self.organ_crops(full, k)
+            if not crops:
+                continue  # missing from every item: no SOS loss for this organ
+            inputs = torch.cat([net.sos_input(data, out, k, b, s) for b, s in crops])
+            ref = torch.cat([crop((full[b:b + 1] == lab).float(), s, self.box) for b, s in crops])
+            results.append((k, net.sos[k](inputs), ref))
+        return results
+
+    def train_step_sos(self, batch: dict) -> dict:
+        data, _, full, _ = self._batch(batch)
+        self.sos_optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            results = self._sos_predictions(data, full)
+            if not results:
+                return {"loss": np.array(0.0)}
+            loss = torch.stack([fl.sos_loss(logits, ref) for _, logits, ref in results]).mean()
+        self._step(loss, self.sos_optimizer, self.focus_network.sos.parameters())
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def train_step_adversarial(self, batch: dict) -> dict:
+        data, _, full, _ = self._batch(batch)
+        phase = self.current_phase.phase
+        ae, ae_opt = self.aux_modules["shape_ae"], self.aux_optimizers["shape_ae"]
+        # SOS-Nets: segmentation loss plus the shape-prior terms, the autoencoder fixed (its grads dropped below)
+        self.sos_optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            results = self._sos_predictions(data, full)
+            if not results:
+                return {"loss": np.array(0.0)}
+            total = []
+            for k, logits, ref in results:
+                terms = fl.shape_prior_terms(ae, k, torch.sigmoid(logits.float()), ref)
+                total.append(phase.loss_weight("sos") * fl.sos_loss(logits, ref)
+                             + sum(phase.loss_weight(name) * value for name, value in terms.items()))
+            loss = torch.stack(total).mean()
+        self._step(loss, self.sos_optimizer, self.focus_network.sos.parameters())
+        # autoencoder: true shapes reconstructed, predicted shapes pushed away in latent space
+        ae_opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            ae_loss = torch.stack([fl.autoencoder_adversarial_loss(ae, k, torch.sigmoid(logits.detach().float()), ref)
+                                   for k, logits, ref in results]).mean()
+        self._step(ae_loss, ae_opt, ae.parameters())
+        return {"loss": loss.detach().cpu().numpy()}
+
+
+FocusNetV2Trainer_debug = short_variant(FocusNetV2Trainer, "FocusNetV2Trainer_debug", **{**DEBUG_BUDGET, "epochs": 5})
+FocusNetV2Trainer_demo = short_variant(FocusNetV2Trainer, "FocusNetV2Trainer_demo", **DEMO_BUDGET)

@@ -1,0 +1,235 @@
+"""FocusNetV2Trainer: small-organ selection and ROI geometry, heatmap targets, exact ROI crop/paste, SOS pasting,
+missing organs, and the stock train -> stop -> --c -> predict run on the head-and-neck phantom."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from conftest import results_env
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+from nnunet_ext import stock
+from nnunet_ext.focusnet.organs import case_stats, parse_override, pooling_per_axis, roi_box, select_small_organs
+from nnunet_ext.focusnet.roi import centroid, crop, gaussian_heatmap, paste, peak, place_box
+from nnunet_ext.losses.focusnet import heatmap_loss
+from nnunet_ext.networks.focusnet import FocusNetV2Network, ShapeAutoencoder
+from nnunet_ext.phantoms import hn3d
+from nnunet_ext.phantoms.common import case_rng
+from nnunet_ext.trainers.focusnet_trainers import FocusNetV2Trainer
+
+FOREGROUND = [v for v in hn3d.LABELS.values() if v]
+
+
+# ---------------------------------------------------------------------------------------------- organs and boxes
+def _phantom_stats(n: int = 6):
+    return [case_stats(hn3d.make_case(case_rng(0, i), missing=hn3d.MISSING.get(i))[1], FOREGROUND) for i in range(n)]
+
+
+def test_small_organs_selected_on_the_phantom():
+    stats = _phantom_stats()
+    assert 5 not in stats[3].counts  # case 3 lacks the left optic nerve: counted only where present
+    sel = select_small_organs(stats, hn3d.LABELS)
+    assert sel.names == hn3d.SMALL and sel.rule == "threshold"
+    assert max(sel.median_voxels[n] for n in hn3d.SMALL) < sel.threshold_voxels < sel.median_voxels["parotid_l"]
+    smallest = min(hn3d.SMALL, key=sel.median_voxels.get)
+    assert select_small_organs(stats, hn3d.LABELS, max_organs=1).names == (smallest,)
+    # no class under the threshold: the smallest one, flagged as a fallback
+    fallback = select_small_organs(stats, hn3d.LABELS, fraction=0.001)
+    assert fallback.rule == "fallback-smallest" and len(fallback.labels) == 1
+    override = parse_override("chiasm, 4", hn3d.LABELS)
+    assert select_small_organs(stats, hn3d.LABELS, override=override).names == ("brainstem", "chiasm")
+    with pytest.raises(ValueError, match=r"'lens' is not a foreground label"):
+        parse_override("chiasm,lens", hn3d.LABELS)
+
+
+def test_roi_box_from_extents_rounded_to_pooling_and_clipped():
+    extents = [(2, 9, 9)] * 19 + [(3, 12, 10)]
+    box = roi_box(extents, patch_size=(24, 56, 56), spacing=(2.5, 1.0, 1.0), margin_mm=3.0)
+    # 95th percentile + 2 margins (2 slices of 2.5 mm, 3 voxels of 1 mm), rounded up to the pooling factor
+    assert box == (7, 16, 16)  # z: ceil(2.05) + 4 = 7, too short to pool; y, x: ceil(9.15) + 6 = 16
+    assert pooling_per_axis(box) == (0, 2, 2)
+    box = roi_box([(4, 9, 9)] * 20, patch_size=(24, 56, 56), spacing=(2.5, 1.0, 1.0), margin_mm=3.0)
+    assert box == (8, 16, 16) and pooling_per_axis(box) == (1, 2, 2)  # y, x: 15 rounded up to a multiple of 2
+    assert all(n % 2 ** p == 0 for n, p in zip(box, pooling_per_axis(box), strict=True))
+    assert roi_box(extents, patch_size=(6, 12, 56), spacing=(2.5, 1.0, 1.0)) == (6, 12, 16)
+    # a 2d configuration of 3D data: one in-plane extent per slice that shows the organ
+    seg = np.zeros((1, 5, 10, 10), np.uint8)
+    seg[0, 1:3, 2:5, 3:4] = 2
+    assert case_stats(seg, [2]).extents == {2: [(2, 3, 1)]}
+    assert case_stats(seg, [2], patch_dims=2).extents == {2: [(3, 1), (3, 1)]}
+    with pytest.raises(ValueError, match="no small-organ instance"):
+        roi_box([], (24, 56, 56), (2.5, 1.0, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------- ROI helpers
+def test_roi_crop_paste_round_trip_is_exact():
+    x = torch.randn(2, 3, 10, 20, 20)
+    start = place_box((9.7, 1.0, 12.2), (4, 8, 8), x.shape[2:])
+    assert start == (6, 0, 8)  # shifted inside the volume
+    part = crop(x, start, (4, 8, 8))
+    assert torch.equal(paste(x, part, start), x)
+    other = torch.randn_like(part)
+    pasted = paste(x, other, start)
+    assert torch.equal(crop(pasted, start, (4, 8, 8)), other)
+    outside = torch.ones_like(x, dtype=torch.bool)
+    outside[..., 6:10, 0:8, 8:16] = False
+    assert torch.equal(pasted[outside], x[outside])
+    with pytest.raises(ValueError, match="does not fit"):
+        place_box((0, 0, 0), (12, 8, 8), x.shape[2:])
+
+
+def test_heatmap_target_peaks_at_the_centroid():
+    mask = torch.zeros(12, 30, 30, dtype=torch.bool)
+    mask[5:7, 10:13, 20:24] = True
+    c = centroid(mask)
+    assert c == pytest.approx((5.5, 11.0, 21.5))
+    heat = gaussian_heatmap(mask.shape, c, sigma=(1.2, 3.0, 3.0))
+    index, value = peak(heat)
+    assert index == (5, 11, 21) or index == (6, 11, 22) or np.allclose(index, c, atol=0.51)
+    assert value == pytest.approx(float(torch.exp(torch.tensor(-(0.25 / 2.88 + 0.25 / 18)))), abs=1e-5)
+    assert heat[0, 0, 0] == 0 and (heat[heat > 0] >= 0.01).all()  # the spec's floor
+    assert centroid(torch.zeros(4, 4, dtype=torch.bool)) is None
+
+
+# ---------------------------------------------------------------------------------------------- network
+def _snet(dim: int, classes: int, deep_supervision: bool = False):
+    conv, norm = ("torch.nn.Conv3d", "torch.nn.InstanceNorm3d") if dim == 3 else ("torch.nn.Conv2d",
+                                                                                   "torch.nn.InstanceNorm2d")
+    kwargs = {"n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": conv, "kernel_sizes": [[3] * dim] * 3,
+              "strides": [[1] * dim, [2] * dim, [2] * dim], "n_conv_per_stage": [1, 1, 1],
+              "n_conv_per_stage_decoder": [1, 1], "conv_bias": True, "norm_op": norm,
+              "norm_op_kwargs": {"affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+              "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
+    return get_network_from_plans("dynamic_network_architectures.architectures.unet.PlainConvUNet", kwargs,
+                                  ["conv_op", "norm_op", "dropout_op", "nonlin"], 1, classes,
+                                  deep_supervision=deep_supervision)
+
+
+@pytest.mark.parametrize("dim, shape, box", [(3, (8, 24, 24), (4, 8, 8)), (2, (32, 32), (8, 8))])
+def test_sos_pasted_only_above_the_peak_threshold(dim, shape, box):
+    torch.manual_seed(0)
+    net = FocusNetV2Network(_snet(dim, 4), 1, sos_features=4)
+    net.configure([2, 3], box)
+    net.eval()
+    x = torch.randn(2, 1, *shape)
+    with torch.no_grad():
+        out = net.snet_forward(x)
+        assert out.heat_logits.shape == (2, 2, *shape)
+        assert torch.equal(net(x), out.logits)  # SOS not trained yet (sos_ready False): S-Net's logits
+        net.sos_ready.fill_(True)
+        net.peak_threshold = 1.0  # no sigmoid reaches it
+        assert torch.equal(net(x), out.logits)
+        net.peak_threshold = 0.0  # every organ pasted
+        pasted = net(x)
+    heat = torch.sigmoid(out.heat_logits)
+    inside = torch.zeros_like(pasted, dtype=torch.bool)
+    for b in range(2):
+        for k in range(2):
+            start = place_box(peak(heat[b, k])[0], box, shape)
+            inside[(b, slice(None), *[slice(s, s + n) for s, n in zip(start, box, strict=True)])] = True
+    assert torch.equal(pasted[~inside], out.logits[~inside])  # outside the boxes bit for bit
+    assert not torch.allclose(pasted[inside], out.logits[inside])
+    np.testing.assert_allclose(torch.softmax(pasted, 1).sum(1).numpy(), 1, atol=1e-5)  # valid log-probabilities
+
+    # stock prediction: a fresh network from the plans (no SOS yet) takes its structure from the saved buffers
+    fresh = FocusNetV2Network(_snet(dim, 4), 1, sos_features=4)
+    fresh.load_state_dict(net.state_dict())
+    fresh.eval()
+    fresh.peak_threshold = 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), pasted)
+    assert fresh.labels == (2, 3) and fresh.box == box
+
+
+def test_gradients_stop_at_the_roi_and_shape_autoencoder_keeps_the_box():
+    net = FocusNetV2Network(_snet(3, 4, deep_supervision=True), 1, sos_features=4)
+    net.configure([1], (4, 8, 8))
+    x = torch.randn(1, 1, 8, 16, 16)
+    out = net.snet_forward(x)
+    net.sos[0](net.sos_input(x, out, 0, 0, (2, 4, 4))).sum().backward()
+    assert all(p.grad is None for p in net.snet.parameters())  # gradient stop into S-Net
+    assert all(p.grad is not None for p in net.sos[0].parameters())
+    ae = ShapeAutoencoder((4, 8, 8), organs=2, features=4)
+    latent, feats, recon = ae(1, torch.rand(3, 1, 4, 8, 8))
+    assert recon.shape == (3, 1, 4, 8, 8) and len(feats) == 2 and latent.shape[0] == 3
+
+
+# ---------------------------------------------------------------------------------------------- missing organs
+def test_missing_organ_gives_no_heatmap_target_and_no_sos_crop():
+    seg = torch.zeros(3, 1, 8, 20, 20)
+    seg[0, 0, 3:5, 5:8, 5:8] = 5  # case a: organ 5 in the patch
+    seg[2, 0, 2:4, 10:12, 10:12] = 6
+    fake = SimpleNamespace(selection=SimpleNamespace(labels=(5, 6)), sigma=(1.0, 2.0, 2.0), box=(4, 8, 8),
+                           roi_jitter=0.0,
+                           # case b has organ 5 elsewhere in the volume, case c lacks organ 5 entirely
+                           case_labels={"a": {5}, "b": {5, 6}, "c": {6}})
+    targets, valid = FocusNetV2Trainer.heatmap_targets(fake, seg, ["a", "b", "c"])
+    assert valid.tolist() == [[True, False], [True, True], [False, True]]
+    assert targets[0, 0].max() > 0.8 and targets[1, 0].max() == 0  # present in the case, outside the patch: zeros
+    assert targets[2, 0].max() == 0 and targets[0, 1].max() == 0
+    # only the invalid pairs are wrong: the loss ignores them
+    logits = torch.full((3, 2, 8, 20, 20), -30.0)
+    logits[0, 0] = torch.logit(targets[0, 0].clamp(1e-6, 1 - 1e-6))
+    logits[2, 1] = torch.logit(targets[2, 1].clamp(1e-6, 1 - 1e-6))
+    logits[2, 0] = 30.0  # missing organ, confidently "found": no target, no loss
+    assert heatmap_loss(logits, targets, valid) < 1e-6
+    assert heatmap_loss(logits, targets, torch.ones_like(valid)) > 0.1
+    crops = FocusNetV2Trainer.organ_crops(fake, seg, 0, jitter=False)
+    assert [b for b, _ in crops] == [0]  # no SOS crop (hence no SOS loss) where the organ is missing
+
+
+# ---------------------------------------------------------------------------------------------- stock commands
+@pytest.fixture(scope="module")
+def hn_preprocessed(tmp_path_factory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("hn")
+    env = stock.work_environment(root / "nnunet", device="cpu")
+    raw = hn3d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=1, seed=1)
+    stock.plan_and_preprocess(hn3d.DEFAULT_ID, "3d_fullres", env)
+    return SimpleNamespace(dataset_id=hn3d.DEFAULT_ID, raw_dir=raw, env=env)
+
+
+def test_phases_stop_resume_and_predict_through_stock_commands(hn_preprocessed, tmp_path):
+    """5 epochs (snet 0-1, shape 2, sos 3, adversarial 4): stop after 3, resume in 'sos' with every network and
+    optimizer restored, finish, predict with stock nnUNetv2_predict."""
+    pre = hn_preprocessed
+    name = "FocusNetV2Trainer_tiny"  # tests/ext_trainers
+    env = results_env(pre.env, tmp_path / "results", nnUNet_ext_seed="3", nnUNet_ext_stop_after_epochs="3")
+    stock.train(pre.dataset_id, "3d_fullres", 0, name, env)
+    fold = tmp_path / "results" / pre.raw_dir.name / f"{name}__nnUNetPlans__3d_fullres" / "fold_0"
+    selection = json.loads((fold / "focusnet_small_organs.json").read_text())
+    assert selection["names"] == list(hn3d.SMALL) and selection["rule"] == "threshold"
+    assert "small organs ['optic_nerve_l', 'optic_nerve_r', 'chiasm']" in "".join(
+        p.read_text() for p in fold.glob("training_log_*.txt"))
+    stopped = torch.load(fold / "checkpoint_latest.pth", weights_only=False)
+    ours = stopped["nnunet_ext"]
+    assert stopped["current_epoch"] == 3 and ours["phase"] == "shape"
+    assert ours["extra"]["small_organs"] == [5, 6, 7] and ours["extra"]["roi_box"] == selection["roi_box_voxels"]
+    assert ours["aux_optimizers"]["shape_ae"]["state"]  # the autoencoder trained in epoch 2
+    assert not ours["extra"]["sos_optimizer"]["state"]  # SOS not yet
+    assert not bool(stopped["network_weights"]["sos_ready"])
+    assert {k.split(".")[0] for k in stopped["network_weights"]} >= {"snet", "sol", "sos"}
+
+    del env["nnUNet_ext_stop_after_epochs"]
+    log = stock.train(pre.dataset_id, "3d_fullres", 0, name, env, continue_training=True)
+    assert "Epoch 3" in log and "Epoch 2\n" not in log
+    assert "Phase 'sos'" in log and "Phase 'adversarial'" in log
+    final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+    assert bool(final["network_weights"]["sos_ready"])
+    sos_steps = {int(s["step"]) for s in final["nnunet_ext"]["extra"]["sos_optimizer"]["state"].values()}
+    assert sos_steps == {4}  # 2 iterations in 'sos' + 2 in 'adversarial', Adam continued across the restart
+
+    out = tmp_path / "pred"
+    stock.predict(pre.raw_dir / "imagesTs", out, pre.dataset_id, "3d_fullres", name, env)
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "phantomheadneckct_008.nii.gz")))
+    assert seg.shape == hn3d.SHAPE_ZYX and seg.max() <= 7
+
+
+def test_demo_resolves_to_the_head_and_neck_phantom_without_a_floor():
+    from nnunet_ext.demo import resolve_demo
+
+    # the 3D _demo budget was not measured on a CPU: no Dice floor is claimed
+    assert resolve_demo("FocusNetV2Trainer") == ("FocusNetV2Trainer_demo", "hn3d", None)
