@@ -72,9 +72,6 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.label_manager.has_regions:
-            raise ValueError(f"{self.plans_manager.dataset_name} uses region-based labels; "
-                             f"{self.__class__.__name__} needs one class per organ")
         snet, shape, sos = self.phase_fractions
         self.phase_schedule = PhaseSchedule([
             Phase("snet", snet, train=(NETWORK,), losses={"segmentation": 1.0, "heatmap": self.heatmap_weight}),
@@ -89,6 +86,16 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         self.case_labels: dict[str, set[int]] = {}
         self.sigma: tuple[float, ...] | None = None
         self.sos_optimizer: torch.optim.Optimizer | None = None
+
+    @classmethod
+    def check_dataset(cls, plans_manager, configuration_manager, label_manager, dataset_json: dict,
+                      configuration: str) -> None:
+        if label_manager.has_regions:
+            raise ValueError(f"{plans_manager.dataset_name} uses region-based labels; {cls.__name__} needs one "
+                             f"class per organ")
+        if len(label_manager.foreground_labels) < 2:
+            raise ValueError(f"{plans_manager.dataset_name} has {len(label_manager.foreground_labels)} foreground "
+                             f"class(es); {cls.__name__} needs several organs, some of them small")
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
