@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from nnunet_ext import stock
-from nnunet_ext.phantoms import av2d, fundus2d
+from nnunet_ext.phantoms import av2d, fundus2d, hn3d
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -51,6 +51,15 @@ def av_preprocessed(tmp_path_factory) -> SimpleNamespace:
     stock.plan_and_preprocess(av2d.DEFAULT_ID, "2d", env)
     return SimpleNamespace(dataset_id=av2d.DEFAULT_ID, raw_dir=raw, env=env, root=root,
                            preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
+
+
+@pytest.fixture(scope="session")
+def hn_preprocessed(tmp_path_factory) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("hn")
+    env = stock.work_environment(root / "nnunet", device="cpu")
+    raw = hn3d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=1, seed=1)
+    stock.plan_and_preprocess(hn3d.DEFAULT_ID, "3d_fullres", env)
+    return SimpleNamespace(dataset_id=hn3d.DEFAULT_ID, raw_dir=raw, env=env)
 
 
 def results_env(base: dict, results: Path, **extra: str) -> dict:

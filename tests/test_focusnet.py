@@ -2,7 +2,7 @@
 missing organs, and the stock train -> stop -> --c -> predict run on the head-and-neck phantom."""
 
 import json
-from pathlib import Path
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
@@ -183,15 +183,6 @@ def test_missing_organ_gives_no_heatmap_target_and_no_sos_crop():
 
 
 # ---------------------------------------------------------------------------------------------- stock commands
-@pytest.fixture(scope="module")
-def hn_preprocessed(tmp_path_factory) -> SimpleNamespace:
-    root = tmp_path_factory.mktemp("hn")
-    env = stock.work_environment(root / "nnunet", device="cpu")
-    raw = hn3d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=1, seed=1)
-    stock.plan_and_preprocess(hn3d.DEFAULT_ID, "3d_fullres", env)
-    return SimpleNamespace(dataset_id=hn3d.DEFAULT_ID, raw_dir=raw, env=env)
-
-
 def test_phases_stop_resume_and_predict_through_stock_commands(hn_preprocessed, tmp_path):
     """5 epochs (snet 0-1, shape 2, sos 3, adversarial 4): stop after 3, resume in 'sos' with every network and
     optimizer restored, finish, predict with stock nnUNetv2_predict."""
@@ -222,10 +213,17 @@ def test_phases_stop_resume_and_predict_through_stock_commands(hn_preprocessed, 
     sos_steps = {int(s["step"]) for s in final["nnunet_ext"]["extra"]["sos_optimizer"]["state"].values()}
     assert sos_steps == {4}  # 2 iterations in 'sos' + 2 in 'adversarial', Adam continued across the restart
 
-    out = tmp_path / "pred"
-    stock.predict(pre.raw_dir / "imagesTs", out, pre.dataset_id, "3d_fullres", name, env)
+    out, images = tmp_path / "pred", tmp_path / "images"
+    shutil.copytree(pre.raw_dir / "imagesTs", images)
+    # a 3D case with a single slice (a localiser, a cropped scan): padded to the patch and cut back by the predictor
+    volume = sitk.ReadImage(str(images / "phantomheadneckct_008_0000.nii.gz"))
+    sitk.WriteImage(volume[:, :, 12:13], str(images / "oneslice_0000.nii.gz"))
+    stock.predict(images, out, pre.dataset_id, "3d_fullres", name, env)
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "phantomheadneckct_008.nii.gz")))
     assert seg.shape == hn3d.SHAPE_ZYX and seg.max() <= 7
+    one = sitk.ReadImage(str(out / "oneslice.nii.gz"))
+    assert sitk.GetArrayFromImage(one).shape == (1, *hn3d.SHAPE_ZYX[1:]) and sitk.GetArrayFromImage(one).max() <= 7
+    assert np.allclose(one.GetSpacing(), volume.GetSpacing())
 
 
 def test_demo_resolves_to_the_head_and_neck_phantom_without_a_floor():

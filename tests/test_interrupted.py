@@ -93,6 +93,11 @@ def test_av_fusion_gan_kill_mid_epoch_then_resume_matches_uninterrupted_run(av_p
     assert_resume_matches_straight_run(av_preprocessed, "AVFusionTrainer_GAN_tiny_kill", "2d", tmp_path)
 
 
+def test_focusnet_kill_mid_epoch_then_resume_matches_uninterrupted_run(hn_preprocessed, tmp_path):
+    # killed in epoch 2, the 'shape' phase: S-Net, SOL heads, SOS-Nets, shape autoencoder and three optimizers
+    assert_resume_matches_straight_run(hn_preprocessed, "FocusNetV2Trainer_tiny_kill", "3d_fullres", tmp_path)
+
+
 _SAVER = """
 import sys, torch
 from nnunet_ext.training.base import atomic_torch_save

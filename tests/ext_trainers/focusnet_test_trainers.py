@@ -28,3 +28,12 @@ class FocusNetV2Trainer_tiny(FocusNetV2Trainer):
         kwargs["features_per_stage"] = [min(f, 4 * 2 ** i) for i, f in enumerate(kwargs["features_per_stage"])]
         return super().build_network_architecture(plans_manager, ConfigurationManager(narrow), num_input_channels,
                                                   num_output_channels, enable_deep_supervision)
+
+
+class FocusNetV2Trainer_tiny_kill(FocusNetV2Trainer_tiny):
+    """checkpoint_latest.pth after every epoch, for the kill-and-resume test."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.save_every = 1
