@@ -8,7 +8,7 @@ prior 3 classes), the stock 2d plans. isic: the ISIC 2018 sample's lesion images
 crops (normal/, all-zero masks) converted with Dataset742_ISICWeak (roles val -> full), the last 2 of each held out
 as the test set; no class table, so the prior learns "patch contains lesion"; the AV benchmark's CPU configuration
 `2d_cpu128` (128x128 patches, batch 2, 5 stages of 16-160 features). Every trainer: the budget of
-bench/ftsegnet_bench (8 epochs x 20 iterations; FTSegNet spends its first epoch on the prior), seed 0, fold 0,
+bench/ftsegnet_bench (5 epochs x 16 iterations; FTSegNet spends its first epoch on the prior), seed 0, fold 0,
 checkpoint_final, stock nnUNetv2_predict without mirroring, scored with `nnunet_ext evaluate` (Dice, HD95 per
 held-out image). Results: bench/results/ftsegnet_ablation_<data>.json and .md.
 """

@@ -7,7 +7,7 @@ The photograph (../shared/data/fundus_tumor/test.jpg, no label) is written as nn
 into a temporary folder, at full resolution and optionally downscaled (`--scale`: a model trained on the 96x96
 phantom sees a whole fundus in 96 pixels, so only a downscaled copy matches its scale). Each run records wall time
 and the peak resident memory of the nnUNetv2_predict process tree, and saves a small overlay PNG (prediction in
-cyan over the photograph, 640 px wide) in bench/results. Results: bench/results/ftsegnet_fundus_tumor.json.
+cyan over the photograph, 400 px wide) in bench/results. Results: bench/results/ftsegnet_fundus_tumor.json.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 Image.MAX_IMAGE_PIXELS = None  # the photograph is 18.5 megapixels, below nothing dangerous
 
 
-def overlay(photo: Image.Image, seg: np.ndarray, out: Path, width: int = 640) -> None:
+def overlay(photo: Image.Image, seg: np.ndarray, out: Path, width: int = 400) -> None:
     small = photo.resize((width, round(photo.height * width / photo.width)), Image.BILINEAR)
     mask = np.asarray(Image.fromarray((seg > 0).astype(np.uint8) * 255).resize(small.size, Image.NEAREST)) > 0
     rgb = np.asarray(small).astype(np.float32)
@@ -46,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-tr", default="FTSegNetTrainer_demo")
     p.add_argument("--scale", type=float, action="append", help="1 = full resolution (default: 1)")
     p.add_argument("--tta", action="store_true", help="mirroring (4x the time in 2d); off by default")
+    p.add_argument("--step-size", default="0.5", help="sliding-window step (nnU-Net's default 0.5)")
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args(argv)
 
     env = stock.work_environment(a.env_root, "cpu")
     photo = Image.open(a.image).convert("RGB")
+    a.out.mkdir(parents=True, exist_ok=True)
     runs = {}
     for scale in a.scale or [1.0]:
         with tempfile.TemporaryDirectory() as tmp:
@@ -60,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                                                           Image.LANCZOS)
             image.save(inp / "fundus_tumor_0000.png")
             argv_ = [stock.find_command("nnUNetv2_predict"), "-i", inp, "-o", pred, "-d", a.d, "-c", a.c, "-tr", a.tr,
-                     "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1"] + ([] if a.tta else ["--disable_tta"])
+                     "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1", "-step_size", a.step_size]
+            argv_ += [] if a.tta else ["--disable_tta"]
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             t0 = time.perf_counter()
             stock.run(argv_, env)
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             runs[f"{scale:g}"] = {"input_size": list(image.size), "seconds": round(seconds, 1),
                                   "peak_rss_mb": round(peak / 1024) if peak > before else None,
                                   "tumour_fraction": float((seg > 0).mean()), "overlay": name,
-                                  "mirroring": a.tta}
+                                  "mirroring": a.tta, "step_size": float(a.step_size)}
             print(scale, runs[f"{scale:g}"])
     out = a.out / "ftsegnet_fundus_tumor.json"
     previous = json.loads(out.read_text())["runs"] if out.exists() else {}

@@ -4,7 +4,7 @@ from nnunet_ext.trainers.baseline_trainers import nnUNetExtTrainer
 from nnunet_ext.trainers.ftsegnet_trainers import FTSegNetTrainer, FTSegNetTrainer_NoCPB
 from nnunet_ext.training.variants import short_variant
 
-BUDGET = {"epochs": 8, "iterations": 20, "val_iterations": 4}
+BUDGET = {"epochs": 5, "iterations": 16, "val_iterations": 2}
 
 nnUNetTrainer_ablation = short_variant(nnUNetExtTrainer, "nnUNetTrainer_ablation", **BUDGET)
 FTSegNetTrainer_NoCPB_ablation = short_variant(FTSegNetTrainer_NoCPB, "FTSegNetTrainer_NoCPB_ablation", **BUDGET)
