@@ -10,7 +10,8 @@ as the test set; no class table, so the prior learns "patch contains lesion"; th
 `2d_cpu128` (128x128 patches, batch 2, 5 stages of 16-160 features). Every trainer: the budget of
 bench/ftsegnet_bench (5 epochs x 16 iterations; FTSegNet spends its first epoch on the prior), seed 0, fold 0,
 checkpoint_final, stock nnUNetv2_predict without mirroring, scored with `nnunet_ext evaluate` (Dice, HD95 per
-held-out image). Results: bench/results/ftsegnet_ablation_<data>.json and .md.
+held-out image). Results: bench/results/ftsegnet_ablation_<data>.json and .md; `--demo-budget`: the _demo
+variants (24 epochs x 20 iterations) instead, results in ftsegnet_ablation_<data>_demo.json and .md.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ from ftsegnet_bench.ftsegnet_bench_trainers import BUDGET
 
 from nnunet_ext import stock
 from nnunet_ext.phantoms import tumor2d
+from nnunet_ext.training.variants import DEMO_BUDGET
 
 HERE = Path(__file__).resolve().parent
 TRAINERS = ("nnUNetTrainer_ablation", "FTSegNetTrainer_NoCPB_ablation", "FTSegNetTrainer_ablation")
+DEMO_TRAINERS = ("nnUNetTrainer_demo", "FTSegNetTrainer_NoCPB_demo", "FTSegNetTrainer_demo")
 
 
 def prepare_isic(source: Path, raw_root: Path, holdout: int = 2) -> Path:
@@ -56,9 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", choices=("tumor2d", "isic"), required=True)
     p.add_argument("--source", type=Path, default=HERE.parents[1] / "shared" / "data" / "ISIC2018_weak")
     p.add_argument("--work", type=Path, default=Path("/tmp/ftsegnet_ablation"))
-    p.add_argument("--trainers", nargs="+", default=list(TRAINERS))
+    p.add_argument("--trainers", nargs="+")
+    p.add_argument("--demo-budget", action="store_true", help="the _demo variants (24 x 20) instead, results in "
+                   "ftsegnet_ablation_<data>_demo.*")
     p.add_argument("--out", type=Path, default=HERE / "results")
     a = p.parse_args(argv)
+    budget = DEMO_BUDGET if a.demo_budget else BUDGET
+    a.trainers = a.trainers or list(DEMO_TRAINERS if a.demo_budget else TRAINERS)
 
     work = a.work / a.data
     env = stock.work_environment(work / "nnunet", "cpu")
@@ -76,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.data == "isic":
         add_cpu_configuration(pre_root / raw.name)
 
-    out_file = a.out / f"ftsegnet_ablation_{a.data}.json"
+    out_file = a.out / f"ftsegnet_ablation_{a.data}{'_demo' if a.demo_budget else ''}.json"
     report = json.loads(out_file.read_text()) if out_file.exists() else {"results": {}, "seconds": {}}
     train_env = dict(env, nnUNet_n_proc_DA="0", nnUNet_ext_seed="0")
     train_env["nnUNet_extTrainer"] = f"{env['nnUNet_extTrainer']}:{HERE / 'ftsegnet_bench'}"
@@ -99,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         report["results"][trainer] = {"foreground_mean": summary["foreground_mean"],
                                       "per_class": summary["per_class"], "detection": summary.get("detection"),
                                       "n_cases": summary["n_cases"]}
-        report["budget"] = (f"{BUDGET['epochs']} epochs x {BUDGET['iterations']} iterations, "
+        report["budget"] = (f"{budget['epochs']} epochs x {budget['iterations']} iterations, "
                             f"configuration {configuration}, seed 0, fold 0, checkpoint_final, 2 CPU cores shared "
                             f"with other jobs, prediction without mirroring")
         report["test_cases"] = sorted(p.name[:-len(".png")] for p in (raw / "labelsTs").glob("*.png"))
