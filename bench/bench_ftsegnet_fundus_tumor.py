@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     env = stock.work_environment(a.env_root, "cpu")
+    env["nnUNet_extTrainer"] = f"{env['nnUNet_extTrainer']}:{HERE / 'ftsegnet_bench'}"  # the ablation's variants
     photo = Image.open(a.image).convert("RGB")
     a.out.mkdir(parents=True, exist_ok=True)
     runs = {}
