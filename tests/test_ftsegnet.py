@@ -72,6 +72,24 @@ def test_cpb_is_the_identity_at_initialisation():
         assert not torch.allclose(net(x), plain(x))
 
 
+def test_residual_encoder_plans_supported():
+    """ResEnc plans (stem + residual stages): the CPB still starts as the identity on the stem's grid."""
+    kwargs = {"n_stages": 3, "features_per_stage": [8, 16, 32], "conv_op": "torch.nn.Conv2d",
+              "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]], "n_blocks_per_stage": [1, 1, 1],
+              "n_conv_per_stage_decoder": [1, 1], "conv_bias": True, "norm_op": "torch.nn.InstanceNorm2d",
+              "norm_op_kwargs": {"affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+              "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
+    unet = get_network_from_plans("dynamic_network_architectures.architectures.unet.ResidualEncoderUNet", kwargs,
+                                  ["conv_op", "norm_op", "dropout_op", "nonlin"], 3, 2, deep_supervision=False)
+    prior = ClassificationPrior(3, 2, prior_strides(unet.encoder), unet.encoder.conv_op)
+    net = FTSegNetwork(unet, prior, [32, 32]).eval()
+    plain = FTSegNetwork(unet, None, [32, 32]).eval()
+    plain.transformers.load_state_dict(net.transformers.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), plain(x), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dim", [2, 3])
 def test_shapes_and_gradients_2d_3d(dim):
     torch.manual_seed(0)
