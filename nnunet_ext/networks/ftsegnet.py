@@ -1,0 +1,247 @@
+"""FTSegNet (Deng, Gong et al., ISBI 2024): a classification prior guiding a transformer+conv U-Net, as one nn.Module.
+
+- The segmenter is the plans' U-Net (PlainConvUNet or ResidualEncoderUNet) whose deepest `transformer_stages`
+  encoder stages append transformer blocks: multi-head self-attention over the spatial tokens with MiT's spatial
+  reduction of keys/values, and an MLP with a depth-wise convolution between its two linear layers (Mix-FFN).
+- The classification prior P is a small CNN with the same strides as the encoder, so its stage s feature G_s has the
+  resolution of encoder stage s; a global pooling + linear head gives the class logits.
+- A Classification Prior Block (CPB) after every encoder stage s:
+      F_s' = F_s * 2 sigmoid(W_c GAP(G_s)) + alpha_s * conv1x1(G_s)
+  W_c and alpha_s start at zero, so the block starts as the identity (the factor 2 puts sigmoid(0) at 1; the spec's
+  plain sigmoid would halve every feature at initialisation). The class probabilities of P enter the bottleneck
+  through a zero-initialised linear layer. At initialisation the network therefore computes exactly what the
+  transformer-only network (no prior) computes, and training moves away from it only where the prior helps.
+
+Everything is one module: the stock `nnUNetv2_predict` builds it with the trainer's `build_network_architecture`,
+loads `network_weights` (prior included) and calls forward, which runs P and returns the segmentation logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from dynamic_network_architectures.initialization.weight_init import InitWeights_He
+from torch import nn
+from torch.nn import functional as F
+
+
+def _spatial_dims(conv_op: type[nn.Module]) -> int:
+    if conv_op is nn.Conv2d:
+        return 2
+    if conv_op is nn.Conv3d:
+        return 3
+    raise TypeError(f"FTSegNet supports 2d and 3d U-Nets (Conv2d/Conv3d), not {conv_op.__name__}")
+
+
+class EfficientSelfAttention(nn.Module):
+    """Multi-head attention over spatial tokens; keys and values come from a map shrunk by a strided convolution
+    (reduction per axis), which keeps attention affordable on large maps and 3D volumes."""
+
+    def __init__(self, channels: int, heads: int, reduction: tuple[int, ...], conv_op: type[nn.Module]):
+        super().__init__()
+        if channels % heads:
+            raise ValueError(f"{channels} channels do not split into {heads} attention heads")
+        self.heads = heads
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Linear(channels, 2 * channels)
+        self.proj = nn.Linear(channels, channels)
+        if any(r > 1 for r in reduction):
+            self.reduce = conv_op(channels, channels, reduction, reduction)
+            self.reduce_norm = nn.LayerNorm(channels)
+        else:
+            self.reduce = None
+
+    def forward(self, tokens: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        b, n, c = tokens.shape
+        q = self.q(tokens).view(b, n, self.heads, c // self.heads).transpose(1, 2)
+        if self.reduce is not None:
+            kv_in = self.reduce(tokens.transpose(1, 2).reshape(b, c, *shape)).flatten(2).transpose(1, 2)
+            kv_in = self.reduce_norm(kv_in)
+        else:
+            kv_in = tokens
+        k, v = self.kv(kv_in).view(b, -1, 2, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class MixFFN(nn.Module):
+    """Linear -> depth-wise 3x3(x3) conv over the token grid -> GELU -> linear: the conv gives the MLP the positional
+    cue that MiT uses instead of position embeddings (and keeps working at any patch size)."""
+
+    def __init__(self, channels: int, ratio: int, conv_op: type[nn.Module]):
+        super().__init__()
+        hidden = channels * ratio
+        self.fc1 = nn.Linear(channels, hidden)
+        self.dw = conv_op(hidden, hidden, 3, 1, 1, groups=hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def forward(self, tokens: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        b, n, _ = tokens.shape
+        h = self.fc1(tokens)
+        h = self.dw(h.transpose(1, 2).reshape(b, -1, *shape)).flatten(2).transpose(1, 2)
+        return self.fc2(F.gelu(h))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block on a feature map: x + attention(LN x), then x + MixFFN(LN x)."""
+
+    def __init__(self, channels: int, heads: int, reduction: tuple[int, ...], conv_op: type[nn.Module],
+                 mlp_ratio: int = 4):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(channels)
+        self.attention = EfficientSelfAttention(channels, heads, reduction, conv_op)
+        self.norm2 = nn.LayerNorm(channels)
+        self.mlp = MixFFN(channels, mlp_ratio, conv_op)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape[2:])
+        tokens = x.flatten(2).transpose(1, 2)
+        tokens = tokens + self.attention(self.norm1(tokens), shape)
+        tokens = tokens + self.mlp(self.norm2(tokens), shape)
+        return tokens.transpose(1, 2).reshape(x.shape)
+
+
+def attention_heads(channels: int, head_channels: int = 64) -> int:
+    """Heads of ~head_channels channels each that divide channels exactly."""
+    heads = max(1, channels // head_channels)
+    while channels % heads:
+        heads -= 1
+    return heads
+
+
+def reduction_for(feature_size: tuple[int, ...], ratio: int) -> tuple[int, ...]:
+    """MiT's spatial reduction ratio per axis, left at 1 on axes too short to shrink (anisotropic 3d maps)."""
+    return tuple(ratio if n >= 2 * ratio else 1 for n in feature_size)
+
+
+class ClassificationPrior(nn.Module):
+    """Small CNN classifier. Stage s has the stride of encoder stage s, so its feature G_s lies on the same grid as
+    the segmentation feature F_s; forward returns (class logits, [G_0, ..., G_last])."""
+
+    def __init__(self, input_channels: int, num_classes: int, strides: list, conv_op: type[nn.Module],
+                 base_features: int = 8, max_features: int = 64):
+        super().__init__()
+        dim = _spatial_dims(conv_op)
+        norm = nn.InstanceNorm2d if dim == 2 else nn.InstanceNorm3d
+        stages, c = [], input_channels
+        self.output_channels = []
+        for s, stride in enumerate(strides):
+            out = min(base_features * 2 ** s, max_features)
+            stages.append(nn.Sequential(conv_op(c, out, 3, stride, 1), norm(out, affine=True),
+                                        nn.LeakyReLU(0.01, inplace=True)))
+            self.output_channels.append(out)
+            c = out
+        self.stages = nn.ModuleList(stages)
+        self.num_classes = num_classes
+        self.head = nn.Linear(c, num_classes)
+        self.apply(InitWeights_He(1e-2))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        evidence = []
+        for stage in self.stages:
+            x = stage(x)
+            evidence.append(x)
+        return self.head(x.flatten(2).mean(2)), evidence
+
+
+class ClassificationPriorBlock(nn.Module):
+    """F' = F * 2 sigmoid(W_c GAP(G)) + alpha * conv1x1(G), the identity at initialisation (W_c = 0, alpha = 0)."""
+
+    def __init__(self, channels: int, prior_channels: int, conv_op: type[nn.Module]):
+        super().__init__()
+        self.gate = nn.Linear(prior_channels, channels)
+        nn.init.zeros_(self.gate.weight)
+        nn.init.zeros_(self.gate.bias)
+        self.project = conv_op(prior_channels, channels, 1)
+        self.alpha = nn.Parameter(torch.zeros(1))
+
+    def forward(self, features: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        if prior.shape[2:] != features.shape[2:]:
+            # odd input sizes round differently in the two networks' strided convs
+            prior = F.interpolate(prior, size=features.shape[2:], mode="nearest")
+        gate = 2 * torch.sigmoid(self.gate(prior.flatten(2).mean(2)))
+        gate = gate.view(*gate.shape, *([1] * (features.ndim - 2)))
+        return features * gate + self.alpha * self.project(prior)
+
+
+class FTSegNetwork(nn.Module):
+    """forward(x) -> segmentation logits (a list with the deep-supervision outputs when the decoder's
+    deep_supervision is on, as nnU-Net expects); forward(x, return_prior_logits=True) -> (output, prior logits)."""
+
+    def __init__(self, unet: nn.Module, prior: ClassificationPrior | None, patch_size: list[int],
+                 transformer_stages: int = 2, transformer_depth: int = 1, reduction_ratio: int = 2,
+                 mlp_ratio: int = 4):
+        super().__init__()
+        encoder = getattr(unet, "encoder", None)
+        if encoder is None or not hasattr(encoder, "stages") or not hasattr(unet, "decoder"):
+            raise TypeError(f"FTSegNetwork needs an nnU-Net U-Net (encoder stages + UNetDecoder) from the plans, "
+                            f"got {type(unet).__name__}")
+        conv_op = encoder.conv_op
+        _spatial_dims(conv_op)
+        n_stages = len(encoder.stages)
+        if not 0 <= transformer_stages <= n_stages:
+            raise ValueError(f"transformer_stages must lie in [0, {n_stages}] for this {n_stages}-stage U-Net, "
+                             f"got {transformer_stages}")
+        self.unet = unet
+        self.prior = prior
+        channels = list(encoder.output_channels)
+        size = list(patch_size)
+        transformers = []
+        for s in range(n_stages):
+            size = [max(1, n // st) for n, st in zip(size, encoder.strides[s], strict=True)]
+            if s >= n_stages - transformer_stages:
+                # the deeper the stage, the smaller the map: the deepest one attends over all of its tokens
+                ratio = reduction_ratio ** (n_stages - 1 - s)
+                transformers.append(nn.Sequential(*[
+                    TransformerBlock(channels[s], attention_heads(channels[s]), reduction_for(tuple(size), ratio),
+                                     conv_op, mlp_ratio) for _ in range(transformer_depth)]))
+            else:
+                transformers.append(nn.Identity())
+        self.transformers = nn.ModuleList(transformers)
+        if prior is not None:
+            if len(prior.stages) != n_stages:
+                raise ValueError(f"the prior has {len(prior.stages)} stages, the encoder {n_stages}")
+            self.cpb = nn.ModuleList([ClassificationPriorBlock(c, pc, conv_op)
+                                      for c, pc in zip(channels, prior.output_channels, strict=True)])
+            self.class_to_bottleneck = nn.Linear(prior.num_classes, channels[-1])
+            nn.init.zeros_(self.class_to_bottleneck.weight)
+            nn.init.zeros_(self.class_to_bottleneck.bias)
+        else:
+            self.cpb = None
+            self.class_to_bottleneck = None
+
+    @property
+    def decoder(self) -> nn.Module:
+        # nnU-Net switches deep supervision with `network.decoder.deep_supervision = ...`
+        return self.unet.decoder
+
+    def forward(self, x: torch.Tensor, return_prior_logits: bool = False):
+        prior_logits, evidence = self.prior(x) if self.prior is not None else (None, None)
+        encoder = self.unet.encoder
+        h = encoder.stem(x) if getattr(encoder, "stem", None) is not None else x
+        skips = []
+        last = len(encoder.stages) - 1
+        for s, stage in enumerate(encoder.stages):
+            h = self.transformers[s](stage(h))
+            if self.cpb is not None:
+                h = self.cpb[s](h, evidence[s])
+                if s == last:
+                    vector = self.class_to_bottleneck(torch.softmax(prior_logits, 1))
+                    h = h + vector.view(*vector.shape, *([1] * (h.ndim - 2)))
+            skips.append(h)
+        output = self.unet.decoder(skips)
+        if return_prior_logits:
+            return output, prior_logits
+        return output
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def prior_strides(encoder: nn.Module) -> list:
+    """The encoder's per-stage strides, the stem (ResEnc) having stride 1."""
+    return [tuple(s) for s in encoder.strides]
+
+
+__all__ = ["ClassificationPrior", "ClassificationPriorBlock", "EfficientSelfAttention", "FTSegNetwork", "MixFFN",
+           "TransformerBlock", "attention_heads", "count_parameters", "prior_strides", "reduction_for"]

@@ -1,0 +1,106 @@
+"""A fundus-tumour-like 2D RGB phantom for FTSegNet.
+
+Each image: a circular field of view on black, an orange-red choroid with texture and vignetting, an optic disc and
+dark-red vessel trees (background), small pigment freckles (background: dark, but too small to be a tumour) and, in
+most images, one round dark pigmented tumour (label 1) of widely varying size with a soft, slightly irregular rim.
+About a third of the images have no tumour, as in a screening set.
+
+Beside dataset.json the phantom writes `classification.json`, the per-case class table FTSegNetTrainer trains its
+prior on: 0 = no tumour, 1 = small tumour (radius < 10 % of the image), 2 = large tumour.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from nnunet_ext.phantoms.av2d import _draw
+from nnunet_ext.phantoms.common import case_rng, grid, save_rgb_case, smooth_noise, write_dataset
+from nnunet_ext.phantoms.fundus2d import _vessel_tree
+
+LABELS = {"background": 0, "tumour": 1}
+CONFIGURATION = "2d"
+DEFAULT_ID = 794
+NAME = "PhantomTumor"
+CLASS_TABLE = "classification.json"
+CLASSES = {"no_tumour": 0, "small_tumour": 1, "large_tumour": 2}
+SMALL_RADIUS = 0.10  # of the image size
+
+VESSEL_RGB = np.array([0.45, 0.08, 0.06])
+TUMOUR_RGB = np.array([0.20, 0.17, 0.14])
+
+
+def make_case(rng: np.random.Generator, size: int = 96, tumour_probability: float = 0.65) -> tuple:
+    """(rgb uint8 HxWx3, label uint8 HxW, class index)."""
+    yy, xx = grid((size, size))
+    centre = np.array([size / 2, size / 2])
+    radius = 0.47 * size
+    r = np.hypot(yy - centre[0], xx - centre[1])
+    fov = r < radius
+
+    vignette = 1.0 - 0.35 * (r / radius) ** 2
+    texture = smooth_noise(rng, (size, size), sigma=size / 20)
+    rgb = (np.array([0.72, 0.33, 0.15]) * rng.uniform(0.85, 1.15))[None, None, :] * (vignette + 0.06 * texture)[
+        ..., None]
+
+    side = rng.choice([-1, 1])
+    disc_c = centre + np.array([rng.normal(0, 0.04 * size), side * rng.uniform(0.18, 0.26) * size])
+    disc_r = rng.uniform(0.06, 0.085) * size
+    disc = (yy - disc_c[0]) ** 2 + (xx - disc_c[1]) ** 2 < disc_r ** 2
+    rgb[disc] = rgb[disc] * 0.3 + np.array([0.95, 0.85, 0.55]) * 0.7
+
+    vessels = np.zeros((size, size), bool)
+    for _ in range(int(rng.integers(3, 5))):
+        vessels |= _draw(_vessel_tree(rng, disc_c.copy(), size, depth=2), size, 1.0)
+    vessels &= fov
+    rgb[vessels] = rgb[vessels] * 0.45 + VESSEL_RGB * 0.55
+
+    # freckles: as dark as a tumour but tiny, so darkness alone does not make a tumour
+    for _ in range(int(rng.integers(0, 4))):
+        c = centre + rng.uniform(-0.35, 0.35, 2) * size
+        freckle = (yy - c[0]) ** 2 + (xx - c[1]) ** 2 < rng.uniform(0.8, 1.8) ** 2
+        rgb[freckle] = rgb[freckle] * 0.35 + TUMOUR_RGB * 0.65
+
+    label = np.zeros((size, size), np.uint8)
+    case_class = CLASSES["no_tumour"]
+    if rng.uniform() < tumour_probability:
+        tumour_r = rng.uniform(0.05, 0.17) * size
+        for _attempt in range(20):
+            c = centre + rng.uniform(-0.28, 0.28, 2) * size
+            if np.hypot(*(c - disc_c)) > disc_r + tumour_r + 2:
+                break
+        angle = np.arctan2(yy - c[0], xx - c[1])
+        wobble = 1 + 0.08 * np.sin(3 * angle + rng.uniform(0, 2 * np.pi)) + 0.04 * texture
+        d = np.hypot(yy - c[0], xx - c[1]) / (tumour_r * wobble)
+        tumour = (d < 1) & fov
+        # darkest in the middle, fading to the choroid at the rim (soft edge, as a pigmented naevus/melanoma)
+        weight = np.clip(1.15 - 0.5 * d ** 2, 0, 0.85)[tumour][:, None]
+        rgb[tumour] = rgb[tumour] * (1 - weight) + TUMOUR_RGB * weight
+        label[tumour] = LABELS["tumour"]
+        case_class = CLASSES["small_tumour"] if tumour_r < SMALL_RADIUS * size else CLASSES["large_tumour"]
+
+    rgb = rgb + rng.normal(0, 0.015, rgb.shape)
+    rgb[~fov] = 0.0
+    return np.clip(rgb * 255, 0, 255).astype(np.uint8), label, case_class
+
+
+def _write(case: tuple, image_dir: Path, label_dir: Path, case_id: str) -> None:
+    rgb, label, case_class = case
+    save_rgb_case(rgb, label, image_dir, label_dir, case_id)
+    # written inside the data set's temporary folder, so it appears together with the rest
+    table_file = image_dir.parent / CLASS_TABLE
+    table = json.loads(table_file.read_text()) if table_file.exists() else {}
+    table[case_id] = int(case_class)
+    table_file.write_text(json.dumps(table, indent=1, sort_keys=True))
+
+
+def generate(out_root: Path, dataset_id: int = DEFAULT_ID, n_train: int = 24, n_test: int = 6, size: int = 96,
+             seed: int = 0, overwrite: bool = False) -> Path:
+    return write_dataset(
+        out_root, dataset_id, NAME, lambda i: make_case(case_rng(seed, i), size), _write, n_train, n_test,
+        channel_names={"0": "R", "1": "G", "2": "B"}, labels=LABELS, file_ending=".png",
+        description=f"nnunet-ext fundus tumour phantom: {size}x{size} RGB, one dark round tumour or none, "
+                    f"classes in {CLASS_TABLE} ({CLASSES}), seed {seed}",
+        overwrite=overwrite)
