@@ -92,9 +92,10 @@ def sample_shape(organ: np.ndarray, spacing: Sequence[float], rng: np.random.Gen
                  candidates: np.ndarray | None = None) -> TumourShape | None:
     """One tumour in the organ mask (2D or 3D), or None when the eroded organ has no room.
 
-    margin_mm: erosion before the centre is drawn (default: a quarter of the smallest radius, at least one voxel of
-    the thickest spacing). elastic: displacement amplitude as a fraction of the radius. allowed: voxels the tumour
-    may cover (default: the organ). candidates: precomputed eroded organ (saves the distance transform).
+    margin_mm: erosion before the centre is drawn (default: a quarter of the smallest radius, at least the thickest
+    spacing; organs too small for that fall back to the thickest spacing). elastic: displacement amplitude as a
+    fraction of the radius. allowed: voxels the tumour may cover (default: the organ). candidates: precomputed eroded
+    organ (saves the distance transform).
     """
     organ = np.asarray(organ, bool)
     spacing = np.asarray(spacing, float)
@@ -105,8 +106,11 @@ def sample_shape(organ: np.ndarray, spacing: Sequence[float], rng: np.random.Gen
         raise ValueError(f"unknown size class {size_class!r}; known: {list(SIZE_CLASSES_MM)}")
     radii = SIZE_CLASSES_MM[size_class] * rng.uniform(*RADIUS_SCALE, organ.ndim)
     if candidates is None:
-        margin = max(radii.min() / 4, spacing.max()) if margin_mm is None else margin_mm
-        candidates = eroded(organ, spacing, margin)
+        margins = [margin_mm] if margin_mm is not None else [max(radii.min() / 4, spacing.max()), spacing.max()]
+        for margin in margins:  # a small organ falls back to one voxel (thickest spacing) from its boundary
+            candidates = eroded(organ, spacing, margin)
+            if candidates.any():
+                break
     idx = np.flatnonzero(candidates)
     if idx.size == 0:
         return None
