@@ -97,11 +97,14 @@ def make_case(rng: np.random.Generator, shape=SHAPE_ZYX, spacing=SPACING_ZYX, n_
 
 
 def tumour_count(seed: int, index: int, n_train: int, tumour_fraction: float) -> int:
-    """Training cases: the first round(fraction * n_train) get one or two tumours; held-out cases one to three."""
+    """Training cases: every round(1 / fraction)-th (0, 4, 8, ... for 0.25) gets one or two tumours, so a case does
+    not depend on how many are generated; held-out cases get one to three."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, index, 97]))
     if index >= n_train:
         return int(rng.integers(1, 4))
-    return int(rng.integers(1, 3)) if index < round(tumour_fraction * n_train) else 0
+    if tumour_fraction <= 0:
+        return 0
+    return int(rng.integers(1, 3)) if index % max(1, round(1 / tumour_fraction)) == 0 else 0
 
 
 def generate(out_root: Path, dataset_id: int = DEFAULT_ID, n_train: int = 12, n_test: int = 4, seed: int = 0,
@@ -113,5 +116,6 @@ def generate(out_root: Path, dataset_id: int = DEFAULT_ID, n_train: int = 12, n_
         out_root, dataset_id, NAME, make, _write, n_train, n_test, channel_names={"0": "CT"}, labels=LABELS,
         file_ending=".nii.gz",
         description=f"nnunet-ext FreeTumor phantom: {shape} voxels of {SPACING_ZYX} mm, tumours in "
-                    f"{round(tumour_fraction * n_train)} of {n_train} training cases, seed {seed}",
+                    f"{sum(tumour_count(seed, i, n_train, tumour_fraction) > 0 for i in range(n_train))} of {n_train} "
+                    f"training cases, seed {seed}",
         overwrite=overwrite)
