@@ -7,7 +7,7 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunet_ext.trainers.freetumor_trainers import FreeTumorTrainer
 from nnunet_ext.training.base import nnUNetExtTrainer
 
-EPOCHS, ITERATIONS = 15, 10
+EPOCHS, ITERATIONS = 8, 10
 
 
 def small_network(plans_manager, configuration_manager, num_input_channels, num_output_channels,
