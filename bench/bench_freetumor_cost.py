@@ -14,6 +14,7 @@ import copy
 import json
 import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
     p.add_argument("-n", type=int, default=5)
     p.add_argument("-o", "--output", required=True)
     args = p.parse_args(argv)
-    os.environ.setdefault("nnUNet_results", str(Path(args.output).parent / ".bench_results"))
+    os.environ.setdefault("nnUNet_results", tempfile.mkdtemp(prefix="freetumor_bench_"))  # nothing is saved there
     os.environ.update(nnUNet_preprocessed=args.preprocessed, nnUNet_n_proc_DA="0", nnUNet_ext_seed="0")
     os.environ.setdefault("nnUNet_raw", args.preprocessed)
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
