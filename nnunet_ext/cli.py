@@ -11,6 +11,7 @@ from nnunet_ext.dataset_conversion.cli import add_parser as _add_convert
 from nnunet_ext.evaluation.cli import add_compare, add_evaluate
 from nnunet_ext.phantoms import PHANTOMS
 from nnunet_ext.stock import StockCommandError
+from nnunet_ext.synthesis.cli import add_synth
 
 DEMO_TRAINER = "nnUNetTrainer_demo"
 
@@ -74,7 +75,7 @@ def _add_demo(sub) -> None:
 
 # Each entry adds one subcommand; a module's parser is built only when the command line asks for it would be nicer,
 # but argparse needs all of them for --help, and they import nothing heavy at module level.
-_SUBCOMMANDS = [_add_env, _add_demo, _add_convert, add_evaluate, add_compare]
+_SUBCOMMANDS = [_add_env, _add_demo, _add_convert, add_evaluate, add_compare, add_synth]
 
 
 def build_parser() -> argparse.ArgumentParser:
