@@ -167,14 +167,16 @@ def test_demo_unknown_trainer_and_phantom(tmp_path):
     assert not work.exists()
 
 
-def test_av_trainer_on_a_data_set_without_artery_and_vein(fundus_preprocessed, tmp_path):
-    """Stock nnUNetv2_train refuses at start-up, names the data set and the missing classes, writes no fold folder."""
+@pytest.mark.parametrize(("trainer", "missing"), [("AVFusionTrainer", "artery"), ("FreeTumorTrainer", "organ")])
+def test_trainer_on_a_data_set_without_the_classes_it_needs(fundus_preprocessed, tmp_path, trainer, missing):
+    """Stock nnUNetv2_train refuses at start-up, names the data set and the missing classes, writes no fold folder
+    (the fundus phantom has optic disc, vessel and lesion: no artery/vein, no organ for tumour synthesis)."""
     f = fundus_preprocessed
     results = tmp_path / "results"
     results.mkdir()
     env = results_env(f.env, results)
-    proc = run([stock.find_command("nnUNetv2_train"), str(f.dataset_id), "2d", "0", "-tr", "AVFusionTrainer",
+    proc = run([stock.find_command("nnUNetv2_train"), str(f.dataset_id), "2d", "0", "-tr", trainer,
                 "-device", "cpu"], env=env)
     out = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "Dataset791_PhantomFundus" in out and "artery" in out
+    assert proc.returncode != 0 and "Dataset791_PhantomFundus" in out and missing in out, out[-2000:]
     assert snapshot(results) == {}

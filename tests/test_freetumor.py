@@ -41,6 +41,9 @@ def test_default_pairs_for_abdomen_and_chest_schemes():
     (abdomen3d.LABELS, {1: 2, 3: 2}, r"its own tumour label"),
     ({"background": 0, "liver": [1, 2], "tumour": 2}, None, r"label 'liver' is a region"),
     ({"background": 0, "organ": 2}, None, r"no organ->tumour label pairs"),
+    # no silent default for labels that are not organ/tumour pairs (fundus: optic disc 1, vessel 2; A/V)
+    ({"background": 0, "optic_disc": 1, "vessel": 2, "lesion": 3}, None, r"no organ->tumour label pairs"),
+    ({"background": 0, "artery": 1, "vein": 2}, None, r"no organ->tumour label pairs"),
 ])
 def test_bad_label_pairs_rejected_naming_the_data_set(labels, pairs, message):
     with pytest.raises(LabelMappingError, match=message):

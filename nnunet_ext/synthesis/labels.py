@@ -8,6 +8,7 @@ class, which is why every mapping is checked against dataset.json here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 ABDOMEN_PAIRS = {1: 2, 3: 4, 5: 6}
@@ -31,14 +32,23 @@ def _int_labels(dataset_json: Mapping, dataset: str) -> dict[str, int]:
     return out
 
 
+def _is_tumour_name(name: str) -> bool:
+    return re.search(r"tumou?r|lesion|cancer|carcinoma|metasta|nodule|mass|infection", name.lower()) is not None
+
+
 def default_pairs(labels: Mapping[str, int]) -> dict[int, int]:
-    """The abdomen scheme when the data set has its labels, else the chest scheme, else odd organ -> next label."""
+    """The abdomen scheme when the data set has its labels, else the chest scheme, else odd organ -> next label; in
+    every case only where the tumour label's name says it is one (a data set of optic disc = 1, vessel = 2 must not
+    get vessels painted into its discs)."""
     values = set(labels.values())
+    names = {v: k for k, v in labels.items()}
     if ABDOMEN_PAIRS.keys() | set(ABDOMEN_PAIRS.values()) <= values:
-        return dict(ABDOMEN_PAIRS)
-    if values == {0, 1, 2}:
-        return dict(CHEST_PAIRS)
-    return {v: v + 1 for v in sorted(values) if v % 2 == 1 and v + 1 in values}
+        pairs = dict(ABDOMEN_PAIRS)
+    elif values == {0, 1, 2}:
+        pairs = dict(CHEST_PAIRS)
+    else:
+        pairs = {v: v + 1 for v in sorted(values) if v % 2 == 1 and v + 1 in values}
+    return {o: t for o, t in pairs.items() if _is_tumour_name(names[t]) and not _is_tumour_name(names[o])}
 
 
 def organ_tumour_pairs(dataset_json: Mapping, pairs: Mapping[int, int] | None = None,

@@ -69,11 +69,7 @@ class _FreeTumorBase(nnUNetExtTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        dataset = self.plans_manager.dataset_name
-        if self.label_manager.has_regions:
-            raise ValueError(f"{dataset} uses region-based labels; {self.__class__.__name__} needs class labels "
-                             f"(organ and tumour as separate values)")
-        self.pairs = organ_tumour_pairs(dataset_json, self.organ_tumour_labels, dataset)
+        self.pairs = organ_tumour_pairs(dataset_json, self.organ_tumour_labels, self.plans_manager.dataset_name)
         self.organs = sorted(self.pairs)  # generator channel k belongs to organ self.organs[k]
         self.size_probabilities: dict[str, float] | None = None  # None: shape.DEFAULT_SIZE_PROBABILITIES
         self.texture_amplitude = 0.3
@@ -83,6 +79,15 @@ class _FreeTumorBase(nnUNetExtTrainer):
         self.synthesizer: TumourSynthesizer | None = None
         self.synthesis_rng: np.random.Generator | None = None
         self._rng_to_restore: dict | None = None
+
+    @classmethod
+    def check_dataset(cls, plans_manager, configuration_manager, label_manager, dataset_json: dict,
+                      configuration: str) -> None:
+        dataset = plans_manager.dataset_name
+        if label_manager.has_regions:
+            raise ValueError(f"{dataset} uses region-based labels; {cls.__name__} needs class labels (organ and "
+                             f"tumour as separate values)")
+        organ_tumour_pairs(dataset_json, cls.organ_tumour_labels, dataset)  # no organ to synthesise in: refused
 
     def initialize(self):
         super().initialize()
