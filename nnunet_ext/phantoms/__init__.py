@@ -4,6 +4,6 @@ Every module exposes `generate(out_root, dataset_id, ..., seed, overwrite) -> Pa
 `NAME`, `DEFAULT_ID` (790-799 block) and `CONFIGURATION` (the nnU-Net configuration it is meant for).
 """
 
-from nnunet_ext.phantoms import av2d, ct3d, fundus2d
+from nnunet_ext.phantoms import av2d, ct3d, fundus2d, weak2d
 
-PHANTOMS = {"fundus2d": fundus2d, "ct3d": ct3d, "av2d": av2d}
+PHANTOMS = {"fundus2d": fundus2d, "ct3d": ct3d, "av2d": av2d, "weak2d": weak2d}
