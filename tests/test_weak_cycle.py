@@ -139,7 +139,8 @@ def test_weak_cases_read_from_the_preprocessed_data(weak_preprocessed):
     split = json.loads((weak_preprocessed.preprocessed / "splits_final.json").read_text())[0]
     cases = classify_cases(dataset, split["train"], 2, "Dataset796_PhantomWeak")
     assert len(cases.disease) == 4 and len(cases.normal) == 4 and cases.full == []
-    assert classify_cases(dataset, split["val"] + cases.normal[:1] + cases.disease[:1], 2, "D").full == sorted(split["val"])
+    mixed = split["val"] + cases.normal[:1] + cases.disease[:1]
+    assert classify_cases(dataset, mixed, 2, "D").full == sorted(split["val"])
     with pytest.raises(WeakLabelError, match=r"Dataset796_PhantomWeak: no normal cases.*all 0"):
         classify_cases(dataset, cases.disease, 2, "Dataset796_PhantomWeak")
     with pytest.raises(WeakLabelError, match=r"Dataset796_PhantomWeak: no disease cases.*ignore label 2"):
