@@ -1,0 +1,67 @@
+"""Losses of the cycle translation (U-GAT-IT style, least squares) and of the teacher-student stage.
+
+Domain A is "disease", B is "normal". G_AB turns disease into normal, G_BA normal into disease. Discriminators D_B*
+judge normal-looking images, D_A* disease-looking ones (global and local each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+from torch.nn.functional import binary_cross_entropy_with_logits, l1_loss, mse_loss
+
+# the original's values (spec: adversarial 1, cycle 5-10, identity 10-50, CAM 1000-1400, reconstruction 10)
+CYCLE_LOSS_WEIGHTS = {"adversarial": 1.0, "cycle": 10.0, "identity": 10.0, "cam": 1000.0, "reconstruction": 10.0}
+
+
+def lsgan(outputs: tuple[torch.Tensor, torch.Tensor], real: bool) -> torch.Tensor:
+    """Least-squares GAN loss on a discriminator's (patch logits, CAM logits)."""
+    target = 1.0 if real else 0.0
+    return sum(mse_loss(o, torch.full_like(o, target)) for o in outputs)
+
+
+def cam_bce(logits: torch.Tensor, is_source: bool) -> torch.Tensor:
+    """The generator's CAM classifier: 1 for images of its source domain (those it must change), 0 otherwise."""
+    return binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if is_source else 0.0))
+
+
+def discriminator_loss(discriminators: tuple[nn.Module, ...], real: torch.Tensor, fakes: tuple[torch.Tensor, ...]
+                       ) -> torch.Tensor:
+    """Real images of a domain against the (detached) translated and composited images into it."""
+    loss = real.new_zeros(())
+    for d in discriminators:
+        loss = loss + lsgan(d(real), True)
+        for fake in fakes:
+            loss = loss + lsgan(d(fake.detach()), False) / len(fakes)
+    return loss
+
+
+def cycle_generator_losses(g_ab: nn.Module, g_ba: nn.Module, d_a: tuple[nn.Module, ...], d_b: tuple[nn.Module, ...],
+                           disease: torch.Tensor, normal: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
+    """Unweighted generator losses by name and the translations (for the discriminator step)."""
+    ab, ba = g_ab(disease), g_ba(normal)  # disease -> normal, normal -> disease
+    aba, bab = g_ba(ab["composite"]), g_ab(ba["composite"])  # cycles
+    aa, bb = g_ba(disease), g_ab(normal)  # identities: a generator fed its target domain must leave it alone
+    adversarial = sum(lsgan(d(ab[k]), True) for d in d_b for k in ("translated", "composite")) + \
+        sum(lsgan(d(ba[k]), True) for d in d_a for k in ("translated", "composite"))
+    losses = {
+        "adversarial": adversarial / 2,
+        "cycle": l1_loss(aba["composite"], disease) + l1_loss(bab["composite"], normal),
+        "identity": l1_loss(aa["composite"], disease) + l1_loss(bb["composite"], normal),
+        "cam": cam_bce(ab["cam_logits"], True) + cam_bce(bb["cam_logits"], False)
+        + cam_bce(ba["cam_logits"], True) + cam_bce(aa["cam_logits"], False),
+        "reconstruction": l1_loss(ab["reconstruction"], disease) + l1_loss(ba["reconstruction"], normal),
+    }
+    return losses, {"ab": ab, "ba": ba}
+
+
+def weighted_sum(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:
+    """A loss missing from weights does not count (weight 0)."""
+    return sum(float(weights.get(name, 0.0)) * value for name, value in losses.items())
+
+
+def teacher_consistency(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of the softmax outputs (mean teacher)."""
+    return mse_loss(torch.softmax(student_logits.float(), 1), torch.softmax(teacher_logits.float(), 1))

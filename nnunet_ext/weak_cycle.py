@@ -1,0 +1,198 @@
+"""Weak (image-level) labels in nnU-Net data sets, and the pseudo-masks WeakCycleTrainer derives from them.
+
+Convention (README, "Weak labels"): a disease case, whose lesion location is unknown, has a label map that is
+entirely the ignore label; a normal case has a label map of all 0; any other case is fully labelled. After nnU-Net's
+preprocessing, 0 outside the non-zero region of the image becomes -1, which counts as background here.
+
+Pseudo-masks live in the preprocessed (cropped, resampled) space of the cases, one `<case>.npy` (int8, the seg's
+shape: 0 background, 1 lesion, ignore label where unsure) per disease case in the trainer's output folder; the data
+set wrapper `PseudoLabelDataset` hands them to nnU-Net's data loader in place of the all-ignore maps. Being files,
+updates reach data-augmentation worker processes too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from nnunet_ext.fileio import atomic_output_dir, dataset_id_clashes
+
+
+class WeakLabelError(ValueError):
+    pass
+
+
+@dataclass
+class WeakCases:
+    disease: list[str] = field(default_factory=list)
+    normal: list[str] = field(default_factory=list)
+    full: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return f"{len(self.disease)} disease (all ignore), {len(self.normal)} normal (all 0), {len(self.full)} fully " \
+               f"labelled"
+
+
+def load_seg(dataset, identifier: str) -> np.ndarray:
+    _, seg, _, _ = dataset.load_case(identifier)
+    return np.asarray(seg[:])
+
+
+def load_image(dataset, identifier: str) -> np.ndarray:
+    data, _, _, _ = dataset.load_case(identifier)
+    return np.asarray(data[:], dtype=np.float32)
+
+
+def case_kind(seg: np.ndarray, ignore_label: int) -> str:
+    """'disease', 'normal' or 'full' for one (preprocessed or raw) label map."""
+    inside = seg[seg != -1]
+    if inside.size == 0 or not inside.any():
+        return "normal"
+    if np.all(inside == ignore_label):
+        return "disease"
+    return "full"
+
+
+def classify_cases(dataset, identifiers, ignore_label: int | None, dataset_name: str) -> WeakCases:
+    """Sort the cases by their label maps; a weakly labelled data set needs both disease and normal cases."""
+    if ignore_label is None:
+        raise WeakLabelError(f"{dataset_name}: dataset.json declares no ignore label; weak labels mark disease "
+                             f"cases with an all-ignore label map (README, 'Weak labels')")
+    cases = WeakCases()
+    for identifier in identifiers:
+        getattr(cases, case_kind(load_seg(dataset, identifier), ignore_label)).append(identifier)
+    for kind, how in (("disease", f"entirely the ignore label {ignore_label}"), ("normal", "all 0")):
+        if not getattr(cases, kind):
+            raise WeakLabelError(f"{dataset_name}: no {kind} cases among the {len(list(identifiers))} training "
+                                 f"cases ({cases.describe()}); weak labels need {kind} cases, whose label maps "
+                                 f"are {how}")
+    return cases
+
+
+def foreground_mask(data: np.ndarray) -> np.ndarray:
+    """The body/skin region of a preprocessed case (C x spatial): where any channel differs from its minimum (the
+    value the zero background took on normalisation), holes filled."""
+    flat = data.reshape(data.shape[0], -1)
+    minimum = flat.min(1).reshape((-1,) + (1,) * (data.ndim - 1))
+    inside = np.any(np.abs(data - minimum) > 1e-6, axis=0)
+    if inside.ndim == 3 and inside.shape[0] == 1:  # a 2D image stored as 1 x H x W
+        return ndimage.binary_fill_holes(inside[0])[None]
+    return ndimage.binary_fill_holes(inside)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold on values in [0, 1] (maximal between-class variance)."""
+    values = np.asarray(values, np.float64).ravel()
+    if values.size == 0 or values.min() == values.max():
+        return 0.5
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    centres = (edges[:-1] + edges[1:]) / 2
+    weight0 = np.cumsum(hist)
+    weight1 = weight0[-1] - weight0
+    mean0 = np.cumsum(hist * centres) / np.maximum(weight0, 1)
+    mean1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(weight1, 1)
+    between = weight0 * weight1 * (mean0 - mean1) ** 2
+    return float(edges[1:][np.argmax(between)])
+
+
+def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """Dice of two binary masks; 1 when both are empty."""
+    p, r = prediction.astype(bool), reference.astype(bool)
+    denominator = p.sum() + r.sum()
+    return 1.0 if denominator == 0 else float(2 * (p & r).sum() / denominator)
+
+
+def best_threshold(probabilities: list[np.ndarray], references: list[np.ndarray],
+                   candidates: np.ndarray | None = None) -> tuple[float, float]:
+    """(threshold, mean per-case Dice) that maximises the mean Dice over cases with full masks."""
+    candidates = np.round(np.arange(0.05, 0.96, 0.05), 2) if candidates is None else candidates
+    scores = [np.mean([dice(p >= t, r) for p, r in zip(probabilities, references, strict=True)])
+              for t in candidates]
+    best = int(np.argmax(scores))
+    return float(candidates[best]), float(scores[best])
+
+
+def save_array(array: np.ndarray, filename: Path) -> None:
+    """np.save through a temporary file and os.replace: a reader never sees half a mask."""
+    tmp = filename.with_name(f"{filename.name}.tmp{os.getpid()}.npy")
+    np.save(tmp, array)
+    os.replace(tmp, filename)
+
+
+class PseudoLabelDataset:
+    """An nnU-Net data set whose disease cases carry the pseudo-mask in `folder` (when one exists) instead of their
+    all-ignore label map; everything else passes through."""
+
+    def __init__(self, dataset, folder: Path, identifiers: list[str] | None = None):
+        self.dataset = dataset
+        self.folder = Path(folder)
+        # the data loader samples uniformly from this list: repeating cases balances disease and normal
+        self.identifiers = list(dataset.identifiers if identifiers is None else identifiers)
+
+    def __getattr__(self, name):
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, identifier):
+        return self.load_case(identifier)
+
+    def load_case(self, identifier: str):
+        data, seg, seg_prev, properties = self.dataset.load_case(identifier)
+        pseudo = self.folder / f"{identifier}.npy"
+        if pseudo.is_file():
+            seg = np.load(pseudo)
+        return data, seg, seg_prev, properties
+
+
+def balanced_identifiers(cases: WeakCases) -> list[str]:
+    """Disease and normal cases repeated so that each kind fills about half the list; full cases once each."""
+    n = max(len(cases.disease), len(cases.normal))
+    repeat = lambda ids: (ids * (n // len(ids) + 1))[:n]  # noqa: E731
+    return repeat(cases.disease) + repeat(cases.normal) + list(cases.full)
+
+
+def export_pseudo_dataset(raw_dataset: Path, masks: dict[str, np.ndarray], out_root: Path, dataset_id: int,
+                          name: str, reader_writer, overwrite: bool = False) -> Path:
+    """A labelled nnU-Net raw data set: the raw images of `raw_dataset`'s training cases, disease cases labelled
+    with `masks` (case -> label map in the raw image's geometry, 0/1), the others with their own labels. Written into
+    a temporary folder renamed into place. `reader_writer` is the data set's nnU-Net image reader/writer."""
+    raw_dataset = Path(raw_dataset)
+    dataset_json = json.loads((raw_dataset / "dataset.json").read_text())
+    ending = dataset_json["file_ending"]
+    target = Path(out_root) / f"Dataset{int(dataset_id):03d}_{name}"
+    if target.resolve() == raw_dataset.resolve():
+        raise ValueError(f"{target}: the export would overwrite its own source data set; choose another id")
+    with atomic_output_dir(target, overwrite=overwrite,
+                           also_replace=dataset_id_clashes(Path(out_root), dataset_id, target)) as tmp:
+        (tmp / "imagesTr").mkdir()
+        (tmp / "labelsTr").mkdir()
+        n = 0
+        for label_file in sorted((raw_dataset / "labelsTr").glob(f"*{ending}")):
+            case = label_file.name[: -len(ending)]
+            images = sorted((raw_dataset / "imagesTr").glob(f"{case}_[0-9][0-9][0-9][0-9]{ending}"))
+            if not images:
+                raise FileNotFoundError(f"{label_file}: no image {case}_0000{ending} in {raw_dataset / 'imagesTr'}")
+            for image in images:
+                shutil.copyfile(image, tmp / "imagesTr" / image.name)
+            if case in masks:
+                _, properties = reader_writer.read_seg(str(label_file))
+                reader_writer.write_seg(masks[case].astype(np.uint8), str(tmp / "labelsTr" / label_file.name),
+                                        properties)
+            else:
+                (tmp / "labelsTr" / label_file.name).write_bytes(label_file.read_bytes())
+            n += 1
+        missing = sorted(set(masks) - {p.name[: -len(ending)] for p in (tmp / "labelsTr").iterdir()})
+        if missing:
+            raise ValueError(f"pseudo-masks for cases absent from {raw_dataset / 'labelsTr'}: {missing[:5]}")
+        dataset_json.update(numTraining=n, name=name,
+                            description=f"pseudo-masks of {raw_dataset.name} (WeakCycleTrainer, phase 1)")
+        (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+        for extra in ("splits_final.json",):
+            if (raw_dataset / extra).is_file():
+                (tmp / extra).write_bytes((raw_dataset / extra).read_bytes())
+    return target
