@@ -167,10 +167,12 @@ def test_demo_unknown_trainer_and_phantom(tmp_path):
     assert not work.exists()
 
 
-@pytest.mark.parametrize(("trainer", "missing"), [("AVFusionTrainer", "artery"), ("FreeTumorTrainer", "organ")])
+@pytest.mark.parametrize(("trainer", "missing"), [("AVFusionTrainer", "artery"), ("FreeTumorTrainer", "organ"),
+                                                   ("WeakCycleTrainer", "ignore label")])
 def test_trainer_on_a_data_set_without_the_classes_it_needs(fundus_preprocessed, tmp_path, trainer, missing):
     """Stock nnUNetv2_train refuses at start-up, names the data set and the missing classes, writes no fold folder
-    (the fundus phantom has optic disc, vessel and lesion: no artery/vein, no organ for tumour synthesis)."""
+    (the fundus phantom has optic disc, vessel and lesion: no artery/vein, no organ for tumour synthesis, no weak
+    labels)."""
     f = fundus_preprocessed
     results = tmp_path / "results"
     results.mkdir()

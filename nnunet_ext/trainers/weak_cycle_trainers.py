@@ -109,21 +109,25 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     strong_contrast = 0.25
     strong_brightness = 0.2
 
+    @classmethod
+    def check_dataset(cls, plans_manager, configuration_manager, label_manager, dataset_json: dict,
+                      configuration: str) -> None:
+        dataset = plans_manager.dataset_name
+        if label_manager.has_regions:
+            raise WeakLabelError(f"{dataset} uses region-based labels; {cls.__name__} needs background, one lesion "
+                                 f"label and the ignore label")
+        if label_manager.ignore_label is None:
+            raise WeakLabelError(f"{dataset}: dataset.json declares no ignore label; weak labels mark disease "
+                                 f"cases with an all-ignore label map (README, 'Weak labels')")
+        foreground = list(label_manager.foreground_labels)
+        if len(foreground) != 1:
+            raise WeakLabelError(f"{dataset}: {cls.__name__} segments one lesion class, the data set has "
+                                 f"foreground labels {foreground}")
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        dataset = self.plans_manager.dataset_name
-        if self.label_manager.has_regions:
-            raise WeakLabelError(f"{dataset} uses region-based labels; {self.__class__.__name__} needs background, "
-                                 f"one lesion label and the ignore label")
-        if self.label_manager.ignore_label is None:
-            raise WeakLabelError(f"{dataset}: dataset.json declares no ignore label; weak labels mark disease "
-                                 f"cases with an all-ignore label map (README, 'Weak labels')")
-        foreground = [label for label in self.label_manager.foreground_labels]
-        if len(foreground) != 1:
-            raise WeakLabelError(f"{dataset}: {self.__class__.__name__} segments one lesion class, the data set "
-                                 f"has foreground labels {foreground}")
-        self.lesion_label = int(foreground[0])
+        self.lesion_label = int(self.label_manager.foreground_labels[0])
         self.export_dataset_id = env_int(EXPORT_ENV)
         self.phase_schedule = PhaseSchedule([
             Phase(TRANSLATION, self.translation_fraction, train=GENERATORS + DISCRIMINATORS,
