@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from nnunet_ext.phantoms.common import case_rng, grid, save_rgb_case, smooth_noise, write_dataset
+from nnunet_ext.phantoms.common import case_rng, fundus_background, grid, save_rgb_case, write_dataset
 from nnunet_ext.phantoms.fundus2d import _segment_distance, _vessel_tree
 
 LABELS = {"background": 0, "artery": 1, "vein": 2, "crossing": 3}
@@ -43,22 +43,8 @@ def _draw(segments: list[tuple], size: int, width_scale: float) -> np.ndarray:
 
 def make_case(rng: np.random.Generator, size: int = 96) -> tuple:
     """(rgb uint8 HxWx3, label uint8 HxW, fov bool HxW)."""
-    yy, xx = grid((size, size))
-    centre = np.array([size / 2, size / 2])
-    radius = 0.47 * size
-    r = np.hypot(yy - centre[0], xx - centre[1])
-    fov = r < radius
-
-    vignette = 1.0 - 0.35 * (r / radius) ** 2
-    texture = smooth_noise(rng, (size, size), sigma=size / 20)
-    rgb = (np.array([0.72, 0.34, 0.16]) * rng.uniform(0.85, 1.15))[None, None, :] * (vignette + 0.05 * texture)[
-        ..., None]
-
-    side = rng.choice([-1, 1])
-    disc_c = centre + np.array([rng.normal(0, 0.04 * size), side * rng.uniform(0.18, 0.26) * size])
-    disc_r = rng.uniform(0.065, 0.09) * size
-    disc = (yy - disc_c[0]) ** 2 + (xx - disc_c[1]) ** 2 < disc_r ** 2
-    rgb[disc] = rgb[disc] * 0.3 + np.array([0.95, 0.85, 0.55]) * 0.7
+    bg = fundus_background(rng, size, (0.72, 0.34, 0.16), texture=0.05, disc_radius=(0.065, 0.09))
+    fov, rgb, disc_c, disc = bg.fov, bg.rgb, bg.disc_c, bg.disc
 
     # artery and vein trees alternate around the disc so that they cross on their way out
     n_trees = int(rng.integers(3, 5))

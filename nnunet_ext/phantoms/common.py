@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,35 @@ def write_dataset(out_root: Path, dataset_id: int, name: str, make_case: Callabl
                               num_training_cases=n_train, file_ending=file_ending, dataset_name=name,
                               description=description, **dataset_json_extra)
     return target
+
+
+@dataclass
+class FundusBackground:
+    yy: np.ndarray
+    xx: np.ndarray
+    centre: np.ndarray
+    fov: np.ndarray
+    texture: np.ndarray  # the smooth noise field the choroid was modulated with
+    rgb: np.ndarray  # float, about 0..1
+    disc_c: np.ndarray
+    disc_r: float
+    disc: np.ndarray
+
+
+def fundus_background(rng: np.random.Generator, size: int, tint: tuple[float, float, float], texture: float,
+                      disc_radius: tuple[float, float]) -> FundusBackground:
+    """A fundus photograph without vessels or lesions: circular field of view, vignetted textured choroid of the
+    given tint, and a round optic disc left or right of centre (disc_radius as fractions of the image size)."""
+    yy, xx = grid((size, size))
+    centre = np.array([size / 2, size / 2])
+    radius = 0.47 * size
+    r = np.hypot(yy - centre[0], xx - centre[1])
+    vignette = 1.0 - 0.35 * (r / radius) ** 2
+    noise = smooth_noise(rng, (size, size), sigma=size / 20)
+    rgb = (np.array(tint) * rng.uniform(0.85, 1.15))[None, None, :] * (vignette + texture * noise)[..., None]
+    side = rng.choice([-1, 1])
+    disc_c = centre + np.array([rng.normal(0, 0.04 * size), side * rng.uniform(0.18, 0.26) * size])
+    disc_r = rng.uniform(*disc_radius) * size
+    disc = (yy - disc_c[0]) ** 2 + (xx - disc_c[1]) ** 2 < disc_r ** 2
+    rgb[disc] = rgb[disc] * 0.3 + np.array([0.95, 0.85, 0.55]) * 0.7
+    return FundusBackground(yy, xx, centre, r < radius, noise, rgb, disc_c, disc_r, disc)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_ext.phantoms.av2d import _draw
-from nnunet_ext.phantoms.common import case_rng, grid, save_rgb_case, smooth_noise, write_dataset
+from nnunet_ext.phantoms.common import case_rng, fundus_background, save_rgb_case, write_dataset
 from nnunet_ext.phantoms.fundus2d import _vessel_tree
 
 LABELS = {"background": 0, "tumour": 1}
@@ -34,22 +34,9 @@ TUMOUR_RGB = np.array([0.20, 0.17, 0.14])
 
 def make_case(rng: np.random.Generator, size: int = 96, tumour_probability: float = 0.65) -> tuple:
     """(rgb uint8 HxWx3, label uint8 HxW, class index)."""
-    yy, xx = grid((size, size))
-    centre = np.array([size / 2, size / 2])
-    radius = 0.47 * size
-    r = np.hypot(yy - centre[0], xx - centre[1])
-    fov = r < radius
-
-    vignette = 1.0 - 0.35 * (r / radius) ** 2
-    texture = smooth_noise(rng, (size, size), sigma=size / 20)
-    rgb = (np.array([0.72, 0.33, 0.15]) * rng.uniform(0.85, 1.15))[None, None, :] * (vignette + 0.06 * texture)[
-        ..., None]
-
-    side = rng.choice([-1, 1])
-    disc_c = centre + np.array([rng.normal(0, 0.04 * size), side * rng.uniform(0.18, 0.26) * size])
-    disc_r = rng.uniform(0.06, 0.085) * size
-    disc = (yy - disc_c[0]) ** 2 + (xx - disc_c[1]) ** 2 < disc_r ** 2
-    rgb[disc] = rgb[disc] * 0.3 + np.array([0.95, 0.85, 0.55]) * 0.7
+    bg = fundus_background(rng, size, (0.72, 0.33, 0.15), texture=0.06, disc_radius=(0.06, 0.085))
+    yy, xx, centre, fov, texture, rgb = bg.yy, bg.xx, bg.centre, bg.fov, bg.texture, bg.rgb
+    disc_c, disc_r = bg.disc_c, bg.disc_r
 
     vessels = np.zeros((size, size), bool)
     for _ in range(int(rng.integers(3, 5))):
