@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from nnunet_ext import stock
-from nnunet_ext.phantoms import av2d, fundus2d, hn3d
+from nnunet_ext.phantoms import abdomen3d, av2d, fundus2d, hn3d, tumor2d, weak2d
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -60,6 +60,40 @@ def hn_preprocessed(tmp_path_factory) -> SimpleNamespace:
     raw = hn3d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=1, seed=1)
     stock.plan_and_preprocess(hn3d.DEFAULT_ID, "3d_fullres", env)
     return SimpleNamespace(dataset_id=hn3d.DEFAULT_ID, raw_dir=raw, env=env)
+
+
+@pytest.fixture(scope="session")
+def tumour_preprocessed(tmp_path_factory) -> SimpleNamespace:
+    """The tumour phantom (64x64, 8 training and 2 test cases) through the stock plan_and_preprocess (2d)."""
+    root = tmp_path_factory.mktemp("tumour")
+    env = stock.work_environment(root / "nnunet", device="cpu")
+    raw = tumor2d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=2, size=64, seed=1)
+    stock.plan_and_preprocess(tumor2d.DEFAULT_ID, "2d", env)
+    return SimpleNamespace(dataset_id=tumor2d.DEFAULT_ID, raw_dir=raw, env=env, root=root,
+                           preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
+
+
+@pytest.fixture(scope="session")
+def weak_preprocessed(tmp_path_factory) -> SimpleNamespace:
+    """The weak phantom (32x32: 4 disease + 4 normal training cases, 2 fully labelled validation cases, 2 test
+    cases) through the stock plan_and_preprocess (2d)."""
+    root = tmp_path_factory.mktemp("weak")
+    env = stock.work_environment(root / "nnunet", device="cpu")
+    raw = weak2d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=2, n_val=2, size=32, seed=1)
+    stock.plan_and_preprocess(weak2d.DEFAULT_ID, "2d", env)
+    return SimpleNamespace(dataset_id=weak2d.DEFAULT_ID, raw_dir=raw, env=env, root=root,
+                           preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
+
+
+@pytest.fixture(scope="session")
+def abdomen_preprocessed(tmp_path_factory) -> SimpleNamespace:
+    """abdomen3d (16x48x48, 8 training cases, 2 with tumours; 2 test cases) through the stock planning."""
+    root = tmp_path_factory.mktemp("freetumor")
+    env = stock.work_environment(root / "nnunet", device="cpu")
+    raw = abdomen3d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=2, shape=(16, 48, 48), seed=0)
+    stock.plan_and_preprocess(abdomen3d.DEFAULT_ID, "3d_fullres", env)
+    return SimpleNamespace(dataset_id=abdomen3d.DEFAULT_ID, raw_dir=raw, env=env, root=root,
+                           preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
 
 
 def results_env(base: dict, results: Path, **extra: str) -> dict:

@@ -1,11 +1,9 @@
 """FreeTumor: label pairs, shapes in mm, appearance, quality control with a real baseline, the trainers on the
-abdomen3d phantom, and the stock train -> stop -> --c -> predict commands."""
+abdomen3d abdomen_preprocessed, and the stock train -> stop -> --c -> predict commands."""
 
 import copy
 import json
 import sys
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -185,17 +183,6 @@ def test_baseline_checkpoint_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- trainers
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> SimpleNamespace:
-    """abdomen3d (16x48x48, 8 training cases, 2 with tumours; 2 test cases) through the stock planning."""
-    root = tmp_path_factory.mktemp("freetumor")
-    env = stock.work_environment(root / "nnunet", device="cpu")
-    raw = abdomen3d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=2, shape=(16, 48, 48), seed=0)
-    stock.plan_and_preprocess(abdomen3d.DEFAULT_ID, "3d_fullres", env)
-    return SimpleNamespace(dataset_id=abdomen3d.DEFAULT_ID, raw_dir=raw, env=env, root=root,
-                           preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
-
-
 def _trainer(cls, pre, tmp_path, monkeypatch, **env):
     for k in ("nnUNet_raw", "nnUNet_preprocessed"):
         monkeypatch.setenv(k, pre.env[k])
@@ -213,10 +200,10 @@ def _trainer(cls, pre, tmp_path, monkeypatch, **env):
     return trainer
 
 
-def test_trainer_synthesises_on_the_batch_and_rebuilds_deep_supervision(phantom, tmp_path, monkeypatch):
+def test_trainer_synthesises_on_the_batch_and_rebuilds_deep_supervision(abdomen_preprocessed, tmp_path, monkeypatch):
     from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 
-    trainer = _trainer(FreeTumorTrainer_small, phantom, tmp_path, monkeypatch)
+    trainer = _trainer(FreeTumorTrainer_small, abdomen_preprocessed, tmp_path, monkeypatch)
     assert trainer.pairs == {1: 2, 3: 4, 5: 6} and set(trainer.intensity_stats) == {1, 3, 5}
     loader = trainer.get_dataloaders()[0]
     changed = 0
@@ -242,8 +229,8 @@ def test_trainer_synthesises_on_the_batch_and_rebuilds_deep_supervision(phantom,
     assert trainer.quality_baseline() is trainer.aux_modules["ema"]
 
 
-def test_synthesis_trainer_losses_decrease_on_the_phantom(phantom, tmp_path, monkeypatch):
-    trainer = _trainer(FreeTumorSynthesisTrainer_small, phantom, tmp_path, monkeypatch)
+def test_synthesis_trainer_losses_decrease_on_the_phantom(abdomen_preprocessed, tmp_path, monkeypatch):
+    trainer = _trainer(FreeTumorSynthesisTrainer_small, abdomen_preprocessed, tmp_path, monkeypatch)
     trainer.current_epoch = trainer.num_epochs - 1
     trainer.on_train_epoch_start()  # the synthesis phase: network frozen, generator and discriminator train
     assert trainer.current_phase.name == "synthesis" and not trainer.network.training
@@ -261,10 +248,10 @@ def test_synthesis_trainer_losses_decrease_on_the_phantom(phantom, tmp_path, mon
     assert all(p.grad is None for p in trainer.network.parameters())
 
 
-def test_stock_synthesis_then_segmentation_train_stop_resume_predict(phantom, tmp_path):
+def test_stock_synthesis_then_segmentation_train_stop_resume_predict(abdomen_preprocessed, tmp_path):
     """FreeTumorSynthesisTrainer (baseline epoch, then generator epoch) through nnUNetv2_train; FreeTumorTrainer with
     its generator and baseline (nnUNet_ext_freetumor_generator) stops after epoch 1, resumes with --c, predicts."""
-    pre = phantom
+    pre = abdomen_preprocessed
     env = results_env(pre.env, tmp_path / "results", nnUNet_ext_seed="1")
     stock.train(pre.dataset_id, "3d_fullres", 0, "FreeTumorSynthesisTrainer_tiny", env)
     folder = tmp_path / "results" / pre.raw_dir.name
@@ -317,15 +304,15 @@ def test_synth_cli_writes_image_label_overlay_and_refuses_bad_input(tmp_path):
     assert not (tmp_path / "o2").exists()
 
 
-def test_trainer_refuses_unknown_pairs(phantom, tmp_path, monkeypatch):
+def test_trainer_refuses_unknown_pairs(abdomen_preprocessed, tmp_path, monkeypatch):
     class Wrong(FreeTumorTrainer_small):
         organ_tumour_labels = {1: 9}
 
     for k in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(k, phantom.env[k])
+        monkeypatch.setenv(k, abdomen_preprocessed.env[k])
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    plans = json.loads((phantom.preprocessed / "nnUNetPlans.json").read_text())
+    plans = json.loads((abdomen_preprocessed.preprocessed / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False
     with pytest.raises(LabelMappingError, match=r"Dataset797_PhantomFreeTumor: .*tumour label 9"):
-        Wrong(copy.deepcopy(plans), "3d_fullres", 0, json.loads((phantom.preprocessed / "dataset.json").read_text()),
-              torch.device("cpu"))
+        dataset_json = json.loads((abdomen_preprocessed.preprocessed / "dataset.json").read_text())
+        Wrong(copy.deepcopy(plans), "3d_fullres", 0, dataset_json, torch.device("cpu"))

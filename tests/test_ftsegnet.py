@@ -163,17 +163,6 @@ def test_focal_loss_ranks_and_ignores():
 
 
 # ---------------------------------------------------------------------------------------------- phantom + trainer
-@pytest.fixture(scope="module")
-def tumour_preprocessed(tmp_path_factory) -> SimpleNamespace:
-    """The tumour phantom (64x64, 8 training and 2 test cases) through the stock plan_and_preprocess (2d)."""
-    root = tmp_path_factory.mktemp("tumour")
-    env = stock.work_environment(root / "nnunet", device="cpu")
-    raw = tumor2d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=2, size=64, seed=1)
-    stock.plan_and_preprocess(tumor2d.DEFAULT_ID, "2d", env)
-    return SimpleNamespace(dataset_id=tumor2d.DEFAULT_ID, raw_dir=raw, env=env, root=root,
-                           preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
-
-
 def test_tumour_phantom(tumour_preprocessed):
     raw = tumour_preprocessed.raw_dir
     table = json.loads((raw / "classification.json").read_text())

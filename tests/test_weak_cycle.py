@@ -101,18 +101,6 @@ def test_generator_losses_reach_every_generator_parameter():
 
 
 # ---------------------------------------------------------------------------------------------- phantom + trainer
-@pytest.fixture(scope="module")
-def weak_preprocessed(tmp_path_factory) -> SimpleNamespace:
-    """The weak phantom (32x32: 4 disease + 4 normal training cases, 2 fully labelled validation cases, 2 test
-    cases) through the stock plan_and_preprocess (2d)."""
-    root = tmp_path_factory.mktemp("weak")
-    env = stock.work_environment(root / "nnunet", device="cpu")
-    raw = weak2d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=2, n_val=2, size=32, seed=1)
-    stock.plan_and_preprocess(weak2d.DEFAULT_ID, "2d", env)
-    return SimpleNamespace(dataset_id=weak2d.DEFAULT_ID, raw_dir=raw, env=env, root=root,
-                           preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
-
-
 def _dataset(pre: SimpleNamespace):
     folder = str(pre.preprocessed / "nnUNetPlans_2d")
     return infer_dataset_class(folder)(folder)
