@@ -182,3 +182,24 @@ def test_trainer_on_a_data_set_without_the_classes_it_needs(fundus_preprocessed,
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "Dataset791_PhantomFundus" in out and missing in out, out[-2000:]
     assert snapshot(results) == {}
+
+
+@pytest.mark.parametrize(("dataset", "extra_env", "fragments"), [
+    ("tumour", {}, ["Dataset794_PhantomTumor has 1 foreground class(es)", "needs several organs"]),
+    ("fundus", {"nnUNet_ext_focusnet_small_organs": "optic_nerve"},
+     ["Dataset791_PhantomFundus", "nnUNet_ext_focusnet_small_organs=optic_nerve", "'optic_nerve' is not a foreground "
+      "label"]),
+])
+def test_focusnet_without_small_organs(request, tmp_path, dataset, extra_env, fragments):
+    """FocusNetV2Trainer on a data set with a single class, or with a small-organ override naming no class of it."""
+    data = request.getfixturevalue(f"{dataset}_preprocessed")
+    configuration = "2d"
+    results = tmp_path / "results"
+    results.mkdir()
+    env = results_env(data.env, results, **extra_env)
+    proc = run([stock.find_command("nnUNetv2_train"), str(data.dataset_id), configuration, "0", "-tr",
+                "FocusNetV2Trainer", "-device", "cpu"], env=env)
+    out = proc.stdout + proc.stderr
+    # the stock launcher prints the traceback; the error's own line names the data set and the problem
+    assert proc.returncode != 0 and all(f in out.strip().splitlines()[-1] for f in fragments), out[-2000:]
+    assert snapshot(results) == {}

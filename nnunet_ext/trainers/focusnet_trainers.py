@@ -96,6 +96,14 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         if len(label_manager.foreground_labels) < 2:
             raise ValueError(f"{plans_manager.dataset_name} has {len(label_manager.foreground_labels)} foreground "
                              f"class(es); {cls.__name__} needs several organs, some of them small")
+        # a misspelt override would otherwise only fail in initialize, after nnU-Net has created the fold folder
+        env_value = os.environ.get(SMALL_ORGANS_ENV)
+        setting = f"{SMALL_ORGANS_ENV}={env_value}" if env_value not in (None, "") else f"{cls.__name__}.small_organs"
+        try:
+            parse_override(env_value if env_value not in (None, "") else cls.small_organs,
+                           {k: int(v) for k, v in dataset_json["labels"].items()})
+        except ValueError as e:
+            raise ValueError(f"{plans_manager.dataset_name}: {setting}: {e}") from None
 
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
