@@ -69,7 +69,8 @@ def _worker(rank: int, args: argparse.Namespace) -> None:
         trainer.run_training()
         state = {name: {k: v.detach().cpu().clone() for k, v in unwrap(m).state_dict().items()}
                  for name, m in _modules(trainer).items()}
-        torch.save({"modules": state, "epochs": epochs, "num_epochs": trainer.num_epochs,
+        extra = trainer.extra_checkpoint_state() if hasattr(trainer, "extra_checkpoint_state") else {}
+        torch.save({"modules": state, "epochs": epochs, "num_epochs": trainer.num_epochs, "extra": extra,
                     "output_folder": trainer.output_folder,
                     "batch_size": trainer.batch_size}, Path(args.out) / f"rank{rank}.pt")
     finally:
