@@ -137,6 +137,8 @@ def test_weak_cycle_under_two_process_gloo_ddp(weak_preprocessed, tmp_path):
         assert np.array_equal(np.load(folder / "pseudo_masks" / f"{case}.npy"), mask)
     # the phase-1 masks in raw geometry: one folder, no temporary left by a second writer
     assert sorted(p.name for p in folder.iterdir()) == ["phase1_pseudo_masks", "pseudo_masks"]
-    phase1 = sorted((folder / "phase1_pseudo_masks").glob("*.nii.gz"))
-    assert {p.name.removesuffix(".nii.gz") for p in phase1} == set(masks)
+    ending = json.loads((pre.raw_dir / "dataset.json").read_text())["file_ending"]
+    phase1 = sorted((folder / "phase1_pseudo_masks").glob(f"*{ending}"))
+    assert {p.name.removesuffix(ending) for p in phase1} == set(masks)
+    assert (folder / "phase1_pseudo_masks" / "threshold.json").is_file()
     assert sitk.GetArrayFromImage(sitk.ReadImage(str(phase1[0]))).max() <= 1
