@@ -8,6 +8,7 @@ rank-0 logging and checkpointing) is the stock code path, which nnUNetExtTrainer
 """
 
 import argparse
+import hashlib
 import os
 import socket
 import sys
@@ -22,6 +23,20 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]
+
+
+def _modules(trainer) -> dict:
+    return trainer.modules_by_name() if hasattr(trainer, "modules_by_name") else {"network": trainer.network}
+
+
+def _digest(module: torch.nn.Module) -> str:
+    from nnunet_ext.training.base import unwrap
+
+    h = hashlib.sha256()
+    for key, value in unwrap(module).state_dict().items():
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _worker(rank: int, args: argparse.Namespace) -> None:
@@ -41,11 +56,22 @@ def _worker(rank: int, args: argparse.Namespace) -> None:
         trainer = recursive_find_trainer_class_by_name(args.trainer)(
             plans=plans, configuration=args.configuration, fold=args.fold,
             dataset_json=load_json(str(folder / "dataset.json")), device=torch.device("cpu"))
+        # a phase switch re-wraps modules in DDP, which broadcasts rank 0's weights: ranks that drifted apart in one
+        # phase would look identical at the end, so every epoch's end is recorded too
+        epochs = []
+        on_epoch_end = trainer.on_epoch_end
+
+        def record_then_end_epoch():
+            epochs.append({name: _digest(m) for name, m in _modules(trainer).items()})
+            on_epoch_end()
+
+        trainer.on_epoch_end = record_then_end_epoch
         trainer.run_training()
-        modules = trainer.modules_by_name() if hasattr(trainer, "modules_by_name") else {"network": trainer.network}
         state = {name: {k: v.detach().cpu().clone() for k, v in unwrap(m).state_dict().items()}
-                 for name, m in modules.items()}
-        torch.save({"modules": state, "output_folder": trainer.output_folder,
+                 for name, m in _modules(trainer).items()}
+        extra = trainer.extra_checkpoint_state() if hasattr(trainer, "extra_checkpoint_state") else {}
+        torch.save({"modules": state, "epochs": epochs, "num_epochs": trainer.num_epochs, "extra": extra,
+                    "output_folder": trainer.output_folder,
                     "batch_size": trainer.batch_size}, Path(args.out) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()

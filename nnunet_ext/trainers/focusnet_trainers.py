@@ -236,13 +236,16 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
     def _autocast(self):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
 
-    def _step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters) -> None:
+    def _step(self, loss: torch.Tensor | None, optimizer: torch.optim.Optimizer, parameters) -> None:
+        """One update; loss None: this rank's batch had nothing for the step, but under DDP it joins the others'.
+        The steps call S-Net, SOL head, SOS-Nets and the autoencoder's per-organ parts directly, not through a DDP
+        forward, so the gradients are averaged here, before clipping, and every rank takes the same step."""
         parameters = list(parameters)
+        if loss is not None:
+            (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
+        self.sync_gradients(parameters)
         if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(optimizer)
-        else:
-            loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 12)
         if self.grad_scaler is not None:
             self.grad_scaler.step(optimizer)
@@ -266,7 +269,9 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
 
     def train_step_shape(self, batch: dict) -> dict:
         _, _, full, _ = self._batch(batch)
-        ae, opt = self.aux_modules["shape_ae"], self.aux_optimizers["shape_ae"]
+        # the plain module: one organ's encoder and decoder per call, which a DDP wrapper would take for unused
+        # parameters; _step averages the gradients instead
+        ae, opt = unwrap(self.aux_modules["shape_ae"]), self.aux_optimizers["shape_ae"]
         opt.zero_grad(set_to_none=True)
         losses = []
         for k, lab in enumerate(self.selection.labels):
@@ -274,11 +279,10 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
             if crops:
                 shapes = torch.cat([crop((full[b:b + 1] == lab).float(), s, self.box) for b, s in crops])
                 losses.append(fl.reconstruction_loss(ae(k, shapes)[2], shapes))
-        if not losses:
-            return {"loss": np.array(0.0)}
-        loss = torch.stack(losses).mean()
-        self._step(loss, opt, ae.parameters())
-        return {"loss": loss.detach().cpu().numpy()}
+        loss = torch.stack(losses).mean() if losses else None
+        if self.any_rank(loss is not None):
+            self._step(loss, opt, ae.parameters())
+        return {"loss": np.array(0.0) if loss is None else loss.detach().cpu().numpy()}
 
     def _sos_predictions(self, data: torch.Tensor, full: torch.Tensor):
         """(organ index, SOS logits, reference crops) for every organ the batch shows; S-Net runs without grad."""
@@ -300,36 +304,35 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         self.sos_optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             results = self._sos_predictions(data, full)
-            if not results:
-                return {"loss": np.array(0.0)}
-            loss = torch.stack([fl.sos_loss(logits, ref) for _, logits, ref in results]).mean()
-        self._step(loss, self.sos_optimizer, self.focus_network.sos.parameters())
-        return {"loss": loss.detach().cpu().numpy()}
+            loss = torch.stack([fl.sos_loss(logits, ref) for _, logits, ref in results]).mean() if results else None
+        if self.any_rank(loss is not None):
+            self._step(loss, self.sos_optimizer, self.focus_network.sos.parameters())
+        return {"loss": np.array(0.0) if loss is None else loss.detach().cpu().numpy()}
 
     def train_step_adversarial(self, batch: dict) -> dict:
         data, _, full, _ = self._batch(batch)
         phase = self.current_phase.phase
-        ae, ae_opt = self.aux_modules["shape_ae"], self.aux_optimizers["shape_ae"]
+        ae, ae_opt = unwrap(self.aux_modules["shape_ae"]), self.aux_optimizers["shape_ae"]
         # SOS-Nets: segmentation loss plus the shape-prior terms, the autoencoder fixed (its grads dropped below)
         self.sos_optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             results = self._sos_predictions(data, full)
-            if not results:
-                return {"loss": np.array(0.0)}
             total = []
             for k, logits, ref in results:
                 terms = fl.shape_prior_terms(ae, k, torch.sigmoid(logits.float()), ref)
                 total.append(phase.loss_weight("sos") * fl.sos_loss(logits, ref)
                              + sum(phase.loss_weight(name) * value for name, value in terms.items()))
-            loss = torch.stack(total).mean()
+            loss = torch.stack(total).mean() if total else None
+        if not self.any_rank(loss is not None):
+            return {"loss": np.array(0.0)}
         self._step(loss, self.sos_optimizer, self.focus_network.sos.parameters())
         # autoencoder: true shapes reconstructed, predicted shapes pushed away in latent space
         ae_opt.zero_grad(set_to_none=True)
         with self._autocast():
             ae_loss = torch.stack([fl.autoencoder_adversarial_loss(ae, k, torch.sigmoid(logits.detach().float()), ref)
-                                   for k, logits, ref in results]).mean()
+                                   for k, logits, ref in results]).mean() if results else None
         self._step(ae_loss, ae_opt, ae.parameters())
-        return {"loss": loss.detach().cpu().numpy()}
+        return {"loss": np.array(0.0) if loss is None else loss.detach().cpu().numpy()}
 
 
 FocusNetV2Trainer_debug = short_variant(FocusNetV2Trainer, "FocusNetV2Trainer_debug", **{**DEBUG_BUDGET, "epochs": 5})

@@ -26,6 +26,7 @@ from collections import Counter
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from torch import nn
 
@@ -167,6 +168,17 @@ class _FreeTumorBase(nnUNetExtTrainer):
                           "difference": self.synthesizer.difference(organ, images[b], seg[b], self.synthesis_rng)})
         return drawn
 
+    def sum_over_ranks(self, counts: Counter) -> Counter:
+        """Counts (or sums) of every rank's patches, for the log and the checkpoint's history that rank 0 writes."""
+        if not self.is_ddp:
+            return counts
+        gathered = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, dict(counts))
+        total = Counter()
+        for g in gathered:
+            total.update(g)  # update, unlike +, keeps negative sums
+        return total
+
     def _stack(self, drawn: list[dict], key: str, dtype=torch.float32) -> torch.Tensor:
         return torch.from_numpy(np.stack([d[key] for d in drawn]))[:, None].to(self.device, dtype)
 
@@ -300,7 +312,7 @@ class FreeTumorTrainer(_FreeTumorBase):
         self.synthesis_counts = Counter()
 
     def on_epoch_end(self):
-        c = self.synthesis_counts
+        c = self.synthesis_counts = self.sum_over_ranks(self.synthesis_counts)
         checked = c["accepted"] + c["rejected"]
         rate = f"{c['accepted'] / checked:.2f}" if checked else "n/a"
         self.print_to_log_file(
@@ -396,6 +408,7 @@ class FreeTumorSynthesisTrainer(_FreeTumorBase):
         self.loss_sums = Counter()
 
     def on_epoch_end(self):
+        self.loss_sums = self.sum_over_ranks(self.loss_sums)
         n = self.loss_sums["steps"]
         if n:
             self.print_to_log_file(f"FreeTumor generator loss {self.loss_sums['generator'] / n:.4f} (adversarial "
@@ -410,35 +423,45 @@ class FreeTumorSynthesisTrainer(_FreeTumorBase):
         target = batch["target"]
         full = (target[0] if isinstance(target, list) else target).to(self.device)
         drawn = self.draw_tumours(data, full, 1.0)
-        if not drawn:
+        # under DDP a rank whose patches got no tumour still joins the others' updates, with no gradient of its own
+        if not self.any_rank(bool(drawn)):
             return {}
-        index = [d["index"] for d in drawn]
-        images = data[index]
-        soft, texture = self._stack(drawn, "soft"), self._stack(drawn, "texture")
-        fake = self._stack(drawn, "mask", torch.bool)[:, 0]
-        organ_index = torch.as_tensor([self.organs.index(d["organ"]) for d in drawn], device=self.device)
-        tumour_labels = torch.as_tensor([d["tumour"] for d in drawn], device=self.device)
-        generator, discriminator = self.aux_modules["generator"], self.aux_modules["discriminator"]
+        # the plain modules (the network is frozen here): the discriminator runs twice per update and a rank may
+        # have nothing to run, which DDP's forward hooks do not allow; sync_gradients averages over the ranks instead
+        generator, discriminator = unwrap(self.aux_modules["generator"]), unwrap(self.aux_modules["discriminator"])
         g_opt, d_opt = self.aux_optimizers["generator"], self.aux_optimizers["discriminator"]
+        losses = d_loss = None
 
         g_opt.zero_grad(set_to_none=True)
-        difference = TumourGenerator.select(generator(images, soft), organ_index) * self.difference_scale
-        synthetic = compose(images, soft, difference, texture)
-        losses = generator_loss(discriminator(synthetic), logits_of(self.network(synthetic)), fake, tumour_labels,
-                                self.adversarial_weight)
-        losses["loss"].backward()
+        if drawn:
+            index = [d["index"] for d in drawn]
+            images = data[index]
+            soft, texture = self._stack(drawn, "soft"), self._stack(drawn, "texture")
+            fake = self._stack(drawn, "mask", torch.bool)[:, 0]
+            organ_index = torch.as_tensor([self.organs.index(d["organ"]) for d in drawn], device=self.device)
+            tumour_labels = torch.as_tensor([d["tumour"] for d in drawn], device=self.device)
+            difference = TumourGenerator.select(generator(images, soft), organ_index) * self.difference_scale
+            synthetic = compose(images, soft, difference, texture)
+            losses = generator_loss(discriminator(synthetic), logits_of(unwrap(self.network)(synthetic)), fake,
+                                    tumour_labels, self.adversarial_weight)
+            losses["loss"].backward()
+        self.sync_gradients(generator.parameters())
         torch.nn.utils.clip_grad_norm_(generator.parameters(), 12)
         g_opt.step()
 
         d_opt.zero_grad(set_to_none=True)
-        # real tumours come from the whole batch, not only from the patches that got a synthetic one
-        real_all = torch.zeros_like(full[:, 0], dtype=torch.bool)
-        for t in self.pairs.values():
-            real_all |= full[:, 0] == t
-        d_loss = discriminator_loss(discriminator(synthetic.detach()), fake, discriminator(data), real_all)
-        d_loss.backward()
+        if drawn:
+            # real tumours come from the whole batch, not only from the patches that got a synthetic one
+            real_all = torch.zeros_like(full[:, 0], dtype=torch.bool)
+            for t in self.pairs.values():
+                real_all |= full[:, 0] == t
+            d_loss = discriminator_loss(discriminator(synthetic.detach()), fake, discriminator(data), real_all)
+            d_loss.backward()
+        self.sync_gradients(discriminator.parameters())
         torch.nn.utils.clip_grad_norm_(discriminator.parameters(), 12)
         d_opt.step()
+        if losses is None:
+            return {}
         out = {"generator": losses["loss"].item(), "adversarial": losses["adversarial"].item(),
                "segmentation": losses["segmentation"].item(), "discriminator": d_loss.item()}
         self.loss_sums.update({**out, "steps": 1})

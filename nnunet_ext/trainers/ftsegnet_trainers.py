@@ -159,9 +159,10 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         return unwrap(self.network).prior
 
     def initialize(self):
-        if self.is_ddp and self.use_cpb:
-            raise NotImplementedError(f"{self.__class__.__name__} trains on one device; its prior is part of the "
-                                      f"network and would be wrapped twice by DDP")
+        # under DDP the prior's parameters sit in two wrappers, the network's and aux_modules[PRIOR]'s. That is safe:
+        # a DDP wrapper reduces gradients only after its own forward ran with grad enabled, and each phase trains
+        # through exactly one of them (prior: aux_modules[PRIOR]; segment: the network, whose wrapper then excludes
+        # the frozen prior); the network wrapper's forward in the prior phase runs in validation, under no_grad
         super().initialize()
         if self.class_table is not None:
             read_class_table(self.class_table_file, list(self.get_tr_and_val_datasets()[0].identifiers))
@@ -240,7 +241,8 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         optimizer = self.aux_optimizers[PRIOR]
         optimizer.zero_grad(set_to_none=True)
         with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            logits, _ = self.prior(data)
+            # through the DDP wrapper (when there is one), so the prior's gradients are averaged over the ranks
+            logits, _ = self.aux_modules[PRIOR](data)
             loss = nn.functional.cross_entropy(logits.float(), labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.prior.parameters(), 12)

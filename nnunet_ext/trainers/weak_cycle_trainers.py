@@ -252,6 +252,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     def lesion_probability(self, generator: nn.Module, data: np.ndarray) -> np.ndarray:
         """G_AB's attention (or normalised CAM) on one preprocessed case (C x spatial), zero outside the foreground;
         2D configurations run slice by slice."""
+        generator = unwrap(generator)  # under DDP a wrapper, which lacks the module's attributes (n_down)
         generator.eval()
         x = torch.from_numpy(data).to(self.device)
         x = x.permute(1, 0, 2, 3) if self.spatial_dims == 2 else x[None]  # 2D: slices as the batch
@@ -316,6 +317,8 @@ class WeakCycleTrainer(nnUNetExtTrainer):
 
     def write_phase1_masks(self, dataset_tr) -> None:
         """The phase-1 pseudo-masks in the raw images' geometry and file format (for scoring and the export)."""
+        if self.local_rank != 0:
+            return  # under DDP every rank holds the same masks; one writes them
         out = self.weak_folder / "phase1_pseudo_masks"
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -329,7 +332,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         (tmp / "threshold.json").write_text(json.dumps(dict(self.pseudo_threshold, source_map=self.pseudo_source)))
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
-        if self.export_dataset_id is not None and self.local_rank == 0:
+        if self.export_dataset_id is not None:
             name = f"{self.plans_manager.dataset_name.split('_', 1)[1]}Pseudo"
             target = export_pseudo_dataset(Path(nnUNet_raw) / self.plans_manager.dataset_name, raw_masks,
                                            Path(nnUNet_raw), self.export_dataset_id, name, writer, overwrite=True)
@@ -340,14 +343,14 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         folder = self.pseudo_mask_folder
         if phase.name == TRANSLATION:
             # a fresh or resumed phase 1 trains on the weak labels themselves
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True, exist_ok=True)
+            if self.local_rank == 0:
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir(parents=True, exist_ok=True)
+            self.wait_for_rank0()
             return
         if not self.pseudo_masks:
             self.make_pseudo_masks()
-        folder.mkdir(parents=True, exist_ok=True)
-        for case, mask in self.pseudo_masks.items():
-            save_array(mask, folder / f"{case}.npy")
+        self.publish_pseudo_masks()
         if not self.teacher_ready:
             # the teacher starts where the student starts
             unwrap(self.aux_modules["teacher"]).load_state_dict(unwrap(self.network).state_dict())
@@ -394,9 +397,20 @@ class WeakCycleTrainer(nnUNetExtTrainer):
             changed += int((new != mask[0]).sum())
             total += new.size
             self.pseudo_masks[case] = new[None]
-            save_array(self.pseudo_masks[case], self.pseudo_mask_folder / f"{case}.npy")
+        self.publish_pseudo_masks()
         self.print_to_log_file(f"Teacher updated {changed} pseudo-mask pixels ({100 * changed / max(total, 1):.2f}%)"
                                f" at confidence {self.teacher_confidence}")
+
+    def publish_pseudo_masks(self) -> None:
+        """Write the pseudo-masks the data loader reads. Under DDP rank 0 writes and the other ranks, once it is done,
+        take its masks: every rank computes them, but GPU kernels need not agree to the bit across ranks."""
+        if self.local_rank == 0:
+            self.pseudo_mask_folder.mkdir(parents=True, exist_ok=True)
+            for case, mask in self.pseudo_masks.items():
+                save_array(mask, self.pseudo_mask_folder / f"{case}.npy")
+        self.wait_for_rank0()
+        if self.local_rank != 0:
+            self.pseudo_masks = {case: np.load(self.pseudo_mask_folder / f"{case}.npy") for case in self.pseudo_masks}
 
     def strong_augment(self, data: torch.Tensor) -> torch.Tensor:
         """Intensity perturbations on top of nnU-Net's augmentation: geometry unchanged, so the weakly augmented

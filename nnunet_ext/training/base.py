@@ -195,6 +195,42 @@ class nnUNetExtTrainer(nnUNetTrainer):
             return plain
         return DDP(plain, device_ids=[self.local_rank] if self.device.type == "cuda" else None)
 
+    # ------------------------------------------------------------------ multi-process helpers (no-ops in one process)
+    def any_rank(self, flag: bool) -> bool:
+        """True when `flag` is true on some rank: a step that only some ranks' batches call for (no organ in the
+        patch, no tumour drawn) must still run on every rank, or their collective calls would not pair up."""
+        if not self.is_ddp:
+            return flag
+        t = torch.tensor([int(flag)], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    def sync_gradients(self, parameters) -> None:
+        """Average the gradients of `parameters` over the ranks, for steps that bypass a DDP wrapper's forward (a
+        module's sub-networks called one by one, some of them by one rank's batch only, which DDP cannot reduce).
+        Every rank calls it with the same parameters; one without a gradient on any rank keeps none, so the
+        optimizer skips it as it would in one process."""
+        if not self.is_ddp:
+            return
+        params = [p for p in parameters if p.requires_grad]
+        if not params:
+            return
+        has_grad = torch.tensor([float(p.grad is not None) for p in params], device=self.device)
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params])
+        dist.all_reduce(has_grad)
+        dist.all_reduce(flat)
+        flat /= dist.get_world_size()
+        offset = 0
+        for p, has in zip(params, has_grad.tolist(), strict=True):
+            if has:
+                p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+
+    def wait_for_rank0(self) -> None:
+        """Under DDP, every rank waits here until rank 0 has written the files they read next."""
+        if self.is_ddp:
+            dist.barrier()
+
     def on_train_start(self):
         super().on_train_start()
         if self.local_rank == 0:
