@@ -98,6 +98,24 @@ def test_focusnet_kill_mid_epoch_then_resume_matches_uninterrupted_run(hn_prepro
     assert_resume_matches_straight_run(hn_preprocessed, "FocusNetV2Trainer_tiny_kill", "3d_fullres", tmp_path)
 
 
+def test_ftsegnet_kill_mid_epoch_then_resume_matches_uninterrupted_run(tumour_preprocessed, tmp_path):
+    # killed in epoch 2, the 'segment' phase: the frozen prior (inside the network) and its Adam state
+    assert_resume_matches_straight_run(tumour_preprocessed, "FTSegNetTrainer_tiny_kill", "2d", tmp_path)
+
+
+def test_weak_cycle_kill_mid_epoch_then_resume_matches_uninterrupted_run(weak_preprocessed, tmp_path):
+    # killed in epoch 2, the 'refinement' phase: generators, discriminators, EMA teacher, pseudo-masks rewritten by
+    # the teacher, six Adam states
+    assert_resume_matches_straight_run(weak_preprocessed, "WeakCycleTrainer_tiny_kill", "2d", tmp_path)
+
+
+@pytest.mark.parametrize("trainer", ["FreeTumorTrainer_tiny_kill", "FreeTumorSynthesisTrainer_tiny_kill"])
+def test_freetumor_kill_mid_epoch_then_resume_matches_uninterrupted_run(abdomen_preprocessed, tmp_path, trainer):
+    # FreeTumorTrainer: killed with the EMA quality control active (EMA network, synthesis random stream, history);
+    # FreeTumorSynthesisTrainer: killed in its second synthesis epoch (generator, discriminator, their Adam states)
+    assert_resume_matches_straight_run(abdomen_preprocessed, trainer, "3d_fullres", tmp_path)
+
+
 _SAVER = """
 import sys, torch
 from nnunet_ext.training.base import atomic_torch_save
