@@ -69,7 +69,8 @@ def _differences(a, b, path="") -> list[str]:
 
 
 def assert_resume_matches_straight_run(data, trainer: str, configuration: str, tmp_path: Path,
-                                       after: str | None = None) -> None:
+                                       after: str | None = None) -> tuple[dict, dict]:
+    """Returns the killed run's checkpoint_latest.pth (end of epoch 1) and its final checkpoint after `--c`."""
     straight = results_env(data.env, tmp_path / "straight", nnUNet_ext_seed="7")
     stock.train(data.dataset_id, configuration, 0, trainer, straight)
     killed = results_env(data.env, tmp_path / "killed", nnUNet_ext_seed="7")
@@ -87,6 +88,7 @@ def assert_resume_matches_straight_run(data, trainer: str, configuration: str, t
     keys = ["network_weights", "optimizer_state", "current_epoch", "nnunet_ext"]
     assert _differences({k: a[k] for k in keys if k != "nnunet_ext"} | _ext(a),
                         {k: b[k] for k in keys if k != "nnunet_ext"} | _ext(b)) == []
+    return latest, b
 
 
 def _ext(checkpoint: dict) -> dict:
@@ -110,23 +112,40 @@ def test_focusnet_kill_mid_epoch_then_resume_matches_uninterrupted_run(hn_prepro
 
 
 def test_ftsegnet_kill_mid_epoch_then_resume_matches_uninterrupted_run(tumour_preprocessed, tmp_path):
-    # killed in epoch 2, the 'segment' phase: the frozen prior (inside the network) and its Adam state
-    assert_resume_matches_straight_run(tumour_preprocessed, "FTSegNetTrainer_tiny_kill", "2d", tmp_path)
+    # killed in epoch 2, the 'segment' phase (the prior trained in epoch 0): the frozen prior inside the network and
+    # its Adam state
+    latest, _ = assert_resume_matches_straight_run(tumour_preprocessed, "FTSegNetTrainer_tiny_kill", "2d", tmp_path)
+    assert latest["nnunet_ext"]["phase"] == "segment" and latest["nnunet_ext"]["aux_optimizers"]["prior"]["state"]
 
 
 def test_weak_cycle_kill_mid_epoch_then_resume_matches_uninterrupted_run(weak_preprocessed, tmp_path):
     # killed in epoch 2, the 'refinement' phase, right after the teacher rewrote the pseudo-masks on disk (the resumed
     # run must put back those of the checkpoint): generators, discriminators, EMA teacher, pseudo-masks, six Adam
     # states. An epoch of this trainer is too short for the fixed delay
-    assert_resume_matches_straight_run(weak_preprocessed, "WeakCycleTrainer_tiny_kill", "2d", tmp_path,
-                                       after="Teacher updated")
+    latest, _ = assert_resume_matches_straight_run(weak_preprocessed, "WeakCycleTrainer_tiny_kill", "2d", tmp_path,
+                                                   after="Teacher updated")
+    ours = latest["nnunet_ext"]
+    assert ours["phase"] == "refinement" and ours["extra"]["teacher_ready"] and len(ours["extra"]["pseudo_masks"]) == 4
 
 
-@pytest.mark.parametrize("trainer", ["FreeTumorTrainer_tiny_kill", "FreeTumorSynthesisTrainer_tiny_kill"])
-def test_freetumor_kill_mid_epoch_then_resume_matches_uninterrupted_run(abdomen_preprocessed, tmp_path, trainer):
-    # FreeTumorTrainer: killed with the EMA quality control active (EMA network, synthesis random stream, history);
-    # FreeTumorSynthesisTrainer: killed in its second synthesis epoch (generator, discriminator, their Adam states)
-    assert_resume_matches_straight_run(abdomen_preprocessed, trainer, "3d_fullres", tmp_path)
+def test_freetumor_kill_mid_epoch_then_resume_matches_uninterrupted_run(abdomen_preprocessed, tmp_path):
+    # killed in epoch 2 with the EMA quality control judging (qc_warmup 1): EMA network, synthesis random stream,
+    # intensity statistics, per-epoch synthesis history
+    _, final = assert_resume_matches_straight_run(abdomen_preprocessed, "FreeTumorTrainer_tiny_kill", "3d_fullres",
+                                                  tmp_path)
+    history = final["nnunet_ext"]["extra"]["synthesis_history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    judged = [h for h in history[1:] if h.get("accepted", 0) + h.get("rejected", 0)]
+    assert judged, history  # the EMA did judge synthetic tumours after the warm-up
+
+
+def test_freetumor_synthesis_kill_mid_epoch_then_resume_matches_uninterrupted_run(abdomen_preprocessed, tmp_path):
+    # killed in epoch 2, the second 'synthesis' epoch (baseline in epoch 0): generator, discriminator, their Adam
+    # states, the frozen baseline segmentor
+    latest, _ = assert_resume_matches_straight_run(abdomen_preprocessed, "FreeTumorSynthesisTrainer_tiny_kill",
+                                                   "3d_fullres", tmp_path)
+    ours = latest["nnunet_ext"]
+    assert ours["phase"] == "synthesis" and ours["aux_optimizers"]["generator"]["state"]
 
 
 _SAVER = """
