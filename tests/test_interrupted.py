@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import results_env
@@ -24,18 +25,25 @@ def _fold(results: Path, dataset_dir: str, trainer: str, configuration: str) -> 
     return results / dataset_dir / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
 
 
-def kill_mid_epoch(dataset_id: int, configuration: str, trainer: str, env: dict, fold: Path, epoch: int = 2) -> None:
+def kill_mid_epoch(dataset_id: int, configuration: str, trainer: str, env: dict, fold: Path, epoch: int = 2,
+                   after: str | None = None) -> None:
     """Start the stock nnUNetv2_train and SIGKILL it as soon as it starts `epoch` (0-based), i.e. with
-    checkpoint_latest.pth from the end of epoch `epoch - 1` on disk and the next epoch under way."""
+    checkpoint_latest.pth from the end of epoch `epoch - 1` on disk and the next epoch under way. `after`: kill at the
+    first log line holding this text once the epoch has begun (for epochs too short for a fixed delay, or to kill
+    after a method's step at the epoch start) instead of 0.2 s after its start."""
     argv = [stock.find_command("nnUNetv2_train"), str(dataset_id), configuration, "0", "-tr", trainer,
             "-device", "cpu"]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    seen = []
+    # unbuffered: the log line must reach us when it is printed, not when a pipe buffer fills
+    proc = subprocess.Popen(argv, env=dict(env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen, started = [], False
     try:
         for line in proc.stdout:
             seen.append(line)
-            if line.strip().endswith(f"Epoch {epoch}"):
+            started = started or line.strip().endswith(f"Epoch {epoch}")
+            if started and after is None:
                 time.sleep(0.2)  # into the epoch's first iterations
+            if started and (after is None or after in line):
                 os.kill(proc.pid, signal.SIGKILL)
                 break
     finally:
@@ -55,15 +63,19 @@ def _differences(a, b, path="") -> list[str]:
         return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _differences(x, y, f"{path}[{i}]")]
     if isinstance(a, torch.Tensor):
         return [] if torch.equal(a.cpu(), b.cpu()) else [path]
+    if isinstance(a, np.ndarray):  # WeakCycle's pseudo-masks
+        return [] if a.dtype == b.dtype and np.array_equal(a, b) else [path]
     return [] if a == b else [path]
 
 
-def assert_resume_matches_straight_run(data, trainer: str, configuration: str, tmp_path: Path) -> None:
+def assert_resume_matches_straight_run(data, trainer: str, configuration: str, tmp_path: Path,
+                                       after: str | None = None) -> tuple[dict, dict]:
+    """Returns the killed run's checkpoint_latest.pth (end of epoch 1) and its final checkpoint after `--c`."""
     straight = results_env(data.env, tmp_path / "straight", nnUNet_ext_seed="7")
     stock.train(data.dataset_id, configuration, 0, trainer, straight)
     killed = results_env(data.env, tmp_path / "killed", nnUNet_ext_seed="7")
     fold = _fold(tmp_path / "killed", data.raw_dir.name, trainer, configuration)
-    kill_mid_epoch(data.dataset_id, configuration, trainer, killed, fold)
+    kill_mid_epoch(data.dataset_id, configuration, trainer, killed, fold, after=after)
     latest = torch.load(fold / "checkpoint_latest.pth", weights_only=False)  # readable after the kill
     assert latest["current_epoch"] == 2
 
@@ -76,6 +88,7 @@ def assert_resume_matches_straight_run(data, trainer: str, configuration: str, t
     keys = ["network_weights", "optimizer_state", "current_epoch", "nnunet_ext"]
     assert _differences({k: a[k] for k in keys if k != "nnunet_ext"} | _ext(a),
                         {k: b[k] for k in keys if k != "nnunet_ext"} | _ext(b)) == []
+    return latest, b
 
 
 def _ext(checkpoint: dict) -> dict:
@@ -96,6 +109,43 @@ def test_av_fusion_gan_kill_mid_epoch_then_resume_matches_uninterrupted_run(av_p
 def test_focusnet_kill_mid_epoch_then_resume_matches_uninterrupted_run(hn_preprocessed, tmp_path):
     # killed in epoch 2, the 'shape' phase: S-Net, SOL heads, SOS-Nets, shape autoencoder and three optimizers
     assert_resume_matches_straight_run(hn_preprocessed, "FocusNetV2Trainer_tiny_kill", "3d_fullres", tmp_path)
+
+
+def test_ftsegnet_kill_mid_epoch_then_resume_matches_uninterrupted_run(tumour_preprocessed, tmp_path):
+    # killed in epoch 2, the 'segment' phase (the prior trained in epoch 0): the frozen prior inside the network and
+    # its Adam state
+    latest, _ = assert_resume_matches_straight_run(tumour_preprocessed, "FTSegNetTrainer_tiny_kill", "2d", tmp_path)
+    assert latest["nnunet_ext"]["phase"] == "segment" and latest["nnunet_ext"]["aux_optimizers"]["prior"]["state"]
+
+
+def test_weak_cycle_kill_mid_epoch_then_resume_matches_uninterrupted_run(weak_preprocessed, tmp_path):
+    # killed in epoch 2, the 'refinement' phase, right after the teacher rewrote the pseudo-masks on disk (the resumed
+    # run must put back those of the checkpoint): generators, discriminators, EMA teacher, pseudo-masks, six Adam
+    # states. An epoch of this trainer is too short for the fixed delay
+    latest, _ = assert_resume_matches_straight_run(weak_preprocessed, "WeakCycleTrainer_tiny_kill", "2d", tmp_path,
+                                                   after="Teacher updated")
+    ours = latest["nnunet_ext"]
+    assert ours["phase"] == "refinement" and ours["extra"]["teacher_ready"] and len(ours["extra"]["pseudo_masks"]) == 4
+
+
+def test_freetumor_kill_mid_epoch_then_resume_matches_uninterrupted_run(abdomen_preprocessed, tmp_path):
+    # killed in epoch 2 with the EMA quality control judging (qc_warmup 1): EMA network, synthesis random stream,
+    # intensity statistics, per-epoch synthesis history
+    _, final = assert_resume_matches_straight_run(abdomen_preprocessed, "FreeTumorTrainer_tiny_kill", "3d_fullres",
+                                                  tmp_path)
+    history = final["nnunet_ext"]["extra"]["synthesis_history"]
+    assert [h["epoch"] for h in history] == [0, 1, 2, 3]
+    judged = [h for h in history[1:] if h.get("accepted", 0) + h.get("rejected", 0)]
+    assert judged, history  # the EMA did judge synthetic tumours after the warm-up
+
+
+def test_freetumor_synthesis_kill_mid_epoch_then_resume_matches_uninterrupted_run(abdomen_preprocessed, tmp_path):
+    # killed in epoch 2, the second 'synthesis' epoch (baseline in epoch 0): generator, discriminator, their Adam
+    # states, the frozen baseline segmentor
+    latest, _ = assert_resume_matches_straight_run(abdomen_preprocessed, "FreeTumorSynthesisTrainer_tiny_kill",
+                                                   "3d_fullres", tmp_path)
+    ours = latest["nnunet_ext"]
+    assert ours["phase"] == "synthesis" and ours["aux_optimizers"]["generator"]["state"]
 
 
 _SAVER = """

@@ -1,4 +1,5 @@
-"""WeakCycleTrainer: weak-label reading, the translation networks, pseudo-masks, the teacher, and the stock commands."""
+"""WeakCycleTrainer: weak-label reading, the translation networks, pseudo-masks (bit-identical for a fixed seed), the
+teacher, and the stock commands."""
 
 import json
 from pathlib import Path
@@ -203,6 +204,41 @@ def test_translation_fit_identity_attention_and_teacher(weak_preprocessed, tmp_p
     trainer.update_teacher()
     for before_t, t, s in zip(t0, teacher.parameters(), student.parameters(), strict=True):
         torch.testing.assert_close(t, trainer.ema_decay * before_t + (1 - trainer.ema_decay) * s)
+
+
+def _phase1_pseudo_masks(pre: SimpleNamespace, folder: Path, monkeypatch, seed: int = 11) -> tuple[dict, dict, dict]:
+    """A seeded in-process phase 1: a short translation fit, then the pseudo-masks as the trainer makes them at the
+    phase boundary (masks, threshold, and the raw-geometry files it writes)."""
+    monkeypatch.setenv("nnUNet_ext_seed", str(seed))
+    trainer = _trainer(pre, folder, monkeypatch)
+    trainer.on_train_epoch_start()
+    # a larger step than the original's 1e-4: after fewer steps the attention is flat, and the chosen threshold
+    # (0.05) then passes the whole body, whatever the generator
+    for optimizer in trainer.aux_optimizers.values():
+        for group in optimizer.param_groups:
+            group["lr"] = 2e-3
+    for _ in range(40):
+        trainer.train_step_translation(next(trainer.dataloader_train))
+    trainer.make_pseudo_masks()
+    written = {p.name: p.read_bytes() for p in (trainer.weak_folder / "phase1_pseudo_masks").iterdir()}
+    return trainer.pseudo_masks, trainer.pseudo_threshold, written
+
+
+def test_pseudo_masks_are_bit_identical_for_a_fixed_seed(weak_preprocessed, tmp_path, monkeypatch):
+    masks, threshold, written = _phase1_pseudo_masks(weak_preprocessed, tmp_path / "a", monkeypatch)
+    masks_again, threshold_again, written_again = _phase1_pseudo_masks(weak_preprocessed, tmp_path / "b", monkeypatch)
+    assert threshold == threshold_again
+    assert sorted(masks) == sorted(masks_again) and len(masks) == 4
+    for case, mask in masks.items():
+        assert mask.dtype == masks_again[case].dtype and np.array_equal(mask, masks_again[case]), case
+    assert written == written_again and len(written) == 5  # 4 label files + threshold.json
+    dataset = _dataset(weak_preprocessed)
+    for case, mask in masks.items():  # non-trivial: lesion and background, and less than the body, in every mask
+        body = foreground_mask(np.asarray(dataset.load_case(case)[0][:], np.float32))
+        assert set(np.unique(mask)) == {0, 1} and mask.sum() < body.sum(), (case, threshold)
+    # and the seed is what fixes them: another seed trains other generators, which draw other masks
+    other, _, _ = _phase1_pseudo_masks(weak_preprocessed, tmp_path / "c", monkeypatch, seed=12)
+    assert any(not np.array_equal(mask, other[case]) for case, mask in masks.items())
 
 
 def test_pseudo_label_dataset_replaces_disease_labels(weak_preprocessed, tmp_path):

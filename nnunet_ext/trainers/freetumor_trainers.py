@@ -342,11 +342,13 @@ class FreeTumorSynthesisTrainer(_FreeTumorBase):
 
     generator_features = (16, 32, 64)
     discriminator_features = (16, 32, 64)
+    # share of num_epochs training the baseline segmentor on the real data first; a class attribute because the
+    # phase schedule is built in __init__
+    baseline_fraction: int | float = 0.5
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.baseline_fraction = 0.5  # of num_epochs, training the baseline segmentor on the real data first
         self.generator_lr = 1e-4
         self.discriminator_lr = 1e-4
         self.adversarial_weight = 0.1

@@ -38,3 +38,17 @@ FreeTumorTrainer_tiny = short_variant(FreeTumorTrainer_small, "FreeTumorTrainer_
                                       val_iterations=1)
 FreeTumorSynthesisTrainer_tiny = short_variant(FreeTumorSynthesisTrainer_small, "FreeTumorSynthesisTrainer_tiny",
                                                epochs=2, iterations=2, val_iterations=1)
+# checkpoint_latest.pth after every epoch, for the kill-and-resume tests. FreeTumorTrainer: EMA quality control from
+# epoch 1 (qc_warmup 1), so the kill in epoch 2 lands where the EMA judges every synthetic tumour
+FreeTumorTrainer_tiny_kill = short_variant(FreeTumorTrainer_small, "FreeTumorTrainer_tiny_kill", epochs=4,
+                                           iterations=2, val_iterations=1, save_every=1)
+
+
+class FreeTumorSynthesisTrainer_short_baseline(FreeTumorSynthesisTrainer_small):
+    baseline_fraction = 0.25  # of 4 epochs: baseline in epoch 0, generator and discriminator in epochs 1-3
+
+
+# the kill in epoch 2 lands in the second synthesis epoch: generator, discriminator and their Adam states trained
+FreeTumorSynthesisTrainer_tiny_kill = short_variant(FreeTumorSynthesisTrainer_short_baseline,
+                                                    "FreeTumorSynthesisTrainer_tiny_kill", epochs=4, iterations=2,
+                                                    val_iterations=1, save_every=1)

@@ -4,3 +4,8 @@ from nnunet_ext.trainers.ftsegnet_trainers import FTSegNetTrainer
 from nnunet_ext.training.variants import short_variant
 
 FTSegNetTrainer_tiny = short_variant(FTSegNetTrainer, "FTSegNetTrainer_tiny", epochs=2, iterations=2, val_iterations=1)
+# checkpoint_latest.pth after every epoch, for the kill-and-resume test: prior_epochs 0.1 of 4 rounds to 1, so the
+# prior trains in epoch 0 and the segment phase takes epochs 1-3; the kill in epoch 2 lands in the segment phase with
+# the prior frozen and its optimizer state in the checkpoint
+FTSegNetTrainer_tiny_kill = short_variant(FTSegNetTrainer, "FTSegNetTrainer_tiny_kill", epochs=4, iterations=2,
+                                          val_iterations=1, save_every=1)
