@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--predict-cases", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--tag", default=None, help="results file stem (default: dataset_configuration_device)")
+    p.add_argument("--phase", action="append", default=[], metavar="TRAINER=PHASE",
+                   help="time TRAINER's step in PHASE (default: a phased trainer's last, main phase)")
     a = p.parse_args(argv)
     if a.phantom is None and (a.d is None or a.c is None):
         p.error("give -d and -c for a preprocessed data set, or --phantom")
@@ -51,8 +53,9 @@ def main(argv: list[str] | None = None) -> int:
 
             env["nnUNet_extTrainer"] = ext_trainer_path(env.get("nnUNet_extTrainer"))
             dataset, configuration, tag = a.d, a.c, a.tag
+        phases = dict(item.split("=", 1) for item in a.phase)
         report = run_benchmark(a.tr, dataset, configuration, a.device, a.iterations, a.warmup, a.predict_cases,
-                               a.out, env=env, tag=tag)
+                               a.out, env=env, tag=tag, phases=phases)
     from nnunet_ext.benchmark import markdown_table
 
     print(markdown_table(report))

@@ -74,9 +74,24 @@ def _median_seconds(fn, n: int, warmup: int, device: torch.device) -> tuple[floa
     return float(np.median(times)), times
 
 
+def _enter_phase(trainer, phase: str | None) -> str | None:
+    """Move a fresh trainer to the first epoch of `phase` (its main phase by default: the last one), so the step timed
+    is that phase's and not a short warm-up's (FTSegNet's prior, WeakCycle's translation). None: a single-phase
+    trainer."""
+    schedule = getattr(trainer, "phase_schedule", None)
+    if schedule is None:
+        return None
+    phases = schedule.resolve(trainer.num_epochs)
+    chosen = phases[-1] if phase is None else next((p for p in phases if p.name == phase), None)
+    if chosen is None:
+        raise ValueError(f"{trainer.__class__.__name__} has no phase {phase!r}; phases: {[p.name for p in phases]}")
+    trainer.current_epoch = chosen.start
+    return chosen.name
+
+
 def measure(trainer_name: str, dataset: str, configuration: str, device: str, iterations: int, warmup: int,
             batches_file: Path, draw_batches: bool, predict_cases: int, fold: int = 0,
-            plans_identifier: str = "nnUNetPlans") -> dict:
+            plans_identifier: str = "nnUNetPlans", phase: str | None = None) -> dict:
     """Runs inside the child process."""
     dev = torch.device(device)
     if dev.type == "cpu":
@@ -85,6 +100,7 @@ def measure(trainer_name: str, dataset: str, configuration: str, device: str, it
     rss_start = _current_rss_mb()  # after importing torch and nnU-Net, before the trainer exists
     trainer = _build_trainer(trainer_name, dataset, configuration, fold, plans_identifier, dev)
     trainer.on_train_start()
+    measured_phase = _enter_phase(trainer, phase)
     trainer.on_train_epoch_start()
     n_batches = warmup + iterations
 
@@ -108,6 +124,7 @@ def measure(trainer_name: str, dataset: str, configuration: str, device: str, it
 
     result = {
         "trainer": trainer_name,
+        "phase": measured_phase,
         "seconds_per_iteration": step_s,
         "iteration_times": step_times,
         "seconds_per_batch_data_pipeline": pipeline_s,
@@ -161,7 +178,7 @@ def _measure_prediction(trainer, n_cases: int, dev: torch.device) -> float:
 
 def run_benchmark(trainers: list[str], dataset: str, configuration: str, device: str = "cpu",
                   iterations: int = 10, warmup: int = 3, predict_cases: int = 2, out_dir: Path | None = None,
-                  env: dict | None = None, tag: str | None = None) -> dict:
+                  env: dict | None = None, tag: str | None = None, phases: dict[str, str] | None = None) -> dict:
     """Measure STOCK first (it draws the shared batches), then every other trainer, each in a fresh process."""
     order = [STOCK] + [t for t in trainers if t != STOCK]
     env = cpu_friendly(env or os.environ, device)
@@ -177,6 +194,8 @@ def run_benchmark(trainers: list[str], dataset: str, configuration: str, device:
                     "-c", configuration, "--device", device, "--iterations", str(iterations), "--warmup",
                     str(warmup), "--predict-cases", str(predict_cases), "--batches", str(batches_file),
                     "--out", str(out_file)] + (["--draw-batches"] if i == 0 else [])
+            if phases and name in phases:
+                argv += ["--phase", phases[name]]
             proc = subprocess.run(argv, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"benchmark of {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -216,8 +235,9 @@ def markdown_table(report: dict) -> str:
     for r in report["results"]:
         pred = r["seconds_per_predicted_case"]
         gpu = r["peak_gpu_mb"]
+        name = r["trainer"] + (f" ({r['phase']} phase)" if r.get("phase") else "")
         rows.append(
-            f"| {r['trainer']} | {r['seconds_per_iteration']:.3f} | {r['ratio_iteration']:.2f} "
+            f"| {name} | {r['seconds_per_iteration']:.3f} | {r['ratio_iteration']:.2f} "
             f"| {r['seconds_per_batch_data_pipeline']:.3f} "
             f"| {'-' if pred is None else f'{pred:.2f}'} | {r.get('ratio_prediction', float('nan')):.2f} "
             f"| {r['trainer_rss_mb']:.0f} | {r['ratio_trainer_rss']:.2f} | {'-' if gpu is None else f'{gpu:.0f}'} "
@@ -237,9 +257,10 @@ def _child_main(argv: list[str]) -> int:
     p.add_argument("--batches", type=Path, required=True)
     p.add_argument("--draw-batches", action="store_true")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--phase", default=None)
     a = p.parse_args(argv)
     result = measure(a.child, a.d, a.c, a.device, a.iterations, a.warmup, a.batches, a.draw_batches,
-                     a.predict_cases)
+                     a.predict_cases, phase=a.phase)
     a.out.write_text(json.dumps(result))
     return 0
 
