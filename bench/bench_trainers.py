@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--predict-cases", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--tag", default=None, help="results file stem (default: dataset_configuration_device)")
-    p.add_argument("--phase", action="append", default=[], metavar="TRAINER=PHASE",
-                   help="time TRAINER's step in PHASE (default: a phased trainer's last, main phase)")
+    p.add_argument("--phase", action="append", default=[], metavar="TRAINER=PHASE|EPOCH",
+                   help="time TRAINER's step in PHASE or at EPOCH (default: a phased trainer's last, main phase)")
     a = p.parse_args(argv)
     if a.phantom is None and (a.d is None or a.c is None):
         p.error("give -d and -c for a preprocessed data set, or --phantom")

@@ -74,19 +74,28 @@ def _median_seconds(fn, n: int, warmup: int, device: torch.device) -> tuple[floa
     return float(np.median(times)), times
 
 
-def _enter_phase(trainer, phase: str | None) -> str | None:
-    """Move a fresh trainer to the first epoch of `phase` (its main phase by default: the last one), so the step timed
-    is that phase's and not a short warm-up's (FTSegNet's prior, WeakCycle's translation). None: a single-phase
-    trainer."""
+def _enter_phase(trainer, where: str | None) -> str | None:
+    """Move a fresh trainer to where its step is timed: the first epoch of the phase named `where`, or the epoch
+    `where` gives as a number (FreeTumor's quality control starts after its warm-up epochs), or by default the first
+    epoch of its last, main phase, so that a short warm-up (FTSegNet's prior) is not taken for the method's cost.
+    Returns what the table shows: the phase or epoch, None for the stock behaviour at epoch 0."""
     schedule = getattr(trainer, "phase_schedule", None)
+    if where is not None and where.isdigit():
+        trainer.current_epoch = int(where)
+        label = f"epoch {where}"
+        if schedule is not None:
+            label += f", {schedule.phase_at(int(where), trainer.num_epochs).name} phase"
+        return label
     if schedule is None:
+        if where is not None:
+            raise ValueError(f"{trainer.__class__.__name__} has no phases; give an epoch number instead of {where!r}")
         return None
     phases = schedule.resolve(trainer.num_epochs)
-    chosen = phases[-1] if phase is None else next((p for p in phases if p.name == phase), None)
+    chosen = phases[-1] if where is None else next((p for p in phases if p.name == where), None)
     if chosen is None:
-        raise ValueError(f"{trainer.__class__.__name__} has no phase {phase!r}; phases: {[p.name for p in phases]}")
+        raise ValueError(f"{trainer.__class__.__name__} has no phase {where!r}; phases: {[p.name for p in phases]}")
     trainer.current_epoch = chosen.start
-    return chosen.name
+    return f"{chosen.name} phase"
 
 
 def measure(trainer_name: str, dataset: str, configuration: str, device: str, iterations: int, warmup: int,
@@ -235,7 +244,7 @@ def markdown_table(report: dict) -> str:
     for r in report["results"]:
         pred = r["seconds_per_predicted_case"]
         gpu = r["peak_gpu_mb"]
-        name = r["trainer"] + (f" ({r['phase']} phase)" if r.get("phase") else "")
+        name = r["trainer"] + (f" ({r['phase']})" if r.get("phase") else "")
         rows.append(
             f"| {name} | {r['seconds_per_iteration']:.3f} | {r['ratio_iteration']:.2f} "
             f"| {r['seconds_per_batch_data_pipeline']:.3f} "
