@@ -29,71 +29,55 @@ def nnunet_env(tmp_path) -> dict:
     return stock.work_environment(tmp_path / "nnunet", device="cpu")
 
 
+def _preprocessed(tmp_path_factory, folder: str, phantom, configuration: str, **generate) -> SimpleNamespace:
+    """A phantom generated into its own nnUNet_raw and run through the stock plan_and_preprocess."""
+    root = tmp_path_factory.mktemp(folder)
+    env = stock.work_environment(root / "nnunet", device="cpu")
+    raw = phantom.generate(Path(env["nnUNet_raw"]), **generate)
+    stock.plan_and_preprocess(phantom.DEFAULT_ID, configuration, env)
+    return SimpleNamespace(dataset_id=phantom.DEFAULT_ID, raw_dir=raw, env=env, root=root,
+                           preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
+
+
 @pytest.fixture(scope="session")
 def fundus_preprocessed(tmp_path_factory) -> SimpleNamespace:
     """A small fundus phantom (64x64, 8 training and 2 test cases) through the stock plan_and_preprocess (2d).
 
     Tests that train on it get their own nnUNet_results through `results_env` so they never see each other's runs.
     """
-    root = tmp_path_factory.mktemp("fundus")
-    env = stock.work_environment(root / "nnunet", device="cpu")
-    raw = fundus2d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=2, size=64, seed=1)
-    stock.plan_and_preprocess(fundus2d.DEFAULT_ID, "2d", env)
-    return SimpleNamespace(dataset_id=fundus2d.DEFAULT_ID, raw_dir=raw, env=env, root=root)
+    return _preprocessed(tmp_path_factory, "fundus", fundus2d, "2d", n_train=8, n_test=2, size=64, seed=1)
 
 
 @pytest.fixture(scope="session")
 def av_preprocessed(tmp_path_factory) -> SimpleNamespace:
     """The A/V phantom (64x64, 8 training and 2 test cases) through the stock plan_and_preprocess (2d)."""
-    root = tmp_path_factory.mktemp("av")
-    env = stock.work_environment(root / "nnunet", device="cpu")
-    raw = av2d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=2, size=64, seed=1)
-    stock.plan_and_preprocess(av2d.DEFAULT_ID, "2d", env)
-    return SimpleNamespace(dataset_id=av2d.DEFAULT_ID, raw_dir=raw, env=env, root=root,
-                           preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
+    return _preprocessed(tmp_path_factory, "av", av2d, "2d", n_train=8, n_test=2, size=64, seed=1)
 
 
 @pytest.fixture(scope="session")
 def hn_preprocessed(tmp_path_factory) -> SimpleNamespace:
-    root = tmp_path_factory.mktemp("hn")
-    env = stock.work_environment(root / "nnunet", device="cpu")
-    raw = hn3d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=1, seed=1)
-    stock.plan_and_preprocess(hn3d.DEFAULT_ID, "3d_fullres", env)
-    return SimpleNamespace(dataset_id=hn3d.DEFAULT_ID, raw_dir=raw, env=env)
+    """The head-and-neck phantom (8 training cases, 1 test case) through the stock plan_and_preprocess (3d_fullres)."""
+    return _preprocessed(tmp_path_factory, "hn", hn3d, "3d_fullres", n_train=8, n_test=1, seed=1)
 
 
 @pytest.fixture(scope="session")
 def tumour_preprocessed(tmp_path_factory) -> SimpleNamespace:
     """The tumour phantom (64x64, 8 training and 2 test cases) through the stock plan_and_preprocess (2d)."""
-    root = tmp_path_factory.mktemp("tumour")
-    env = stock.work_environment(root / "nnunet", device="cpu")
-    raw = tumor2d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=2, size=64, seed=1)
-    stock.plan_and_preprocess(tumor2d.DEFAULT_ID, "2d", env)
-    return SimpleNamespace(dataset_id=tumor2d.DEFAULT_ID, raw_dir=raw, env=env, root=root,
-                           preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
+    return _preprocessed(tmp_path_factory, "tumour", tumor2d, "2d", n_train=8, n_test=2, size=64, seed=1)
 
 
 @pytest.fixture(scope="session")
 def weak_preprocessed(tmp_path_factory) -> SimpleNamespace:
     """The weak phantom (32x32: 4 disease + 4 normal training cases, 2 fully labelled validation cases, 2 test
     cases) through the stock plan_and_preprocess (2d)."""
-    root = tmp_path_factory.mktemp("weak")
-    env = stock.work_environment(root / "nnunet", device="cpu")
-    raw = weak2d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=2, n_val=2, size=32, seed=1)
-    stock.plan_and_preprocess(weak2d.DEFAULT_ID, "2d", env)
-    return SimpleNamespace(dataset_id=weak2d.DEFAULT_ID, raw_dir=raw, env=env, root=root,
-                           preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
+    return _preprocessed(tmp_path_factory, "weak", weak2d, "2d", n_train=8, n_test=2, n_val=2, size=32, seed=1)
 
 
 @pytest.fixture(scope="session")
 def abdomen_preprocessed(tmp_path_factory) -> SimpleNamespace:
     """abdomen3d (16x48x48, 8 training cases, 2 with tumours; 2 test cases) through the stock planning."""
-    root = tmp_path_factory.mktemp("freetumor")
-    env = stock.work_environment(root / "nnunet", device="cpu")
-    raw = abdomen3d.generate(Path(env["nnUNet_raw"]), n_train=8, n_test=2, shape=(16, 48, 48), seed=0)
-    stock.plan_and_preprocess(abdomen3d.DEFAULT_ID, "3d_fullres", env)
-    return SimpleNamespace(dataset_id=abdomen3d.DEFAULT_ID, raw_dir=raw, env=env, root=root,
-                           preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
+    return _preprocessed(tmp_path_factory, "freetumor", abdomen3d, "3d_fullres", n_train=8, n_test=2,
+                         shape=(16, 48, 48), seed=0)
 
 
 def results_env(base: dict, results: Path, **extra: str) -> dict:
