@@ -15,41 +15,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import results_env
+from conftest import TEST_TRAINERS, results_env
 
 from nnunet_ext import stock
 from nnunet_ext.training.base import atomic_torch_save
+
+sys.path.insert(0, str(TEST_TRAINERS))
+from kill_switch import KILL_EPOCH_ENV  # noqa: E402
 
 
 def _fold(results: Path, dataset_dir: str, trainer: str, configuration: str) -> Path:
     return results / dataset_dir / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
 
 
-def kill_mid_epoch(dataset_id: int, configuration: str, trainer: str, env: dict, fold: Path, epoch: int = 2,
-                   after: str | None = None) -> None:
-    """Start the stock nnUNetv2_train and SIGKILL it as soon as it starts `epoch` (0-based), i.e. with
-    checkpoint_latest.pth from the end of epoch `epoch - 1` on disk and the next epoch under way. `after`: kill at the
-    first log line holding this text once the epoch has begun (for epochs too short for a fixed delay, or to kill
-    after a method's step at the epoch start) instead of 0.2 s after its start."""
-    argv = [stock.find_command("nnUNetv2_train"), str(dataset_id), configuration, "0", "-tr", trainer,
-            "-device", "cpu"]
-    # unbuffered: the log line must reach us when it is printed, not when a pipe buffer fills
-    proc = subprocess.Popen(argv, env=dict(env, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    seen, started = [], False
-    try:
-        for line in proc.stdout:
-            seen.append(line)
-            started = started or line.strip().endswith(f"Epoch {epoch}")
-            if started and after is None:
-                time.sleep(0.2)  # into the epoch's first iterations
-            if started and (after is None or after in line):
-                os.kill(proc.pid, signal.SIGKILL)
-                break
-    finally:
-        proc.wait(timeout=120)
-    assert proc.returncode == -signal.SIGKILL, "".join(seen)[-3000:]
+def kill_mid_epoch(dataset_id: int, configuration: str, trainer: str, env: dict, fold: Path, epoch: int = 2) -> str:
+    """Run the stock nnUNetv2_train of a `KillMidEpoch` trainer until it SIGKILLs itself in `epoch` (0-based), with
+    checkpoint_latest.pth from the end of epoch `epoch - 1` on disk and one step of `epoch` done. Returns the log."""
+    run = subprocess.run([stock.find_command("nnUNetv2_train"), str(dataset_id), configuration, "0", "-tr", trainer,
+                          "-device", "cpu"], env=dict(env, **{KILL_EPOCH_ENV: str(epoch)}), stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, timeout=1800)
+    assert run.returncode == -signal.SIGKILL, run.stdout[-3000:]
+    assert f"SIGKILL in epoch {epoch}, before step 2" in run.stdout
     assert not (fold / "checkpoint_final.pth").exists()
+    return run.stdout
 
 
 def _differences(a, b, path="") -> list[str]:
@@ -68,14 +56,13 @@ def _differences(a, b, path="") -> list[str]:
     return [] if a == b else [path]
 
 
-def assert_resume_matches_straight_run(data, trainer: str, configuration: str, tmp_path: Path,
-                                       after: str | None = None) -> tuple[dict, dict]:
+def assert_resume_matches_straight_run(data, trainer: str, configuration: str, tmp_path: Path) -> tuple[dict, dict]:
     """Returns the killed run's checkpoint_latest.pth (end of epoch 1) and its final checkpoint after `--c`."""
     straight = results_env(data.env, tmp_path / "straight", nnUNet_ext_seed="7")
     stock.train(data.dataset_id, configuration, 0, trainer, straight)
     killed = results_env(data.env, tmp_path / "killed", nnUNet_ext_seed="7")
     fold = _fold(tmp_path / "killed", data.raw_dir.name, trainer, configuration)
-    kill_mid_epoch(data.dataset_id, configuration, trainer, killed, fold, after=after)
+    kill_mid_epoch(data.dataset_id, configuration, trainer, killed, fold)
     latest = torch.load(fold / "checkpoint_latest.pth", weights_only=False)  # readable after the kill
     assert latest["current_epoch"] == 2
 
@@ -121,9 +108,8 @@ def test_ftsegnet_kill_mid_epoch_then_resume_matches_uninterrupted_run(tumour_pr
 def test_weak_cycle_kill_mid_epoch_then_resume_matches_uninterrupted_run(weak_preprocessed, tmp_path):
     # killed in epoch 2, the 'refinement' phase, right after the teacher rewrote the pseudo-masks on disk (the resumed
     # run must put back those of the checkpoint): generators, discriminators, EMA teacher, pseudo-masks, six Adam
-    # states. An epoch of this trainer is too short for the fixed delay
-    latest, _ = assert_resume_matches_straight_run(weak_preprocessed, "WeakCycleTrainer_tiny_kill", "2d", tmp_path,
-                                                   after="Teacher updated")
+    # states
+    latest, _ = assert_resume_matches_straight_run(weak_preprocessed, "WeakCycleTrainer_tiny_kill", "2d", tmp_path)
     ours = latest["nnunet_ext"]
     assert ours["phase"] == "refinement" and ours["extra"]["teacher_ready"] and len(ours["extra"]["pseudo_masks"]) == 4
 

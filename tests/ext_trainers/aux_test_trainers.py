@@ -2,11 +2,11 @@
 stock nnUNetv2_train. Tests put this folder on nnUNet_extTrainer beside nnunet_ext's own trainer folder."""
 
 import torch
+from kill_switch import kill_variant
 from torch import nn
 
 from nnunet_ext.training.base import nnUNetExtTrainer
 from nnunet_ext.training.phases import Phase, PhaseSchedule
-from nnunet_ext.training.variants import short_variant
 
 
 class ForegroundCritic(nn.Module):
@@ -59,6 +59,4 @@ class AuxPhaseTestTrainer(nnUNetExtTrainer):
         return {"loss": seg_loss.detach().cpu().numpy()}
 
 
-# checkpoint_latest.pth after every epoch (nnU-Net's default is every 50): a run killed mid-way has one to resume from
-AuxPhaseTestTrainer_kill = short_variant(AuxPhaseTestTrainer, "AuxPhaseTestTrainer_kill", epochs=4, iterations=3,
-                                         val_iterations=1, save_every=1)
+AuxPhaseTestTrainer_kill = kill_variant(AuxPhaseTestTrainer, "AuxPhaseTestTrainer_kill", iterations=3)

@@ -4,6 +4,7 @@ epochs), cheap enough for the stock train -> stop -> --c -> predict test on the 
 import copy
 
 import torch
+from kill_switch import KillMidEpoch
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnunet_ext.trainers.focusnet_trainers import FocusNetV2Trainer
@@ -30,10 +31,5 @@ class FocusNetV2Trainer_tiny(FocusNetV2Trainer):
                                                   num_output_channels, enable_deep_supervision)
 
 
-class FocusNetV2Trainer_tiny_kill(FocusNetV2Trainer_tiny):
-    """checkpoint_latest.pth after every epoch, for the kill-and-resume test."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.save_every = 1
+class FocusNetV2Trainer_tiny_kill(KillMidEpoch, FocusNetV2Trainer_tiny):
+    """For the kill-and-resume test."""

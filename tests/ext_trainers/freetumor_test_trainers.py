@@ -3,6 +3,7 @@ features 4-8-16-32 instead of the plans' 32-320, so a 3D step takes a fraction o
 network override is a static method, so stock nnUNetv2_predict builds the same small network."""
 
 import torch
+from kill_switch import kill_variant
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunet_ext.trainers.freetumor_trainers import FreeTumorSynthesisTrainer, FreeTumorTrainer
@@ -38,10 +39,9 @@ FreeTumorTrainer_tiny = short_variant(FreeTumorTrainer_small, "FreeTumorTrainer_
                                       val_iterations=1)
 FreeTumorSynthesisTrainer_tiny = short_variant(FreeTumorSynthesisTrainer_small, "FreeTumorSynthesisTrainer_tiny",
                                                epochs=2, iterations=2, val_iterations=1)
-# checkpoint_latest.pth after every epoch, for the kill-and-resume tests. FreeTumorTrainer: EMA quality control from
-# epoch 1 (qc_warmup 1), so the kill in epoch 2 lands where the EMA judges every synthetic tumour
-FreeTumorTrainer_tiny_kill = short_variant(FreeTumorTrainer_small, "FreeTumorTrainer_tiny_kill", epochs=4,
-                                           iterations=2, val_iterations=1, save_every=1)
+# EMA quality control from epoch 1 (qc_warmup 1), so the kill in epoch 2 lands where the EMA judges every synthetic
+# tumour
+FreeTumorTrainer_tiny_kill = kill_variant(FreeTumorTrainer_small, "FreeTumorTrainer_tiny_kill")
 
 
 class FreeTumorSynthesisTrainer_short_baseline(FreeTumorSynthesisTrainer_small):
@@ -49,6 +49,5 @@ class FreeTumorSynthesisTrainer_short_baseline(FreeTumorSynthesisTrainer_small):
 
 
 # the kill in epoch 2 lands in the second synthesis epoch: generator, discriminator and their Adam states trained
-FreeTumorSynthesisTrainer_tiny_kill = short_variant(FreeTumorSynthesisTrainer_short_baseline,
-                                                    "FreeTumorSynthesisTrainer_tiny_kill", epochs=4, iterations=2,
-                                                    val_iterations=1, save_every=1)
+FreeTumorSynthesisTrainer_tiny_kill = kill_variant(FreeTumorSynthesisTrainer_short_baseline,
+                                                   "FreeTumorSynthesisTrainer_tiny_kill")

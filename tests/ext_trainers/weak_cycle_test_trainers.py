@@ -1,6 +1,6 @@
 """The smallest WeakCycle runs that still cross the phase boundary, for the stock-command tests."""
 
-import torch
+from kill_switch import KillMidEpoch
 
 from nnunet_ext.trainers.weak_cycle_trainers import WeakCycleTrainer
 from nnunet_ext.training.variants import short_variant
@@ -19,14 +19,9 @@ WeakCycleTrainer_tiny = short_variant(WeakCycleTrainer_small, "WeakCycleTrainer_
                                       val_iterations=1)
 
 
-class WeakCycleTrainer_tiny_kill(WeakCycleTrainer_tiny):
-    """checkpoint_latest.pth after every epoch, for the kill-and-resume test. Translation in epoch 0 only, refinement
+class WeakCycleTrainer_tiny_kill(KillMidEpoch, WeakCycleTrainer_tiny):
+    """For the kill-and-resume test. Translation in epoch 0 only, refinement
     in epochs 1-3: the kill in epoch 2 comes after the phase-1 pseudo-masks, one EMA epoch of the teacher and the
     teacher's first rewrite of the masks (start of epoch 2), so all of that must come back from the checkpoint."""
 
     translation_fraction = 0.25
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.save_every = 1
