@@ -26,7 +26,7 @@ WeakCycleTrainer_bench = short_variant(WeakCycleTrainer_quarter, "WeakCycleTrain
 WeakCycleTrainer_CAM_bench = short_variant(WeakCycleTrainer_CAM_quarter, "WeakCycleTrainer_CAM_bench", **BUDGET)
 nnUNetTrainer_bench = short_variant(nnUNetTrainer, "nnUNetTrainer_bench", **BUDGET)
 
-# the real BraTS sample (bench_weak_cycle_brats.py): 160x160 patches, batch 2, about 2.5 s per translation step
-BRATS_BUDGET = {"epochs": 40, "iterations": 12, "val_iterations": 2}
-WeakCycleTrainer_brats = short_variant(WeakCycleTrainer_quarter, "WeakCycleTrainer_brats", **BRATS_BUDGET)
-WeakCycleTrainer_CAM_brats = short_variant(WeakCycleTrainer_CAM_quarter, "WeakCycleTrainer_CAM_brats", **BRATS_BUDGET)
+# the real BraTS and ISIC samples (bench_weak_cycle_real.py): 160x160 patches, batch 2, about 0.3 s per step
+REAL_BUDGET = {"epochs": 40, "iterations": 12, "val_iterations": 2}
+WeakCycleTrainer_real = short_variant(WeakCycleTrainer_quarter, "WeakCycleTrainer_real", **REAL_BUDGET)
+WeakCycleTrainer_CAM_real = short_variant(WeakCycleTrainer_CAM_quarter, "WeakCycleTrainer_CAM_real", **REAL_BUDGET)

@@ -1,12 +1,13 @@
-"""WeakCycle (attention) vs its CAM-only baseline on the real BraTS 2018 FLAIR slices beside the checkout, through the
-converter and the stock commands: phase-1 pseudo-mask quality on the weak cases and student Dice on the fully
-labelled validation cases.
+"""WeakCycle (attention) vs its CAM-only baseline on the real BraTS 2018 FLAIR slices or ISIC 2018 images beside the
+checkout, through the converter and the stock commands: phase-1 pseudo-mask quality on the weak cases and student
+Dice on the fully labelled validation cases.
 
-    python bench/bench_weak_cycle_brats.py --work /tmp/brats -o bench/results/weak_cycle_brats_cpu
+    python bench/bench_weak_cycle_real.py --work /tmp/brats -o bench/results/weak_cycle_brats_cpu
+    python bench/bench_weak_cycle_real.py --dataset isic --work /tmp/isic -o bench/results/weak_cycle_isic_cpu
 
-The sample has 8 slices with tumour (each with its mask) and 8 without. The first `--n-weak` tumour slices (sorted by
+Each sample has 8 lesion images (each with its mask) and 8 without. The first `--n-weak` lesion images (sorted by
 name) become weak training cases, whose masks only score the pseudo-masks; the rest are fold 0's validation cases,
-which choose the pseudo-mask threshold and score the student. The 8 tumour-free slices are the normal domain.
+which choose the pseudo-mask threshold and score the student. The lesion-free images are the normal domain.
 """
 
 from __future__ import annotations
@@ -26,8 +27,14 @@ from PIL import Image
 from nnunet_ext import stock
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parents[1] / "shared" / "data" / "BraTS2018_slices"
-TRAINERS = {"WeakCycleTrainer_brats": 743, "WeakCycleTrainer_CAM_brats": 744}  # trainer: id of its pseudo-mask export
+SHARED = HERE.parents[1] / "shared" / "data"
+# name: (sample folder, converter, data set id, data set name, {trainer: id of its pseudo-mask export})
+DATASETS = {
+    "brats": ("BraTS2018_slices", "brats_weak", 741, "BraTSWeak",
+              {"WeakCycleTrainer_real": 743, "WeakCycleTrainer_CAM_real": 744}),
+    "isic": ("ISIC2018_weak", "isic_weak", 742, "ISICWeak",
+             {"WeakCycleTrainer_real": 745, "WeakCycleTrainer_CAM_real": 746}),
+}
 
 
 def sliced_layout(data: Path, out: Path, n_weak: int | None) -> None:
@@ -43,14 +50,13 @@ def sliced_layout(data: Path, out: Path, n_weak: int | None) -> None:
             label = data / "val" / "labels" / f"{image.stem}_segmentation.png"
             (out / "val" / "labels" / label.name).symlink_to(label)
     (out / "normal").mkdir(parents=True)
-    for image in sorted((data / "normal").glob("*.png")):
+    for image in sorted((data / "normal").iterdir()):
         (out / "normal" / image.name).symlink_to(image)
 
 
-def convert(source: Path, raw: Path, env: dict) -> Path:
-    subprocess.run([sys.executable, "-m", "nnunet_ext.cli", "convert", "brats_weak", str(source), "-o", str(raw)],
+def convert(converter: str, source: Path, raw: Path, env: dict) -> None:
+    subprocess.run([sys.executable, "-m", "nnunet_ext.cli", "convert", converter, str(source), "-o", str(raw)],
                    env=env, check=True, capture_output=True)
-    return raw / "Dataset741_BraTSWeak"
 
 
 def mean_scores(prediction_dir: Path, reference_dir: Path, cases: list[str]) -> dict:
@@ -61,43 +67,46 @@ def mean_scores(prediction_dir: Path, reference_dir: Path, cases: list[str]) -> 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(DATA))
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="brats")
+    p.add_argument("--data", default=None, help="sample folder (default: ../shared/data/<the data set's sample>)")
     p.add_argument("--work", required=True)
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--n-weak", type=int, default=5)
     args = p.parse_args(argv)
+    folder, converter, dataset_id, name, trainers = DATASETS[args.dataset]
+    data = Path(args.data) if args.data else SHARED / folder
     work, out = Path(args.work), Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     env = stock.work_environment(work / "nnunet", device="cpu")
     env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(HERE / "weak_cycle_trainers")])
-    raw = Path(env["nnUNet_raw"]) / "Dataset741_BraTSWeak"
+    raw = Path(env["nnUNet_raw"]) / f"Dataset{dataset_id}_{name}"
     if not raw.exists():
-        sliced_layout(Path(args.data), work / "src", args.n_weak)
-        sliced_layout(Path(args.data), work / "src_reference", None)
-        convert(work / "src", Path(env["nnUNet_raw"]), env)
-        convert(work / "src_reference", work / "reference", env)
-        stock.plan_and_preprocess(741, "2d", env)
-    reference = work / "reference" / "Dataset741_BraTSWeak" / "labelsTr"
+        sliced_layout(data, work / "src", args.n_weak)
+        sliced_layout(data, work / "src_reference", None)
+        convert(converter, work / "src", Path(env["nnUNet_raw"]), env)
+        convert(converter, work / "src_reference", work / "reference", env)
+        stock.plan_and_preprocess(dataset_id, "2d", env)
+    reference = work / "reference" / raw.name / "labelsTr"
     splits = json.loads((Path(env["nnUNet_preprocessed"]) / raw.name / "splits_final.json").read_text())[0]
     counts = json.loads((raw / "dataset.json").read_text())["case_counts"]
     weak = sorted(c for c in splits["train"] if (raw / "labelsTr" / f"{c}.png").is_file()
                   and np.all(np.asarray(Image.open(raw / "labelsTr" / f"{c}.png")) == 2))
 
     def run(trainer: str) -> dict:
-        export = TRAINERS[trainer]
+        export = trainers[trainer]
         train_env = dict(env, nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1", nnUNet_ext_seed="0",
                          nnUNet_ext_weak_export=str(export))
         t = time.time()
-        stock.train(741, "2d", 0, trainer, train_env, log_file=out / f"{trainer}_train.log")
+        stock.train(dataset_id, "2d", 0, trainer, train_env, log_file=out / f"{trainer}_train.log")
         fold = Path(env["nnUNet_results"]) / raw.name / f"{trainer}__nnUNetPlans__2d" / "fold_0"
-        pseudo = Path(env["nnUNet_raw"]) / f"Dataset{export}_BraTSWeakPseudo" / "labelsTr"
+        pseudo = Path(env["nnUNet_raw"]) / f"Dataset{export}_{name}Pseudo" / "labelsTr"
         return {"train_s": round(time.time() - t, 1),
                 "pseudo_masks_on_weak_cases": mean_scores(pseudo, reference, weak),
                 "student_on_validation": mean_scores(fold / "validation", reference, sorted(splits["val"]))}
 
     # one after the other: two trainings side by side on 2 cores oversubscribed the intra-op threads, and epochs of
     # 3.5 s took up to 430 s
-    results = {trainer: run(trainer) for trainer in TRAINERS}
+    results = {trainer: run(trainer) for trainer in trainers}
     results["data"] = {"case_counts": counts, "weak_cases": weak, "validation_cases": sorted(splits["val"])}
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print(json.dumps(results, indent=1))
