@@ -25,9 +25,11 @@ def scores(prediction: np.ndarray, reference: np.ndarray) -> dict[str, float]:
             "specificity": 100 * (tn / (tn + fp) if tn + fp else 1.0)}
 
 
-def evaluate(reference_dir: Path, prediction_dir: Path) -> dict[str, float]:
+def evaluate(reference_dir: Path, prediction_dir: Path, cases: list[str] | None = None) -> dict[str, float]:
+    """Means over `cases` (names without .png), by default every reference in reference_dir."""
+    references = sorted(reference_dir.glob("*.png")) if cases is None else [reference_dir / f"{c}.png" for c in cases]
     per_case = []
-    for ref in sorted(reference_dir.glob("*.png")):
+    for ref in references:
         pred = prediction_dir / ref.name
         if not pred.is_file():
             raise FileNotFoundError(f"{pred}: no prediction for reference {ref}")

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_weak_cycle_eval import scores
+from bench_weak_cycle_eval import evaluate
 from PIL import Image
 
 from nnunet_ext import stock
@@ -57,12 +57,6 @@ def sliced_layout(data: Path, out: Path, n_weak: int | None) -> None:
 def convert(converter: str, source: Path, raw: Path, env: dict) -> None:
     subprocess.run([sys.executable, "-m", "nnunet_ext.cli", "convert", converter, str(source), "-o", str(raw)],
                    env=env, check=True, capture_output=True)
-
-
-def mean_scores(prediction_dir: Path, reference_dir: Path, cases: list[str]) -> dict:
-    per_case = [scores(np.asarray(Image.open(prediction_dir / f"{c}.png")),
-                       np.asarray(Image.open(reference_dir / f"{c}.png"))) for c in cases]
-    return {k: round(float(np.mean([s[k] for s in per_case])), 1) for k in per_case[0]} | {"n": len(per_case)}
 
 
 def main(argv=None) -> int:
@@ -101,8 +95,8 @@ def main(argv=None) -> int:
         fold = Path(env["nnUNet_results"]) / raw.name / f"{trainer}__nnUNetPlans__2d" / "fold_0"
         pseudo = Path(env["nnUNet_raw"]) / f"Dataset{export}_{name}Pseudo" / "labelsTr"
         return {"train_s": round(time.time() - t, 1),
-                "pseudo_masks_on_weak_cases": mean_scores(pseudo, reference, weak),
-                "student_on_validation": mean_scores(fold / "validation", reference, sorted(splits["val"]))}
+                "pseudo_masks_on_weak_cases": evaluate(reference, pseudo, weak),
+                "student_on_validation": evaluate(reference, fold / "validation", sorted(splits["val"]))}
 
     # one after the other: two trainings side by side on 2 cores oversubscribed the intra-op threads, and epochs of
     # 3.5 s took up to 430 s

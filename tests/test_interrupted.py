@@ -28,16 +28,14 @@ def _fold(results: Path, dataset_dir: str, trainer: str, configuration: str) -> 
     return results / dataset_dir / f"{trainer}__nnUNetPlans__{configuration}" / "fold_0"
 
 
-def kill_mid_epoch(dataset_id: int, configuration: str, trainer: str, env: dict, fold: Path, epoch: int = 2) -> str:
+def kill_mid_epoch(dataset_id: int, configuration: str, trainer: str, env: dict, fold: Path, epoch: int = 2) -> None:
     """Run the stock nnUNetv2_train of a `KillMidEpoch` trainer until it SIGKILLs itself in `epoch` (0-based), with
-    checkpoint_latest.pth from the end of epoch `epoch - 1` on disk and one step of `epoch` done. Returns the log."""
-    run = subprocess.run([stock.find_command("nnUNetv2_train"), str(dataset_id), configuration, "0", "-tr", trainer,
-                          "-device", "cpu"], env=dict(env, **{KILL_EPOCH_ENV: str(epoch)}), stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True, timeout=1800)
-    assert run.returncode == -signal.SIGKILL, run.stdout[-3000:]
-    assert f"SIGKILL in epoch {epoch}, before step 2" in run.stdout
+    checkpoint_latest.pth from the end of epoch `epoch - 1` on disk and one step of `epoch` done."""
+    with pytest.raises(stock.StockCommandError) as failed:
+        stock.train(dataset_id, configuration, 0, trainer, dict(env, **{KILL_EPOCH_ENV: str(epoch)}))
+    assert f"failed with exit code {-signal.SIGKILL}:" in str(failed.value), str(failed.value)
+    assert f"SIGKILL in epoch {epoch}, before step 2" in str(failed.value)
     assert not (fold / "checkpoint_final.pth").exists()
-    return run.stdout
 
 
 def _differences(a, b, path="") -> list[str]:
