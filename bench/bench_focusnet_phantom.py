@@ -24,7 +24,7 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_ext import stock
-from nnunet_ext.focusnet.roi import centroid, crop, peak, place_box
+from nnunet_ext.methods.focusnet.roi import centroid, crop, peak, place_box
 from nnunet_ext.phantoms import hn3d
 
 REPO = Path(__file__).resolve().parents[1]

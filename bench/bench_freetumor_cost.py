@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("nnUNet_raw", args.preprocessed)
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-    from nnunet_ext.synthesis.quality import tumour_fractions
+    from nnunet_ext.methods.freetumor.quality import tumour_fractions
     from nnunet_ext.trainers.freetumor_trainers import FreeTumorTrainer
 
     folder = Path(args.preprocessed) / args.dataset

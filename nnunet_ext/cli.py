@@ -9,9 +9,9 @@ import sys
 from nnunet_ext import __version__
 from nnunet_ext.dataset_conversion.cli import add_parser as _add_convert
 from nnunet_ext.evaluation.cli import add_compare, add_evaluate
+from nnunet_ext.methods.freetumor.cli import add_synth
 from nnunet_ext.phantoms import PHANTOMS
 from nnunet_ext.stock import StockCommandError
-from nnunet_ext.synthesis.cli import add_synth
 
 DEMO_TRAINER = "nnUNetTrainer_demo"
 

@@ -13,8 +13,8 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from PIL import Image
 
 from nnunet_ext import stock
-from nnunet_ext.losses.av_fusion import BranchLoss, branch_target, find_av_labels
-from nnunet_ext.networks.av_fusion import AVFusionNetwork
+from nnunet_ext.methods.av_fusion.loss import BranchLoss, branch_target, find_av_labels
+from nnunet_ext.methods.av_fusion.network import AVFusionNetwork
 from nnunet_ext.phantoms import av2d
 from nnunet_ext.trainers.av_fusion_trainers import AVFusionTrainer, AVFusionTrainer_GAN
 

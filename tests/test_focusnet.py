@@ -13,10 +13,16 @@ from conftest import results_env
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunet_ext import stock
-from nnunet_ext.focusnet.organs import case_stats, parse_override, pooling_per_axis, roi_box, select_small_organs
-from nnunet_ext.focusnet.roi import centroid, crop, gaussian_heatmap, paste, peak, place_box
-from nnunet_ext.losses.focusnet import heatmap_loss
-from nnunet_ext.networks.focusnet import FocusNetV2Network, ShapeAutoencoder
+from nnunet_ext.methods.focusnet.loss import heatmap_loss
+from nnunet_ext.methods.focusnet.network import FocusNetV2Network, ShapeAutoencoder
+from nnunet_ext.methods.focusnet.organs import (
+    case_stats,
+    parse_override,
+    pooling_per_axis,
+    roi_box,
+    select_small_organs,
+)
+from nnunet_ext.methods.focusnet.roi import centroid, crop, gaussian_heatmap, paste, peak, place_box
 from nnunet_ext.phantoms import hn3d
 from nnunet_ext.phantoms.common import case_rng
 from nnunet_ext.trainers.focusnet_trainers import FocusNetV2Trainer

@@ -13,12 +13,12 @@ from conftest import TEST_TRAINERS, results_env
 
 from nnunet_ext import stock
 from nnunet_ext.cli import main as cli_main
+from nnunet_ext.methods.freetumor.appearance import DEFAULT_CONTRAST_IN_ORGAN_STD, measure_stats
+from nnunet_ext.methods.freetumor.labels import LabelMappingError, organ_tumour_pairs
+from nnunet_ext.methods.freetumor.quality import BaselineError, accept, load_baseline, tumour_fractions
+from nnunet_ext.methods.freetumor.shape import SIZE_CLASSES_MM, eroded, sample_shape
+from nnunet_ext.methods.freetumor.synthesize import TumourSynthesizer
 from nnunet_ext.phantoms import abdomen3d
-from nnunet_ext.synthesis.appearance import DEFAULT_CONTRAST_IN_ORGAN_STD, measure_stats
-from nnunet_ext.synthesis.labels import LabelMappingError, organ_tumour_pairs
-from nnunet_ext.synthesis.quality import BaselineError, accept, load_baseline, tumour_fractions
-from nnunet_ext.synthesis.shape import SIZE_CLASSES_MM, eroded, sample_shape
-from nnunet_ext.synthesis.synthesize import TumourSynthesizer
 from nnunet_ext.trainers.freetumor_trainers import GENERATOR_ENV
 
 sys.path.insert(0, str(TEST_TRAINERS))

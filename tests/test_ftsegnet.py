@@ -14,23 +14,17 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from PIL import Image
 
 from nnunet_ext import stock
-from nnunet_ext.losses.ftsegnet import DC_and_Focal_loss, FocalLoss
-from nnunet_ext.networks.ftsegnet import (
+from nnunet_ext.methods.ftsegnet.loss import DC_and_Focal_loss, FocalLoss
+from nnunet_ext.methods.ftsegnet.network import (
     ClassificationPrior,
     FTSegNetwork,
     TransformerBlock,
     prior_strides,
     reduction_for,
 )
+from nnunet_ext.methods.ftsegnet.prior import PRIOR_CLASSES_KEY, PRIOR_ENV, prior_state_from_file, read_class_table
 from nnunet_ext.phantoms import tumor2d
-from nnunet_ext.trainers.ftsegnet_trainers import (
-    PRIOR_CLASSES_KEY,
-    PRIOR_ENV,
-    FTSegNetTrainer,
-    FTSegNetTrainer_DiceFocal,
-    prior_state_from_file,
-    read_class_table,
-)
+from nnunet_ext.trainers.ftsegnet_trainers import FTSegNetTrainer, FTSegNetTrainer_DiceFocal
 
 
 # ---------------------------------------------------------------------------------------------- network

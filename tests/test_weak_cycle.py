@@ -14,10 +14,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from PIL import Image
 
 from nnunet_ext import stock
-from nnunet_ext.losses.weak_cycle import CYCLE_LOSS_WEIGHTS, cycle_generator_losses
-from nnunet_ext.networks.weak_cycle import WeakCycleDiscriminator, WeakCycleGenerator, discriminator_depths
-from nnunet_ext.phantoms import weak2d
-from nnunet_ext.weak_cycle import (
+from nnunet_ext.methods.weak_cycle.data import (
     PseudoLabelDataset,
     WeakLabelError,
     balanced_identifiers,
@@ -27,6 +24,9 @@ from nnunet_ext.weak_cycle import (
     foreground_mask,
     otsu_threshold,
 )
+from nnunet_ext.methods.weak_cycle.loss import CYCLE_LOSS_WEIGHTS, cycle_generator_losses
+from nnunet_ext.methods.weak_cycle.network import WeakCycleDiscriminator, WeakCycleGenerator, discriminator_depths
+from nnunet_ext.phantoms import weak2d
 
 
 # ---------------------------------------------------------------------------------------------- pure functions
@@ -62,7 +62,7 @@ def test_foreground_is_the_non_minimum_region_with_holes_filled():
 
 
 def test_balanced_identifiers_repeat_the_minority():
-    from nnunet_ext.weak_cycle import WeakCases
+    from nnunet_ext.methods.weak_cycle.data import WeakCases
 
     ids = balanced_identifiers(WeakCases(disease=["a", "b", "c", "d", "e"], normal=["n"], full=["f"]))
     assert ids.count("n") == 5 and sorted(set(ids)) == ["a", "b", "c", "d", "e", "f", "n"]

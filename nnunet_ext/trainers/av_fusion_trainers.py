@@ -3,7 +3,7 @@
     nnUNetv2_train 711 2d 0 -tr AVFusionTrainer
     nnUNetv2_predict -i IN -o OUT -d 711 -c 2d -tr AVFusionTrainer --save_probabilities
 
-The network (G, G_A, G_V and the fusion head, nnunet_ext.networks.av_fusion) is one module built by
+The network (G, G_A, G_V and the fusion head, nnunet_ext.methods.av_fusion.network) is one module built by
 `build_network_architecture`, so stock prediction needs nothing else. Losses: nnU-Net's Dice+CE with deep supervision
 on [fused logits, G's side outputs], plus Dice+BCE on the artery (artery + crossing) and vein (vein + crossing)
 branches. `AVFusionTrainer_GAN` adds the original's adversarial term (a discriminator on image + probabilities, an
@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast, nn
+from torch import nn
 
-from nnunet_ext.losses.av_fusion import BranchLoss, find_av_labels
-from nnunet_ext.networks.av_fusion import AVDiscriminator, AVFusionNetwork
+from nnunet_ext.methods.av_fusion.loss import BranchLoss, find_av_labels
+from nnunet_ext.methods.av_fusion.network import AVDiscriminator, AVFusionNetwork
 from nnunet_ext.training.base import nnUNetExtTrainer
 from nnunet_ext.training.phases import Phase, PhaseSchedule
 from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
@@ -43,12 +41,12 @@ class AVFusionTrainer(nnUNetExtTrainer):
     # (0.899 measured on CPU, seed 0: artery 0.98, vein 0.97, crossing 0.75; a lost class lands below 0.67)
     demo_phantom = "av2d"
     demo_dice_floor = 0.75
+    branch_loss_weight = 1.0  # weight of the artery and vein branches' Dice+BCE beside the fused Dice+CE
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.av_labels = find_av_labels(dataset_json["labels"], self.plans_manager.dataset_name)
-        self.branch_loss_weight = 1.0
         self.branch_loss: BranchLoss | None = None
 
     @classmethod
@@ -69,11 +67,7 @@ class AVFusionTrainer(nnUNetExtTrainer):
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
         def unet(outputs: int, deep_supervision: bool) -> nn.Module:
-            return get_network_from_plans(configuration_manager.network_arch_class_name,
-                                          configuration_manager.network_arch_init_kwargs,
-                                          configuration_manager.network_arch_init_kwargs_req_import,
-                                          num_input_channels, outputs, allow_init=True,
-                                          deep_supervision=deep_supervision)
+            return cls.plans_unet(configuration_manager, num_input_channels, outputs, deep_supervision)
 
         # the branches have no side outputs: deep supervision stays on G, as in the paper's adaptation to nnU-Net
         return AVFusionNetwork(unet(num_output_channels, enable_deep_supervision), unet(1, False), unet(1, False),
@@ -87,31 +81,6 @@ class AVFusionTrainer(nnUNetExtTrainer):
                                f"{'detached' if self.detach_branches else 'attached'}): {self.av_labels.describe()}")
 
     # ------------------------------------------------------------------ training
-    def _batch_to_device(self, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor] | torch.Tensor, torch.Tensor]:
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        if isinstance(target, list):
-            target = [t.to(self.device, non_blocking=True) for t in target]
-            return data, target, target[0]
-        target = target.to(self.device, non_blocking=True)
-        return data, target, target
-
-    def _autocast(self):
-        # as nnU-Net: mixed precision on CUDA only (slow on CPU, unsupported on MPS)
-        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
-
-    def _step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters) -> None:
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(parameters, 12)
-            self.grad_scaler.step(optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(parameters, 12)
-            optimizer.step()
-
     def segmentation_losses(self, data: torch.Tensor, target, full_target: torch.Tensor):
         """(network output, fused + branch loss) of one forward pass."""
         output, artery_logits, vein_logits = self.network(data, return_branches=True)
@@ -120,11 +89,11 @@ class AVFusionTrainer(nnUNetExtTrainer):
         return output, fused + self.branch_loss_weight * branches
 
     def train_step_fusion(self, batch: dict) -> dict:
-        data, target, full_target = self._batch_to_device(batch)
+        data, target, full_target = self.batch_to_device(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.autocast():
             _, loss = self.segmentation_losses(data, target, full_target)
-        self._step(loss, self.optimizer, self.network.parameters())
+        self.optimizer_step(loss, self.optimizer, self.network.parameters())
         return {"loss": loss.detach().cpu().numpy()}
 
     def train_step(self, batch: dict) -> dict:
@@ -160,10 +129,8 @@ class AVFusionTrainer_GAN(AVFusionTrainer):
     mse_weight = 0.5
     discriminator_lr = 2e-4
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.phase_schedule = PhaseSchedule([
+    def build_phase_schedule(self) -> PhaseSchedule:
+        return PhaseSchedule([
             Phase("adversarial", None, train=("network", "discriminator"),
                   losses={"adversarial": self.adversarial_weight, "mse": self.mse_weight}),
         ])
@@ -188,7 +155,7 @@ class AVFusionTrainer_GAN(AVFusionTrainer):
         return one_hot.movedim(-1, 1).float() * valid, valid.float()
 
     def train_step_adversarial(self, batch: dict) -> dict:
-        data, target, full_target = self._batch_to_device(batch)
+        data, target, full_target = self.batch_to_device(batch)
         phase = self.current_phase.phase
         disc = self.aux_modules["discriminator"]
         disc_opt = self.aux_optimizers["discriminator"]
@@ -196,7 +163,7 @@ class AVFusionTrainer_GAN(AVFusionTrainer):
 
         # generator: the whole fusion network
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.autocast():
             output, seg_loss = self.segmentation_losses(data, target, full_target)
             fused = output[0] if isinstance(output, list) else output
             probabilities = torch.softmax(fused.float(), 1) * valid
@@ -204,15 +171,15 @@ class AVFusionTrainer_GAN(AVFusionTrainer):
             adversarial = nn.functional.binary_cross_entropy_with_logits(disc(data, probabilities), real)
             mse = ((probabilities - one_hot) ** 2).sum() / (valid.sum() * one_hot.shape[1]).clamp_min(1)
             loss = seg_loss + phase.loss_weight("adversarial") * adversarial + phase.loss_weight("mse") * mse
-        self._step(loss, self.optimizer, self.network.parameters())
+        self.optimizer_step(loss, self.optimizer, self.network.parameters())
 
         # discriminator: reference pairs are real, predicted pairs fake (its grads from the generator step dropped)
         disc_opt.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.autocast():
             logits = disc(torch.cat((data, data)), torch.cat((one_hot, probabilities.detach())))
             labels = torch.cat((real, torch.zeros_like(real)))
             disc_loss = nn.functional.binary_cross_entropy_with_logits(logits, labels)
-        self._step(disc_loss, disc_opt, disc.parameters())
+        self.optimizer_step(disc_loss, disc_opt, disc.parameters())
         return {"loss": loss.detach().cpu().numpy()}
 
 

@@ -12,7 +12,7 @@ Phases of the epoch budget (nnunet_ext.training.phases; each resumes with --c):
                autoencoder updated to reconstruct true shapes and to separate predicted from true shapes in latent space
 
 The small organs and the ROI box are derived from the preprocessed training labels of the fold when training starts
-(nnunet_ext.focusnet.organs), logged and written to focusnet_small_organs.json in the fold folder. Override the
+(nnunet_ext.methods.focusnet.organs), logged and written to focusnet_small_organs.json in the fold folder. Override the
 choice with the class attribute `small_organs` or the environment variable nnUNet_ext_focusnet_small_organs (names or
 label values, comma-separated).
 """
@@ -25,14 +25,12 @@ import os
 import numpy as np
 import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast, nn
+from torch import nn
 
-from nnunet_ext.focusnet.organs import case_stats, parse_override, roi_box, select_small_organs
-from nnunet_ext.focusnet.roi import centroid, crop, gaussian_heatmap, place_box
-from nnunet_ext.losses import focusnet as fl
-from nnunet_ext.networks.focusnet import FocusNetV2Network, ShapeAutoencoder
+from nnunet_ext.methods.focusnet import loss as fl
+from nnunet_ext.methods.focusnet.network import FocusNetV2Network, ShapeAutoencoder
+from nnunet_ext.methods.focusnet.organs import case_stats, parse_override, roi_box, select_small_organs
+from nnunet_ext.methods.focusnet.roi import centroid, crop, gaussian_heatmap, place_box
 from nnunet_ext.training.base import nnUNetExtTrainer, unwrap
 from nnunet_ext.training.phases import NETWORK, Phase, PhaseSchedule
 from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
@@ -47,7 +45,7 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
     # network structure: class attributes, read by build_network_architecture at training and prediction time
     sos_features = 16  # SOS-Net base features (x1, x2, x4 over its three stages)
     peak_threshold = 0.6  # SOS replaces S-Net in a box only when the heatmap maximum exceeds this (spec)
-    # small organs and ROI (nnunet_ext.focusnet.organs)
+    # small organs and ROI (nnunet_ext.methods.focusnet.organs)
     small_organs: tuple[str | int, ...] | None = None  # override; env nnUNet_ext_focusnet_small_organs wins
     small_organ_fraction = 0.01  # median voxels per case below this fraction of the median foreground
     max_small_organs = 3
@@ -72,8 +70,15 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        self.selection = None
+        self.box: tuple[int, ...] | None = None
+        self.case_labels: dict[str, set[int]] = {}
+        self.sigma: tuple[float, ...] | None = None
+        self.sos_optimizer: torch.optim.Optimizer | None = None
+
+    def build_phase_schedule(self) -> PhaseSchedule:
         snet, shape, sos = self.phase_fractions
-        self.phase_schedule = PhaseSchedule([
+        return PhaseSchedule([
             Phase("snet", snet, train=(NETWORK,), losses={"segmentation": 1.0, "heatmap": self.heatmap_weight}),
             Phase("shape", shape, train=("shape_ae",), losses={"reconstruction": 1.0}),
             Phase("sos", sos, train=(NETWORK,), losses={"sos": 1.0}),
@@ -81,11 +86,6 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
                   losses={"sos": 1.0, "latent": self.latent_weight, "feature": self.feature_weight,
                           "mse": self.mse_weight}),
         ])
-        self.selection = None
-        self.box: tuple[int, ...] | None = None
-        self.case_labels: dict[str, set[int]] = {}
-        self.sigma: tuple[float, ...] | None = None
-        self.sos_optimizer: torch.optim.Optimizer | None = None
 
     @classmethod
     def check_dataset(cls, plans_manager, configuration_manager, label_manager, dataset_json: dict,
@@ -115,11 +115,7 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        snet = get_network_from_plans(configuration_manager.network_arch_class_name,
-                                      configuration_manager.network_arch_init_kwargs,
-                                      configuration_manager.network_arch_init_kwargs_req_import,
-                                      num_input_channels, num_output_channels, allow_init=True,
-                                      deep_supervision=enable_deep_supervision)
+        snet = cls.plans_unet(configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)
         # SOL head and SOS-Nets are added by configure() (training) or load_state_dict (prediction)
         return FocusNetV2Network(snet, num_input_channels, cls.sos_features, cls.peak_threshold)
 
@@ -232,38 +228,18 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
 
     # ------------------------------------------------------------------ training
     def _batch(self, batch: dict):
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
-            else target.to(self.device, non_blocking=True)
-        full = target[0] if isinstance(target, list) else target
-        return data, target, full, batch.get("keys")
-
-    def _autocast(self):
-        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+        return (*self.batch_to_device(batch), batch.get("keys"))
 
     def _step(self, loss: torch.Tensor | None, optimizer: torch.optim.Optimizer, parameters) -> None:
-        """One update; loss None: this rank's batch had nothing for the step, but under DDP it joins the others'.
-        The steps call S-Net, SOL head, SOS-Nets and the autoencoder's per-organ parts directly, not through a DDP
-        forward, so the gradients are averaged here, before clipping, and every rank takes the same step."""
-        parameters = list(parameters)
-        if loss is not None:
-            (self.grad_scaler.scale(loss) if self.grad_scaler is not None else loss).backward()
-        self.sync_gradients(parameters)
-        if self.grad_scaler is not None:
-            self.grad_scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(parameters, 12)
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(optimizer)
-            self.grad_scaler.update()
-        else:
-            optimizer.step()
+        # the steps call S-Net, SOL head, SOS-Nets and the autoencoder's per-organ parts directly, not through a DDP
+        # forward, so the gradients are averaged over the ranks in the step
+        self.optimizer_step(loss, optimizer, parameters, sync=True)
 
     def train_step_snet(self, batch: dict) -> dict:
         data, target, full, keys = self._batch(batch)
         net, phase = self.focus_network, self.current_phase.phase
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.autocast():
             out = net.snet_forward(data)
             output = [out.logits, *out.side] if net.snet.decoder.deep_supervision else out.logits
             seg = self.loss(output, target)
@@ -308,7 +284,7 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
     def train_step_sos(self, batch: dict) -> dict:
         data, _, full, _ = self._batch(batch)
         self.sos_optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.autocast():
             results = self._sos_predictions(data, full)
             loss = torch.stack([fl.sos_loss(logits, ref) for _, logits, ref in results]).mean() if results else None
         if self.any_rank(loss is not None):
@@ -321,7 +297,7 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         ae, ae_opt = unwrap(self.aux_modules["shape_ae"]), self.aux_optimizers["shape_ae"]
         # SOS-Nets: segmentation loss plus the shape-prior terms, the autoencoder fixed (its grads dropped below)
         self.sos_optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.autocast():
             results = self._sos_predictions(data, full)
             total = []
             for k, logits, ref in results:
@@ -334,7 +310,7 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         self._step(loss, self.sos_optimizer, self.focus_network.sos.parameters())
         # autoencoder: true shapes reconstructed, predicted shapes pushed away in latent space
         ae_opt.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.autocast():
             ae_loss = torch.stack([fl.autoencoder_adversarial_loss(ae, k, torch.sigmoid(logits.detach().float()), ref)
                                    for k, logits, ref in results]).mean() if results else None
         self._step(ae_loss, ae_opt, ae.parameters())

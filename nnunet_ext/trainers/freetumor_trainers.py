@@ -30,11 +30,11 @@ import torch.distributed as dist
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from torch import nn
 
-from nnunet_ext.losses.freetumor import discriminator_loss, generator_loss
-from nnunet_ext.networks.freetumor import TumourDiscriminator, TumourGenerator, load_generator, network_config
-from nnunet_ext.synthesis.appearance import OrganStats, compose, measure_stats
-from nnunet_ext.synthesis.labels import describe_pairs, organ_tumour_pairs
-from nnunet_ext.synthesis.quality import (
+from nnunet_ext.methods.freetumor.appearance import OrganStats, compose, measure_stats
+from nnunet_ext.methods.freetumor.labels import describe_pairs, organ_tumour_pairs
+from nnunet_ext.methods.freetumor.loss import discriminator_loss, generator_loss
+from nnunet_ext.methods.freetumor.network import TumourDiscriminator, TumourGenerator, load_generator, network_config
+from nnunet_ext.methods.freetumor.quality import (
     QC_THRESHOLD,
     accept,
     ema_copy,
@@ -43,7 +43,7 @@ from nnunet_ext.synthesis.quality import (
     tumour_fractions,
     update_ema,
 )
-from nnunet_ext.synthesis.synthesize import TumourSynthesizer
+from nnunet_ext.methods.freetumor.synthesize import TumourSynthesizer
 from nnunet_ext.training.base import nnUNetExtTrainer, unwrap
 from nnunet_ext.training.phases import Phase, PhaseSchedule
 from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
@@ -66,15 +66,15 @@ class _FreeTumorBase(nnUNetExtTrainer):
     # {organ label: tumour label}; None: the abdomen scheme (1->2, 3->4, 5->6), the chest scheme (1->2), else each
     # odd label's tumour is the next label. Checked against dataset.json when the trainer is built.
     organ_tumour_labels: dict[int, int] | None = None
+    size_probabilities: dict[str, float] | None = None  # tumour size classes; None: shape.DEFAULT_SIZE_PROBABILITIES
+    texture_amplitude = 0.3  # relative amplitude of the tumour's smooth texture
+    stats_max_cases = 50  # training cases read to measure the tumour-vs-organ intensity statistics
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.pairs = organ_tumour_pairs(dataset_json, self.organ_tumour_labels, self.plans_manager.dataset_name)
         self.organs = sorted(self.pairs)  # generator channel k belongs to organ self.organs[k]
-        self.size_probabilities: dict[str, float] | None = None  # None: shape.DEFAULT_SIZE_PROBABILITIES
-        self.texture_amplitude = 0.3
-        self.stats_max_cases = 50
         self.baseline_checkpoint = _env_path(BASELINE_ENV)
         self.intensity_stats: dict[int, OrganStats] | None = None
         self.synthesizer: TumourSynthesizer | None = None
@@ -188,16 +188,16 @@ class FreeTumorTrainer(_FreeTumorBase):
     # is set because the 3D demo budget was not run to the end on CPU (see README)
     demo_phantom = "abdomen3d"
     demo_dice_floor = None
+    synthesis_probability = 0.5  # chance that an eligible patch (organ, no real tumour) gets a synthetic tumour
+    qc_threshold = QC_THRESHOLD  # share of a synthetic tumour's voxels the baseline must call tumour to keep it
+    # EMA quality control starts after this many epochs (a float: fraction of num_epochs); before, synthetic
+    # tumours are kept unchecked, because a fresh EMA sees no tumour at all and would reject every one
+    qc_warmup: int | float = 0.25
+    ema_decay = 0.99
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.synthesis_probability = 0.5
-        self.qc_threshold = QC_THRESHOLD
-        # EMA quality control starts after this many epochs (a float: fraction of num_epochs); before, synthetic
-        # tumours are kept unchecked, because a fresh EMA sees no tumour at all and would reject every one
-        self.qc_warmup: int | float = 0.25
-        self.ema_decay = 0.99
         self.generator_checkpoint = _env_path(GENERATOR_ENV)
         # the generator checkpoint's frozen segmentor is a baseline of the same data set
         self.qc_source = "checkpoint" if (self.baseline_checkpoint or self.generator_checkpoint) else "ema"
@@ -342,23 +342,24 @@ class FreeTumorSynthesisTrainer(_FreeTumorBase):
 
     generator_features = (16, 32, 64)
     discriminator_features = (16, 32, 64)
-    # share of num_epochs training the baseline segmentor on the real data first; a class attribute because the
-    # phase schedule is built in __init__
+    # share of num_epochs training the baseline segmentor on the real data first
     baseline_fraction: int | float = 0.5
+    generator_lr = 1e-4
+    discriminator_lr = 1e-4
+    adversarial_weight = 0.1
+    difference_scale: float | None = None  # generator output scale; None: 2x the largest procedural difference
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.generator_lr = 1e-4
-        self.discriminator_lr = 1e-4
-        self.adversarial_weight = 0.1
-        self.difference_scale: float | None = None  # None: 2x the largest procedural difference of any organ
+        self.synthesis_counts: Counter = Counter()
+        self.loss_sums: Counter = Counter()
+
+    def build_phase_schedule(self) -> PhaseSchedule:
         phases = [Phase("synthesis", None, train=("generator", "discriminator"))]
         if not self.baseline_checkpoint:
             phases.insert(0, Phase("baseline", self.baseline_fraction, train=("network",)))
-        self.phase_schedule = PhaseSchedule(phases)
-        self.synthesis_counts: Counter = Counter()
-        self.loss_sums: Counter = Counter()
+        return PhaseSchedule(phases)
 
     def _config(self, features) -> dict:
         return network_config(self.configuration_manager, len(features), features)
@@ -435,6 +436,7 @@ class FreeTumorSynthesisTrainer(_FreeTumorBase):
         losses = d_loss = None
 
         g_opt.zero_grad(set_to_none=True)
+        g_loss = None
         if drawn:
             index = [d["index"] for d in drawn]
             images = data[index]
@@ -446,10 +448,9 @@ class FreeTumorSynthesisTrainer(_FreeTumorBase):
             synthetic = compose(images, soft, difference, texture)
             losses = generator_loss(discriminator(synthetic), logits_of(unwrap(self.network)(synthetic)), fake,
                                     tumour_labels, self.adversarial_weight)
-            losses["loss"].backward()
-        self.sync_gradients(generator.parameters())
-        torch.nn.utils.clip_grad_norm_(generator.parameters(), 12)
-        g_opt.step()
+            g_loss = losses["loss"]
+        # float32 outside autocast: no GradScaler
+        self.optimizer_step(g_loss, g_opt, generator.parameters(), sync=True, scaled=False)
 
         d_opt.zero_grad(set_to_none=True)
         if drawn:
@@ -458,10 +459,7 @@ class FreeTumorSynthesisTrainer(_FreeTumorBase):
             for t in self.pairs.values():
                 real_all |= full[:, 0] == t
             d_loss = discriminator_loss(discriminator(synthetic.detach()), fake, discriminator(data), real_all)
-            d_loss.backward()
-        self.sync_gradients(discriminator.parameters())
-        torch.nn.utils.clip_grad_norm_(discriminator.parameters(), 12)
-        d_opt.step()
+        self.optimizer_step(d_loss, d_opt, discriminator.parameters(), sync=True, scaled=False)
         if losses is None:
             return {}
         out = {"generator": losses["loss"].item(), "adversarial": losses["adversarial"].item(),

@@ -5,9 +5,9 @@
 
 One run, two phases: `prior` (the first `prior_epochs` of the budget, default 10 %) trains only the classification
 prior P on image-level targets; `segment` freezes P (eval mode, no gradients) and trains the segmenter with nnU-Net's
-Dice+CE and deep supervision. P lives inside the network (nnunet_ext.networks.ftsegnet), so the stock predictor and
-`--c` need nothing else: P's weights are part of `network_weights`, its optimizer part of the nnunet_ext checkpoint
-state, and the phase follows from the epoch counter.
+Dice+CE and deep supervision. P lives inside the network (nnunet_ext.methods.ftsegnet.network), so the stock
+predictor and `--c` need nothing else: P's weights are part of `network_weights`, its optimizer part of the
+nnunet_ext checkpoint state, and the phase follows from the epoch counter.
 
 Prior targets, in this order:
 - a class table `classification.json` beside dataset.json (nnUNet_preprocessed/DatasetXXX first, then
@@ -22,73 +22,31 @@ holding P's state_dict) and the run skips the prior phase and keeps that P froze
 
 from __future__ import annotations
 
-import json
 import os
 from os.path import isfile, join
 
 import torch
 from nnunetv2.paths import nnUNet_raw
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast, nn
+from torch import nn
 
-from nnunet_ext.losses.ftsegnet import DC_and_Focal_loss
-from nnunet_ext.networks.ftsegnet import ClassificationPrior, FTSegNetwork, count_parameters, prior_strides
+from nnunet_ext.methods.ftsegnet.loss import DC_and_Focal_loss
+from nnunet_ext.methods.ftsegnet.network import ClassificationPrior, FTSegNetwork, count_parameters, prior_strides
+from nnunet_ext.methods.ftsegnet.prior import (
+    CLASS_TABLE,
+    PRIOR,
+    PRIOR_CLASSES_KEY,
+    PRIOR_ENV,
+    prior_state_from_file,
+    read_class_table,
+)
 from nnunet_ext.training.base import nnUNetExtTrainer, unwrap
 from nnunet_ext.training.phases import NETWORK, Phase, PhaseSchedule
 from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
 
 __all__ = ["FTSegNetTrainer", "FTSegNetTrainer_DiceFocal", "FTSegNetTrainer_NoCPB", "FTSegNetTrainer_debug",
            "FTSegNetTrainer_demo", "FTSegNetTrainer_DiceFocal_debug", "FTSegNetTrainer_DiceFocal_demo",
-           "FTSegNetTrainer_NoCPB_debug", "FTSegNetTrainer_NoCPB_demo", "CLASS_TABLE", "PRIOR_ENV",
-           "PRIOR_CLASSES_KEY", "read_class_table", "prior_state_from_file"]
-
-CLASS_TABLE = "classification.json"
-PRIOR_ENV = "nnUNet_ext_ftsegnet_prior"
-PRIOR_CLASSES_KEY = "ftsegnet_prior_classes"
-PRIOR = "prior"
-
-
-def read_class_table(path: str, case_ids: list[str] | None = None) -> dict[str, int]:
-    """{case id: class index} from a classification.json, checked: integer classes 0..K-1, every case present."""
-    try:
-        with open(path) as f:
-            table = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(table, dict) or not table:
-        raise ValueError(f"{path}: expected a non-empty object {{case_id: class_index}}")
-    bad = {k: v for k, v in table.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
-    if bad:
-        raise ValueError(f"{path}: class indices must be integers >= 0; bad entries: {dict(list(bad.items())[:5])}")
-    if case_ids is not None:
-        missing = sorted(set(case_ids) - set(table))
-        if missing:
-            raise ValueError(f"{path}: no class for {len(missing)} training case(s), e.g. {missing[:5]}")
-    return table
-
-
-def prior_state_from_file(path: str) -> dict:
-    """P's state_dict from an FTSegNet checkpoint (network_weights 'prior.*') or from a plain state_dict of P."""
-    if not isfile(path):
-        raise FileNotFoundError(f"{PRIOR_ENV}={path}: no such file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    weights = checkpoint.get("network_weights", checkpoint) if isinstance(checkpoint, dict) else None
-    if not isinstance(weights, dict):
-        raise ValueError(f"{PRIOR_ENV}={path}: neither an nnU-Net checkpoint nor a state_dict")
-    state = {}
-    for key, value in weights.items():
-        key = key.removeprefix("_orig_mod.").removeprefix("module.")
-        if key.startswith(f"{PRIOR}."):
-            state[key[len(PRIOR) + 1:]] = value
-        elif "network_weights" not in checkpoint and not key.startswith(("unet.", "cpb.", "transformers.")):
-            state[key] = value
-    if "head.weight" not in state:
-        raise ValueError(f"{PRIOR_ENV}={path}: holds no FTSegNet classification prior (no 'prior.head.weight'; "
-                         f"written by {checkpoint.get('trainer_name', 'an unknown trainer')})")
-    return state
-
+           "FTSegNetTrainer_NoCPB_debug", "FTSegNetTrainer_NoCPB_demo"]
 
 class FTSegNetTrainer(nnUNetExtTrainer):
     # network structure: class attributes, read by build_network_architecture at training and prediction time
@@ -122,11 +80,14 @@ class FTSegNetTrainer(nnUNetExtTrainer):
             # prediction builds the network from the run's plans.json: the class count must travel with it
             plans["configurations"][configuration][PRIOR_CLASSES_KEY] = classes
             self.configuration_manager.configuration[PRIOR_CLASSES_KEY] = classes
+
+    def build_phase_schedule(self) -> PhaseSchedule | None:
+        if not self.use_cpb:
+            return None
         if self.prior_file is not None:
-            self.phase_schedule = PhaseSchedule([Phase("segment", None, train=(NETWORK,))])
-        else:
-            self.phase_schedule = PhaseSchedule([Phase(PRIOR, self.prior_epochs, train=(PRIOR,)),
-                                                 Phase("segment", None, train=(NETWORK,))])
+            return PhaseSchedule([Phase("segment", None, train=(NETWORK,))])
+        return PhaseSchedule([Phase(PRIOR, self.prior_epochs, train=(PRIOR,)),
+                              Phase("segment", None, train=(NETWORK,))])
 
     def find_class_table(self) -> str | None:
         folders = [self.preprocessed_dataset_folder_base]
@@ -140,11 +101,7 @@ class FTSegNetTrainer(nnUNetExtTrainer):
     @classmethod
     def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
                                    num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        unet = get_network_from_plans(configuration_manager.network_arch_class_name,
-                                      configuration_manager.network_arch_init_kwargs,
-                                      configuration_manager.network_arch_init_kwargs_req_import,
-                                      num_input_channels, num_output_channels, allow_init=True,
-                                      deep_supervision=enable_deep_supervision)
+        unet = cls.plans_unet(configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)
         prior = None
         if cls.use_cpb:
             classes = configuration_manager.configuration.get(PRIOR_CLASSES_KEY, 2)
@@ -235,18 +192,15 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         return foreground.flatten(1).any(1).long()
 
     def train_step_prior(self, batch: dict) -> dict:
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
-        labels = self.prior_targets(batch, target.to(self.device, non_blocking=True))
+        data, _, target = self.batch_to_device(batch)
+        labels = self.prior_targets(batch, target)
         optimizer = self.aux_optimizers[PRIOR]
         optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with self.autocast():
             # through the DDP wrapper (when there is one), so the prior's gradients are averaged over the ranks
             logits, _ = self.aux_modules[PRIOR](data)
             loss = nn.functional.cross_entropy(logits.float(), labels)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.prior.parameters(), 12)
-        optimizer.step()
+        self.optimizer_step(loss, optimizer, self.prior.parameters())
         n = labels.shape[0]
         self._prior_stats[0] += loss.item() * n
         self._prior_stats[1] += int((logits.argmax(1) == labels).sum())

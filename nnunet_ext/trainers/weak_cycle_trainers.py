@@ -31,27 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from nnunetv2.paths import nnUNet_raw
-from nnunetv2.utilities.helpers import dummy_context
 from scipy import ndimage
-from torch import autocast, nn
+from torch import nn
 
-from nnunet_ext.losses.weak_cycle import (
-    CYCLE_LOSS_WEIGHTS,
-    cycle_generator_losses,
-    discriminator_loss,
-    teacher_consistency,
-    weighted_sum,
-)
-from nnunet_ext.networks.weak_cycle import (
-    WeakCycleDiscriminator,
-    WeakCycleGenerator,
-    discriminator_depths,
-    generator_downsamplings,
-)
-from nnunet_ext.training.base import env_int, nnUNetExtTrainer, unwrap
-from nnunet_ext.training.phases import NETWORK, Phase, PhaseSchedule
-from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
-from nnunet_ext.weak_cycle import (
+from nnunet_ext.methods.weak_cycle.data import (
     PseudoLabelDataset,
     WeakCases,
     WeakLabelError,
@@ -66,6 +49,23 @@ from nnunet_ext.weak_cycle import (
     otsu_threshold,
     save_array,
 )
+from nnunet_ext.methods.weak_cycle.loss import (
+    CYCLE_LOSS_WEIGHTS,
+    cycle_generator_losses,
+    discriminator_loss,
+    teacher_consistency,
+    weighted_sum,
+)
+from nnunet_ext.methods.weak_cycle.network import (
+    WeakCycleDiscriminator,
+    WeakCycleGenerator,
+    discriminator_depths,
+    generator_downsamplings,
+    pad_to_multiple,
+)
+from nnunet_ext.training.base import env_int, nnUNetExtTrainer, unwrap
+from nnunet_ext.training.phases import NETWORK, Phase, PhaseSchedule
+from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
 
 __all__ = ["WeakCycleTrainer", "WeakCycleTrainer_CAM", "WeakCycleTrainer_debug", "WeakCycleTrainer_demo",
            "WeakCycleTrainer_CAM_debug", "WeakCycleTrainer_CAM_demo"]
@@ -74,19 +74,6 @@ EXPORT_ENV = "nnUNet_ext_weak_export"
 GENERATORS = ("gen_ab", "gen_ba")
 DISCRIMINATORS = ("disc_global_a", "disc_local_a", "disc_global_b", "disc_local_b")
 TRANSLATION, REFINEMENT = "translation", "refinement"
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: tuple[int, ...]) -> tuple[torch.Tensor, tuple[slice, ...]]:
-    """Replicate-pad the spatial axes up to multiples; the slices cut the original region back out."""
-    pads, crop = [], [slice(None), slice(None)]
-    for size, m in zip(x.shape[2:], multiple, strict=True):
-        extra = (-size) % m
-        pads.append((extra // 2, extra - extra // 2))
-        crop.append(slice(extra // 2, extra // 2 + size))
-    flat = [p for pair in reversed(pads) for p in pair]
-    if any(flat):
-        x = nn.functional.pad(x, flat, mode="replicate")
-    return x, tuple(crop)
 
 
 class WeakCycleTrainer(nnUNetExtTrainer):
@@ -129,15 +116,17 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.lesion_label = int(self.label_manager.foreground_labels[0])
         self.export_dataset_id = env_int(EXPORT_ENV)
-        self.phase_schedule = PhaseSchedule([
-            Phase(TRANSLATION, self.translation_fraction, train=GENERATORS + DISCRIMINATORS,
-                  losses=self.cycle_loss_weights),
-            Phase(REFINEMENT, None, train=(NETWORK,), losses={"consistency": self.consistency_weight}),
-        ])
         self.weak_cases: WeakCases | None = None
         self.pseudo_masks: dict[str, np.ndarray] = {}
         self.pseudo_threshold: dict | None = None
         self.teacher_ready = False
+
+    def build_phase_schedule(self) -> PhaseSchedule:
+        return PhaseSchedule([
+            Phase(TRANSLATION, self.translation_fraction, train=GENERATORS + DISCRIMINATORS,
+                  losses=self.cycle_loss_weights),
+            Phase(REFINEMENT, None, train=(NETWORK,), losses={"consistency": self.consistency_weight}),
+        ])
 
     # ------------------------------------------------------------------ modules
     @property
@@ -195,9 +184,6 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         return PseudoLabelDataset(dataset_tr, self.pseudo_mask_folder, balanced_identifiers(self.weak_cases)), \
             dataset_val
 
-    def _autocast(self):
-        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
-
     def _batch_kinds(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(disease, normal) sample masks of a batch: ignore pixels (padding may add 0s) vs nothing but 0."""
         flat = target.flatten(1)
@@ -228,24 +214,22 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         disease, normal = self._translation_batch(batch)
         m = self.aux_modules
         d_a, d_b = (m["disc_global_a"], m["disc_local_a"]), (m["disc_global_b"], m["disc_local_b"])
-        with self._autocast():
+        with self.autocast():
             losses, translations = cycle_generator_losses(m["gen_ab"], m["gen_ba"], d_a, d_b, disease, normal)
             generator_loss = weighted_sum(losses, self.current_phase.phase.losses)
         for name in GENERATORS:
             self.aux_optimizers[name].zero_grad(set_to_none=True)
-        generator_loss.backward()
-        for name in GENERATORS:
-            self.aux_optimizers[name].step()
+        self.optimizer_step(generator_loss, [self.aux_optimizers[n] for n in GENERATORS],
+                            [p for n in GENERATORS for p in m[n].parameters()])
 
         ab, ba = translations["ab"], translations["ba"]
-        with self._autocast():
+        with self.autocast():
             disc_loss = discriminator_loss(d_a, disease, (ba["translated"], ba["composite"])) + \
                 discriminator_loss(d_b, normal, (ab["translated"], ab["composite"]))
         for name in DISCRIMINATORS:  # also drops what the generator step left in their grads
             self.aux_optimizers[name].zero_grad(set_to_none=True)
-        disc_loss.backward()
-        for name in DISCRIMINATORS:
-            self.aux_optimizers[name].step()
+        self.optimizer_step(disc_loss, [self.aux_optimizers[n] for n in DISCRIMINATORS],
+                            [p for n in DISCRIMINATORS for p in m[n].parameters()])
         return {"loss": (generator_loss + disc_loss).detach().cpu().numpy()}
 
     @torch.no_grad()
@@ -376,7 +360,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         maps = []
         for start in range(0, x.shape[0], 8):
             padded, crop = pad_to_multiple(x[start:start + 8], multiple)
-            with self._autocast():
+            with self.autocast():
                 out = teacher(padded)
             out = out[0] if isinstance(out, list | tuple) else out
             maps.append(torch.softmax(out[crop].float(), 1)[:, self.lesion_label:self.lesion_label + 1])
@@ -432,31 +416,19 @@ class WeakCycleTrainer(nnUNetExtTrainer):
             t.copy_(s)
 
     def train_step_refinement(self, batch: dict) -> dict:
-        data = batch["data"].to(self.device, non_blocking=True)
-        target = batch["target"]
-        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) else \
-            target.to(self.device, non_blocking=True)
+        data, target, _ = self.batch_to_device(batch)
         teacher = self.aux_modules["teacher"]
         teacher.eval()
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.autocast():
             teacher_out = teacher(data)
         teacher_logits = teacher_out[0] if isinstance(teacher_out, list | tuple) else teacher_out
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.autocast():
             output = self.network(self.strong_augment(data))
             student_logits = output[0] if isinstance(output, list | tuple) else output
             loss = self.loss(output, target) + self.current_phase.phase.loss_weight("consistency") * \
                 teacher_consistency(student_logits, teacher_logits)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
+        self.optimizer_step(loss, self.optimizer, self.network.parameters())
         self.update_teacher()
         return {"loss": loss.detach().cpu().numpy()}
 

@@ -7,10 +7,15 @@
   stream as an uninterrupted one (single-process data augmentation, nnUNet_n_proc_DA=0);
 - a clean stop after N epochs (environment variable nnUNet_ext_stop_after_epochs), for jobs on clusters with a time
   limit and for resume tests;
-- checkpoints written atomically (temporary file, then rename), so a kill while saving never leaves a broken file.
+- checkpoints written atomically (temporary file, then rename), so a kill while saving never leaves a broken file;
+- the step helpers every method's train steps share: `autocast`, `batch_to_device`, `optimizer_step` (GradScaler,
+  DDP gradient averaging for steps that bypass a DDP forward, clipping as nnU-Net) and `plans_unet`.
 
-The trainer keeps nnU-Net's __init__ signature (nnU-Net records it to rebuild the trainer); everything is
-configured through attributes set after super().__init__, as nnU-Net's own variants do.
+The trainer keeps nnU-Net's __init__ signature (nnU-Net records it to rebuild the trainer). Settings are class
+attributes, so a subclass that sets one changes it; they are read when training starts (initialize), not in __init__,
+so nnU-Net's own pattern - an attribute set on the instance after super().__init__ - works too. Settings that shape
+the network are the exception: nnUNetv2_predict builds the network from the class without an instance, so they are
+class attributes only (set them in a subclass).
 """
 
 from __future__ import annotations
@@ -25,17 +30,20 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from nnunet_ext.methods.unet import plans_unet
 from nnunet_ext.training.phases import NETWORK, PhaseSchedule, ResolvedPhase
 
 STOP_AFTER_ENV = "nnUNet_ext_stop_after_epochs"
 SEED_ENV = "nnUNet_ext_seed"
 CHECKPOINT_KEY = "nnunet_ext"
 CHECKPOINT_FORMAT = 1
+GRAD_CLIP = 12.0  # nnU-Net's clip_grad_norm_ in its train_step
 
 
 def env_int(name: str) -> int | None:
@@ -93,6 +101,10 @@ def unwrap(module: nn.Module) -> nn.Module:
 class nnUNetExtTrainer(nnUNetTrainer):
     """nnUNetTrainer plus the shared machinery. Methods override the hooks below, not the plumbing."""
 
+    # network structure (class attribute only): stage i of every U-Net built from the plans gets at most
+    # unet_base_features * 2**i features; None keeps the plans' widths. For CPU test and bench variants.
+    unet_base_features: int | None = None
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         # before nnU-Net creates the fold folder and its log: a refused data set leaves nnUNet_results as it was
@@ -108,7 +120,7 @@ class nnUNetExtTrainer(nnUNetTrainer):
             self.device = torch.device("cpu")
         self.seed: int | None = env_int(SEED_ENV)
         self.stop_after_epochs: int | None = env_int(STOP_AFTER_ENV)
-        # None: the stock single-phase behaviour; methods assign a PhaseSchedule in their __init__
+        # None: the stock single-phase behaviour; initialize() asks the method's build_phase_schedule()
         self.phase_schedule: PhaseSchedule | None = None
         self.current_phase: ResolvedPhase | None = None
         self.aux_modules: dict[str, nn.Module] = {}
@@ -122,6 +134,12 @@ class nnUNetExtTrainer(nnUNetTrainer):
                       label_manager: LabelManager, dataset_json: dict, configuration: str) -> None:
         """Raise ValueError naming the data set and the problem when the method cannot train on it (missing classes,
         wrong dimensionality, region labels). Runs before anything is written."""
+
+    def build_phase_schedule(self) -> PhaseSchedule | None:
+        """The method's phases (None: stock single-phase training). Called by initialize(), so that phase lengths and
+        loss weights follow settings changed after super().__init__; by default the schedule assigned to
+        self.phase_schedule, if any."""
+        return self.phase_schedule
 
     def build_aux_modules(self) -> dict[str, nn.Module]:
         """Auxiliary networks by name, built after the segmentation network (self.network exists)."""
@@ -141,11 +159,73 @@ class nnUNetExtTrainer(nnUNetTrainer):
     def on_phase_start(self, phase: ResolvedPhase) -> None:
         """Called once when a phase begins, also when a resumed run starts inside it."""
 
+    # ------------------------------------------------------------------ network
+    @classmethod
+    def plans_unet(cls, configuration_manager: ConfigurationManager, num_input_channels: int,
+                   num_output_channels: int, deep_supervision: bool) -> nn.Module:
+        """The configuration's U-Net (narrowed by unet_base_features): what every method builds its networks on."""
+        kwargs = None
+        if cls.unet_base_features is not None:
+            kwargs = dict(configuration_manager.network_arch_init_kwargs)
+            kwargs["features_per_stage"] = [min(f, cls.unet_base_features * 2 ** i)
+                                            for i, f in enumerate(kwargs["features_per_stage"])]
+        return plans_unet(configuration_manager, num_input_channels, num_output_channels, deep_supervision, kwargs)
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        return cls.plans_unet(configuration_manager, num_input_channels, num_output_channels, enable_deep_supervision)
+
+    # ------------------------------------------------------------------ step helpers
+    def autocast(self):
+        """Mixed precision on CUDA only, as nnU-Net (slow on CPU, unsupported on MPS)."""
+        return torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def batch_to_device(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | list[torch.Tensor], torch.Tensor]:
+        """(data, target as the loss takes it, full-resolution target) on the trainer's device."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        if isinstance(target, list):
+            target = [t.to(self.device, non_blocking=True) for t in target]
+            return data, target, target[0]
+        target = target.to(self.device, non_blocking=True)
+        return data, target, target
+
+    def optimizer_step(self, loss: torch.Tensor | None, optimizers, parameters, sync: bool = False,
+                       scaled: bool = True) -> None:
+        """backward, (DDP average), unscale, clip the gradient norm to GRAD_CLIP, step: nnU-Net's update for any
+        optimizer(s) and parameters.
+
+        loss None: this rank's batch had nothing for the step, but it joins the others' (sync) with no gradient of
+        its own. sync: average the gradients over the ranks here, for steps that call sub-networks directly instead
+        of through a DDP wrapper's forward. scaled=False: no GradScaler, for losses computed in float32 outside
+        autocast."""
+        optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
+        parameters = list(parameters)
+        scaler = self.grad_scaler if scaled else None
+        if loss is not None:
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        if sync:
+            self.sync_gradients(parameters)
+        if scaler is not None:
+            for optimizer in optimizers:
+                scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, GRAD_CLIP)
+        for optimizer in optimizers:
+            if scaler is not None:
+                scaler.step(optimizer)
+            else:
+                optimizer.step()
+        if scaler is not None:
+            scaler.update()
+
     # ------------------------------------------------------------------ set-up
     def modules_by_name(self) -> dict[str, nn.Module]:
         return {NETWORK: self.network, **self.aux_modules}
 
     def initialize(self):
+        self.phase_schedule = self.build_phase_schedule()
         if self.seed is not None:
             # ranks draw different batches, as in stock nnU-Net; DDP broadcasts rank 0's initial weights anyway
             seed_everything(self.seed + self.local_rank)

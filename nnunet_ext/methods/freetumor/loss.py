@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from nnunet_ext.networks.freetumor import FAKE, REAL
+from nnunet_ext.methods.freetumor.network import FAKE, REAL
 
 ADVERSARIAL_WEIGHT = 0.1
 

@@ -209,3 +209,16 @@ def generator_downsamplings(patch_size) -> int:
     """Two stride-2 encoder convolutions as in U-GAT-IT, fewer for tiny patches (each axis must stay >= 4)."""
     smallest = int(min(patch_size))
     return max(1, min(2, smallest.bit_length() - 3))
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: tuple[int, ...]) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Replicate-pad the spatial axes up to multiples; the slices cut the original region back out."""
+    pads, crop = [], [slice(None), slice(None)]
+    for size, m in zip(x.shape[2:], multiple, strict=True):
+        extra = (-size) % m
+        pads.append((extra // 2, extra - extra // 2))
+        crop.append(slice(extra // 2, extra // 2 + size))
+    flat = [p for pair in reversed(pads) for p in pair]
+    if any(flat):
+        x = nn.functional.pad(x, flat, mode="replicate")
+    return x, tuple(crop)

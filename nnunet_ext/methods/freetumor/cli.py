@@ -43,8 +43,8 @@ def synthesise_file(image_path: Path, mask_path: Path, out: Path, organs: list[s
     import SimpleITK as sitk
 
     from nnunet_ext.fileio import atomic_output_dir
-    from nnunet_ext.synthesis.appearance import DEFAULT_CONTRAST_IN_ORGAN_STD
-    from nnunet_ext.synthesis.synthesize import TumourSynthesizer
+    from nnunet_ext.methods.freetumor.appearance import DEFAULT_CONTRAST_IN_ORGAN_STD
+    from nnunet_ext.methods.freetumor.synthesize import TumourSynthesizer
 
     image_path, mask_path, out = Path(image_path), Path(mask_path), Path(out)
     image, mask = _read(image_path, "CT image"), _read(mask_path, "organ mask")
@@ -141,7 +141,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def add_synth(sub) -> None:
-    from nnunet_ext.synthesis.shape import SIZE_CLASSES_MM
+    from nnunet_ext.methods.freetumor.shape import SIZE_CLASSES_MM
 
     p = sub.add_parser("synth", help="insert synthetic tumours into a CT + organ mask (FreeTumor's procedural mode)",
                        description=__doc__.split("\n\n")[0] + " Writes image.nii.gz, label.nii.gz, overlay.png and "

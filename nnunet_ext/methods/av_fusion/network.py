@@ -19,35 +19,9 @@ import torch
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
+from nnunet_ext.methods.unet import check_unet, decode
+
 FUSION_MODES = ("concat", "mean")
-
-
-def decode(unet: nn.Module, x: torch.Tensor, side_outputs: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run an nnU-Net U-Net (PlainConvUNet, ResidualEncoderUNet: encoder + UNetDecoder) and return the features of
-    its last decoder stage (before the 1x1 segmentation layer) and, when asked, the logits of the lower-resolution
-    deep-supervision outputs, highest resolution first.
-
-    The stock decoder only returns logits; the fusion head needs the features, so the decoder's stages are walked
-    here with its own modules (same parameters, same state_dict keys).
-    """
-    skips = unet.encoder(x)
-    decoder = unet.decoder
-    below = skips[-1]
-    side = []
-    last = len(decoder.stages) - 1
-    for s in range(len(decoder.stages)):
-        below = decoder.stages[s](torch.cat((decoder.transpconvs[s](below), skips[-(s + 2)]), 1))
-        if side_outputs and s < last:
-            side.append(decoder.seg_layers[s](below))
-    return below, side[::-1]
-
-
-def check_unet(unet: nn.Module, role: str) -> None:
-    decoder = getattr(unet, "decoder", None)
-    if getattr(unet, "encoder", None) is None or not all(
-            hasattr(decoder, a) for a in ("stages", "transpconvs", "seg_layers", "deep_supervision")):
-        raise TypeError(f"AVFusionNetwork needs nnU-Net U-Nets (encoder + UNetDecoder) from the plans; {role} is a "
-                        f"{type(unet).__name__}")
 
 
 class AVFusionNetwork(nn.Module):

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nnunet_ext.synthesis.appearance import OrganStats, compose, texture
-from nnunet_ext.synthesis.shape import TumourShape, eroded, sample_shape
+from nnunet_ext.methods.freetumor.appearance import OrganStats, compose, texture
+from nnunet_ext.methods.freetumor.shape import TumourShape, eroded, sample_shape
 
 CONTRAST_JITTER = (0.7, 1.3)  # each tumour's difference is the organ's, scaled by U[0.7, 1.3]
 TEXTURE_AMPLITUDE = 0.3

@@ -3,9 +3,9 @@
 - S-Net: the plans' U-Net, all classes (its deep-supervision outputs unchanged).
 - SOL-Net: a heatmap head on S-Net's last (full-resolution) decoder features, conv-norm-ReLU twice then a 1x1 conv,
   one channel per small organ; sigmoid gives the heatmap.
-- ROI pooling: a fixed box (from the training labels, nnunet_ext.focusnet.organs) centred on each heatmap peak and
-  shifted to lie inside the patch. The crop takes the image, S-Net's last decoder features and S-Net's probability
-  of the organ, all detached: no gradient flows from SOS into S-Net.
+- ROI pooling: a fixed box (from the training labels, nnunet_ext.methods.focusnet.organs) centred on each heatmap
+  peak and shifted to lie inside the patch. The crop takes the image, S-Net's last decoder features and S-Net's
+  probability of the organ, all detached: no gradient flows from SOS into S-Net.
 - SOS-Net: one small U-Net per small organ on its crop, one logit map.
 
 Eval-mode forward returns S-Net's logits with, for each small organ whose heatmap peak exceeds `peak_threshold`, the
@@ -28,9 +28,9 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 
-from nnunet_ext.focusnet.organs import MAX_POOL, pooling_per_axis
-from nnunet_ext.focusnet.roi import crop, paste, peak, place_box
-from nnunet_ext.networks.av_fusion import check_unet, decode
+from nnunet_ext.methods.focusnet.organs import MAX_POOL, pooling_per_axis
+from nnunet_ext.methods.focusnet.roi import crop, paste, peak, place_box
+from nnunet_ext.methods.unet import check_unet, decode
 
 
 @dataclass

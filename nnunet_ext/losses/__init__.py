@@ -1,1 +1,0 @@
-"""Building blocks for the method trainers (filled in by the method issues)."""
