@@ -1,7 +1,7 @@
 """Weak (image-level) labels in nnU-Net raw format, shared by the BraTS and ISIC converters.
 
-Convention (see README, "Weak labels"): labels are 0 background, 1 lesion, 2 ignore (declared as `"ignore": 2` in
-dataset.json, so nnU-Net's loss skips those pixels).
+Convention (docs/conversion.md, "Weak labels"): labels are 0 background, 1 lesion, 2 ignore (declared as
+`"ignore": 2` in dataset.json, so nnU-Net's loss skips those pixels).
 - weak case ("disease", lesion somewhere, location unknown): imagesTr, label map entirely 2;
 - normal case (known lesion-free): imagesTr, label map all 0;
 - validation case (full mask): imagesTr with its mask, listed as fold 0's validation set in splits_final.json (nnU-Net

@@ -39,7 +39,7 @@ def find_command(name: str) -> str:
 
 
 def cpu_friendly(env: Mapping[str, str], device: str) -> dict[str, str]:
-    """Settings measured on 2-core machines (see README, CPU notes); a GPU run keeps nnU-Net's own defaults."""
+    """Settings measured on 2-core machines (docs/cpu.md); a GPU run keeps nnU-Net's own defaults."""
     env = dict(env)
     if device == "cpu":
         # torch.compile makes CPU prediction about 3x slower on small cases

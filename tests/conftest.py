@@ -1,4 +1,6 @@
+import json
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,6 +12,10 @@ from nnunet_ext.phantoms import abdomen3d, av2d, fundus2d, hn3d, tumor2d, weak2d
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 TEST_TRAINERS = Path(__file__).resolve().parent / "ext_trainers"
+# the test trainers import their helpers (kill_switch) as top-level modules, as nnU-Net's trainer search imports them
+# from nnUNet_extTrainer: importable in process too, whichever test module runs first or alone
+if str(TEST_TRAINERS) not in sys.path:
+    sys.path.insert(0, str(TEST_TRAINERS))
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +41,7 @@ def _preprocessed(tmp_path_factory, folder: str, phantom, configuration: str, **
     env = stock.work_environment(root / "nnunet", device="cpu")
     raw = phantom.generate(Path(env["nnUNet_raw"]), **generate)
     stock.plan_and_preprocess(phantom.DEFAULT_ID, configuration, env)
-    return SimpleNamespace(dataset_id=phantom.DEFAULT_ID, raw_dir=raw, env=env, root=root,
+    return SimpleNamespace(dataset_id=phantom.DEFAULT_ID, raw_dir=raw, env=env, root=root, configuration=configuration,
                            preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
 
 
@@ -78,6 +84,32 @@ def abdomen_preprocessed(tmp_path_factory) -> SimpleNamespace:
     """abdomen3d (16x48x48, 8 training cases, 2 with tumours; 2 test cases) through the stock planning."""
     return _preprocessed(tmp_path_factory, "freetumor", abdomen3d, "3d_fullres", n_train=8, n_test=2,
                          shape=(16, 48, 48), seed=0)
+
+
+def build_trainer(cls, pre: SimpleNamespace, tmp_path: Path, monkeypatch, configuration: str | None = None,
+                  fold: int = 0, *, plans: dict | None = None, dataset_json: dict | None = None, **env: str):
+    """An un-initialized `cls` on a preprocessed phantom fixture, built in process on the CPU as nnUNetv2_train builds
+    it (plans with continue_training False, as without --c).
+
+    The environment (through monkeypatch, so undone after the test): nnUNet_raw and nnUNet_preprocessed of the
+    fixture, a private nnUNet_results = tmp_path/results (a test sees only its own runs), single-process data
+    augmentation, then **env (nnUNet_ext_seed="0", ...). nnunetv2 2.8 reads these variables when it uses them
+    (nnunetv2.paths holds lazy _EnvPath objects), so no module attribute needs patching. configuration: the fixture's
+    own by default; plans / dataset_json: modified copies to use instead of the fixture's files."""
+    import torch
+
+    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
+        monkeypatch.setenv(k, pre.env[k])
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    for k, v in env.items():
+        monkeypatch.setenv(k, str(v))
+    if plans is None:
+        plans = json.loads((pre.preprocessed / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    if dataset_json is None:
+        dataset_json = json.loads((pre.preprocessed / "dataset.json").read_text())
+    return cls(plans, configuration or pre.configuration, fold, dataset_json, torch.device("cpu"))
 
 
 def results_env(base: dict, results: Path, **extra: str) -> dict:

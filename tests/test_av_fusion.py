@@ -2,13 +2,11 @@
 
 import copy
 import json
-from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from conftest import results_env
+from conftest import build_trainer, results_env
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from PIL import Image
 
@@ -122,24 +120,9 @@ def test_av_phantom_labels_and_fov_masks(av_preprocessed):
     assert set(np.unique(fov)) == {0, 1} and fov[32, 32] == 1 and fov[0, 0] == 0
 
 
-def _plans_and_json(pre: SimpleNamespace) -> tuple[dict, dict]:
-    plans = json.loads((pre.preprocessed / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
-    return plans, json.loads((pre.preprocessed / "dataset.json").read_text())
-
-
-def _use_env(env: dict, tmp_path: Path, monkeypatch) -> None:
-    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(k, env[k])
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-
-
 def test_fused_and_branch_losses_decrease_on_the_phantom(av_preprocessed, tmp_path, monkeypatch):
-    _use_env(av_preprocessed.env, tmp_path, monkeypatch)
     torch.manual_seed(0)
-    plans, dataset_json = _plans_and_json(av_preprocessed)
-    trainer = AVFusionTrainer(plans, "2d", 0, dataset_json, torch.device("cpu"))
+    trainer = build_trainer(AVFusionTrainer, av_preprocessed, tmp_path, monkeypatch, "2d")
     trainer.initialize()
     trainer.network.train()
     assert trainer.av_labels.artery == (1, 3) and trainer.av_labels.vein == (2, 3)
@@ -149,25 +132,22 @@ def test_fused_and_branch_losses_decrease_on_the_phantom(av_preprocessed, tmp_pa
 
 
 def test_3d_configuration_and_region_labels_refused(av_preprocessed, tmp_path, monkeypatch):
-    _use_env(av_preprocessed.env, tmp_path, monkeypatch)
-    plans, dataset_json = _plans_and_json(av_preprocessed)
+    pre = av_preprocessed
+    plans = json.loads((pre.preprocessed / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((pre.preprocessed / "dataset.json").read_text())
     plans["configurations"]["3d_fullres"] = copy.deepcopy(plans["configurations"]["2d"])
     plans["configurations"]["3d_fullres"]["patch_size"] = [8, 64, 64]
     with pytest.raises(ValueError, match=r"2D method.*'3d_fullres' of Dataset793_PhantomAV is 3D"):
-        AVFusionTrainer(copy.deepcopy(plans), "3d_fullres", 0, dataset_json, torch.device("cpu"))
+        build_trainer(AVFusionTrainer, pre, tmp_path, monkeypatch, "3d_fullres", plans=copy.deepcopy(plans))
     regions = dict(dataset_json, labels={"background": 0, "artery": [1, 3], "vein": [2, 3], "crossing": 3},
                    regions_class_order=[1, 2, 3])
     with pytest.raises(ValueError, match="region-based labels"):
-        AVFusionTrainer(plans, "2d", 0, regions, torch.device("cpu"))
+        build_trainer(AVFusionTrainer, pre, tmp_path, monkeypatch, "2d", plans=plans, dataset_json=regions)
 
 
 def test_data_set_without_artery_and_vein_rejected(fundus_preprocessed, tmp_path, monkeypatch):
-    _use_env(fundus_preprocessed.env, tmp_path, monkeypatch)
-    folder = Path(fundus_preprocessed.env["nnUNet_preprocessed"]) / fundus_preprocessed.raw_dir.name
-    plans = json.loads((folder / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
     with pytest.raises(ValueError, match=r"Dataset791_PhantomFundus: .*exactly one artery class.*optic_disc"):
-        AVFusionTrainer_GAN(plans, "2d", 0, json.loads((folder / "dataset.json").read_text()), torch.device("cpu"))
+        build_trainer(AVFusionTrainer_GAN, fundus_preprocessed, tmp_path, monkeypatch, "2d")
 
 
 def test_gan_train_stop_resume_predict_through_stock_commands(av_preprocessed, tmp_path, monkeypatch):
@@ -185,9 +165,7 @@ def test_gan_train_stop_resume_predict_through_stock_commands(av_preprocessed, t
     assert any(k.startswith("artery.") for k in stopped["network_weights"])  # G_A, G_V, head: one network
 
     # the trainer's own load_checkpoint restores what the file holds
-    _use_env(pre.env, tmp_path, monkeypatch)
-    plans, dataset_json = _plans_and_json(pre)
-    trainer = AVFusionTrainer_GAN(plans, "2d", 0, dataset_json, torch.device("cpu"))
+    trainer = build_trainer(AVFusionTrainer_GAN, pre, tmp_path, monkeypatch, "2d")
     trainer.initialize()
     trainer.load_checkpoint(str(fold / "checkpoint_latest.pth"))
     for k, v in stopped["nnunet_ext"]["aux_modules"]["discriminator"].items():

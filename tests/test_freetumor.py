@@ -1,15 +1,13 @@
 """FreeTumor: label pairs, shapes in mm, appearance, quality control with a real baseline, the trainers on the
 abdomen3d abdomen_preprocessed, and the stock train -> stop -> --c -> predict commands."""
 
-import copy
-import json
 import sys
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import TEST_TRAINERS, results_env
+from conftest import TEST_TRAINERS, build_trainer, results_env
 
 from nnunet_ext import stock
 from nnunet_ext.cli import main as cli_main
@@ -124,7 +122,6 @@ def test_appearance_from_measured_statistics_and_the_default():
 # ---------------------------------------------------------------------------------------------- quality control
 def _trained_baseline_2d() -> torch.nn.Module:
     """A real (tiny) 2D U-Net trained for a few seconds to segment dark blobs inside a bright organ as label 2."""
-    from freetumor_test_trainers import small_network
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
     cm = ConfigurationManager({"architecture": {
@@ -137,7 +134,7 @@ def _trained_baseline_2d() -> torch.nn.Module:
                         "nonlin_kwargs": {"inplace": True}},
         "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}})
     torch.manual_seed(0)
-    net = small_network(None, cm, 1, 3, False)
+    net = FreeTumorTrainer_small.plans_unet(cm, 1, 3, False)
     organ = _organ((32, 32), (1.0, 1.0), (13, 13))
     synthesizer = TumourSynthesizer({1: 2}, (1.0, 1.0), texture_amplitude=0.1)
     rng = np.random.default_rng(0)
@@ -184,17 +181,7 @@ def test_baseline_checkpoint_errors(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- trainers
 def _trainer(cls, pre, tmp_path, monkeypatch, **env):
-    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(k, pre.env[k])
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    monkeypatch.setenv("nnUNet_ext_seed", "0")
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    plans = json.loads((pre.preprocessed / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
-    trainer = cls(plans, "3d_fullres", 0, json.loads((pre.preprocessed / "dataset.json").read_text()),
-                  torch.device("cpu"))
+    trainer = build_trainer(cls, pre, tmp_path, monkeypatch, "3d_fullres", **{"nnUNet_ext_seed": "0", **env})
     trainer.initialize()
     trainer.prepare_synthesis()
     return trainer
@@ -308,11 +295,5 @@ def test_trainer_refuses_unknown_pairs(abdomen_preprocessed, tmp_path, monkeypat
     class Wrong(FreeTumorTrainer_small):
         organ_tumour_labels = {1: 9}
 
-    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(k, abdomen_preprocessed.env[k])
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    plans = json.loads((abdomen_preprocessed.preprocessed / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
     with pytest.raises(LabelMappingError, match=r"Dataset797_PhantomFreeTumor: .*tumour label 9"):
-        dataset_json = json.loads((abdomen_preprocessed.preprocessed / "dataset.json").read_text())
-        Wrong(copy.deepcopy(plans), "3d_fullres", 0, dataset_json, torch.device("cpu"))
+        build_trainer(Wrong, abdomen_preprocessed, tmp_path, monkeypatch, "3d_fullres")

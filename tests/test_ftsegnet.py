@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import results_env
+from conftest import build_trainer, results_env
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from PIL import Image
 
@@ -170,13 +170,7 @@ def test_tumour_phantom(tumour_preprocessed):
 
 
 def _trainer(pre: SimpleNamespace, tmp_path: Path, monkeypatch, cls=FTSegNetTrainer) -> FTSegNetTrainer:
-    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(k, pre.env[k])
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    plans = json.loads((pre.preprocessed / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
-    trainer = cls(plans, "2d", 0, json.loads((pre.preprocessed / "dataset.json").read_text()), torch.device("cpu"))
+    trainer = build_trainer(cls, pre, tmp_path, monkeypatch, "2d")
     trainer.num_epochs, trainer.num_iterations_per_epoch = 10, 2
     trainer.initialize()
     return trainer

@@ -1,11 +1,9 @@
 """The shared trainer machinery, in-process and through the stock nnUNetv2_train."""
 
-import json
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import results_env
+from conftest import build_trainer, results_env
 from ext_trainers.aux_test_trainers import AuxPhaseTestTrainer
 
 from nnunet_ext import stock
@@ -14,13 +12,7 @@ from nnunet_ext.training.variants import short_variant
 
 
 def _build(trainer_class, fundus, tmp_path, monkeypatch):
-    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(k, fundus.env[k])
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    folder = Path(fundus.env["nnUNet_preprocessed"]) / fundus.raw_dir.name
-    plans = json.loads((folder / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
-    return trainer_class(plans, "2d", 0, json.loads((folder / "dataset.json").read_text()), torch.device("cpu"))
+    return build_trainer(trainer_class, fundus, tmp_path, monkeypatch, "2d")
 
 
 def test_short_variant_sets_budget_and_keeps_signature(fundus_preprocessed, tmp_path, monkeypatch):

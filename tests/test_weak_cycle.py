@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import results_env
+from conftest import build_trainer, results_env
 from ext_trainers.weak_cycle_test_trainers import WeakCycleTrainer_small
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from PIL import Image
@@ -139,27 +139,17 @@ def test_weak_cases_read_from_the_preprocessed_data(weak_preprocessed):
 
 
 def _trainer(pre: SimpleNamespace, tmp_path: Path, monkeypatch, cls=WeakCycleTrainer_small):
-    for k in ("nnUNet_raw", "nnUNet_preprocessed"):
-        monkeypatch.setenv(k, pre.env[k])
-    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
-    plans = json.loads((pre.preprocessed / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
-    dataset_json = json.loads((pre.preprocessed / "dataset.json").read_text())
-    trainer = cls(plans, "2d", 0, dataset_json, torch.device("cpu"))
+    trainer = build_trainer(cls, pre, tmp_path, monkeypatch, "2d")
     trainer.initialize()
     trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
     return trainer
 
 
 def test_data_set_without_ignore_label_refused(weak_preprocessed, tmp_path, monkeypatch):
-    monkeypatch.setenv("nnUNet_results", str(tmp_path))
-    plans = json.loads((weak_preprocessed.preprocessed / "nnUNetPlans.json").read_text())
-    plans["continue_training"] = False
     dataset_json = json.loads((weak_preprocessed.preprocessed / "dataset.json").read_text())
     dataset_json["labels"] = {"background": 0, "lesion": 1}
     with pytest.raises(WeakLabelError, match="Dataset796_PhantomWeak: dataset.json declares no ignore label"):
-        WeakCycleTrainer_small(plans, "2d", 0, dataset_json, torch.device("cpu"))
+        build_trainer(WeakCycleTrainer_small, weak_preprocessed, tmp_path, monkeypatch, "2d", dataset_json=dataset_json)
 
 
 def test_translation_fit_identity_attention_and_teacher(weak_preprocessed, tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""A 2D grey phantom with image-level labels, for WeakCycleTrainer (weak-label convention of README, "Weak labels").
+"""A 2D grey phantom with image-level labels, for WeakCycleTrainer (weak-label convention of docs/conversion.md,
+"Weak labels").
 
 Each image: a textured elliptic "body" on a black background (the foreground the pseudo-masks are restricted to).
 "Disease" images carry one to three bright blobs (the lesions, label 1); "normal" images none. Training labels

@@ -97,16 +97,18 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
             raise ValueError(f"{plans_manager.dataset_name} has {len(label_manager.foreground_labels)} foreground "
                              f"class(es); {cls.__name__} needs several organs, some of them small")
         # a misspelt override would otherwise only fail in initialize, after nnU-Net has created the fold folder
-        cls.small_organ_override(plans_manager.dataset_name, dataset_json)
+        cls.small_organ_override(plans_manager.dataset_name, dataset_json, cls.small_organs)
 
     @classmethod
-    def small_organ_override(cls, dataset_name: str, dataset_json: dict) -> tuple[int, ...] | None:
-        """The label values the environment variable (which wins) or the class attribute `small_organs` names; None:
-        pick them from the data. A name that is no class of the data set raises, naming the setting."""
+    def small_organ_override(cls, dataset_name: str, dataset_json: dict,
+                             small_organs: tuple[str | int, ...] | None) -> tuple[int, ...] | None:
+        """The label values the environment variable (which wins) or the setting `small_organs` (the class's when the
+        data set is checked, the instance's when training starts) names; None: pick them from the data. A name that
+        is no class of the data set raises, naming the setting."""
         env_value = os.environ.get(SMALL_ORGANS_ENV)
         from_env = env_value not in (None, "")
         try:
-            return parse_override(env_value if from_env else cls.small_organs,
+            return parse_override(env_value if from_env else small_organs,
                                   {k: int(v) for k, v in dataset_json["labels"].items()})
         except ValueError as e:
             setting = f"{SMALL_ORGANS_ENV}={env_value}" if from_env else f"{cls.__name__}.small_organs"
@@ -131,7 +133,7 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
             stats[key] = case_stats(np.asarray(seg[:]), labels, len(self.configuration_manager.patch_size))
         self.case_labels = {k: set(s.counts) for k, s in stats.items()}
         names = {k: int(v) for k, v in self.dataset_json["labels"].items()}
-        override = self.small_organ_override(self.plans_manager.dataset_name, self.dataset_json)
+        override = self.small_organ_override(self.plans_manager.dataset_name, self.dataset_json, self.small_organs)
         train_stats = [stats[k] for k in tr_keys]
         self.selection = select_small_organs(train_stats, names, self.small_organ_fraction, self.max_small_organs,
                                              override)

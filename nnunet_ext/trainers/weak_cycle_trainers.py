@@ -3,8 +3,9 @@
     nnUNetv2_train 741 2d 0 -tr WeakCycleTrainer -device cpu
     nnUNetv2_predict -i IN -o OUT -d 741 -c 2d -f 0 -tr WeakCycleTrainer -device cpu
 
-The data set follows the weak-label convention (README, "Weak labels"): disease cases all ignore label, normal cases
-all 0, optionally fully labelled validation cases (fold 0 of splits_final.json). One training run has two phases:
+The data set follows the weak-label convention (docs/conversion.md, "Weak labels"): disease cases all ignore label,
+normal cases all 0, optionally fully labelled validation cases (fold 0 of splits_final.json). One training run has
+two phases:
 1. "translation": light U-GAT-IT generators disease->normal (G_AB) and normal->disease (G_BA) with global and local
    discriminators, on nnU-Net's augmented patches (disease and normal cases sampled equally). At its end the
    attention mask of G_AB on every disease training case, restricted to the non-zero image region and thresholded
@@ -77,7 +78,7 @@ TRANSLATION, REFINEMENT = "translation", "refinement"
 
 
 class WeakCycleTrainer(nnUNetExtTrainer):
-    # `nnunet_ext demo --trainer WeakCycleTrainer`: the weak-label phantom; no Dice floor set (see README)
+    # `nnunet_ext demo --trainer WeakCycleTrainer`: the weak-label phantom; no Dice floor set (docs/weak_cycle.md)
     demo_phantom = "weak2d"
     demo_dice_floor = None
     # where the pseudo-masks come from: "attention" (the method) or "cam" (the CAM-only baseline)
@@ -105,7 +106,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
                                  f"label and the ignore label")
         if label_manager.ignore_label is None:
             raise WeakLabelError(f"{dataset}: dataset.json declares no ignore label; weak labels mark disease "
-                                 f"cases with an all-ignore label map (README, 'Weak labels')")
+                                 f"cases with an all-ignore label map (docs/conversion.md, 'Weak labels')")
         foreground = list(label_manager.foreground_labels)
         if len(foreground) != 1:
             raise WeakLabelError(f"{dataset}: {cls.__name__} segments one lesion class, the data set has "

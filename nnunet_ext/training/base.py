@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_ext.methods.unet import plans_unet
 from nnunet_ext.training.phases import NETWORK, PhaseSchedule, ResolvedPhase
+from nnunet_ext.training.vitals import format_vitals, plot_vitals
 
 STOP_AFTER_ENV = "nnUNet_ext_stop_after_epochs"
 SEED_ENV = "nnUNet_ext_seed"
@@ -104,6 +105,8 @@ class nnUNetExtTrainer(nnUNetTrainer):
     # network structure (class attribute only): stage i of every U-Net built from the plans gets at most
     # unet_base_features * 2**i features; None keeps the plans' widths. For CPU test and bench variants.
     unet_base_features: int | None = None
+    # the fold folder's plot of epoch_vital_signs() (training/vitals.py), beside nnU-Net's progress.png
+    progress_plot: str | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -127,6 +130,7 @@ class nnUNetExtTrainer(nnUNetTrainer):
         self.aux_optimizers: dict[str, torch.optim.Optimizer] = {}
         self.aux_lr_schedulers: dict[str, object] = {}
         self._rng_state_to_restore: dict | None = None
+        self.vital_history: list[dict] = []
 
     # ------------------------------------------------------------------ hooks for the methods
     @classmethod
@@ -158,6 +162,15 @@ class nnUNetExtTrainer(nnUNetTrainer):
 
     def on_phase_start(self, phase: ResolvedPhase) -> None:
         """Called once when a phase begins, also when a resumed run starts inside it."""
+
+    def epoch_vital_signs(self) -> dict[str, float]:
+        """The mechanism's vital signs of the epoch that ends, {"group/name": value}: logged, kept in the checkpoint
+        and plotted (progress_plot). Must not draw random numbers (resumed runs replay the random stream)."""
+        return {}
+
+    def vital_sign_warnings(self, history: list[dict]) -> list[str]:
+        """Warnings about the vital signs so far (history: one dict per epoch, with "epoch"), e.g. a collapse."""
+        return []
 
     # ------------------------------------------------------------------ network
     @classmethod
@@ -365,6 +378,15 @@ class nnUNetExtTrainer(nnUNetTrainer):
 
     # ------------------------------------------------------------------ stopping and resuming
     def on_epoch_end(self):
+        values = self.epoch_vital_signs()
+        if values:
+            self.vital_history.append({"epoch": self.current_epoch, **values})
+            self.print_to_log_file(f"Vital signs: {format_vitals(values)}")
+            for warning in self.vital_sign_warnings(self.vital_history):
+                self.print_to_log_file(f"WARNING: {warning}")
+            if self.local_rank == 0 and self.progress_plot:
+                plot_vitals(self.vital_history, join(self.output_folder, self.progress_plot),
+                            f"{self.__class__.__name__}: vital signs")
         super().on_epoch_end()  # increments current_epoch to the number of finished epochs
         n = self.stop_after_epochs
         if n is not None and self.current_epoch == n and n < self.num_epochs:
@@ -397,6 +419,7 @@ class nnUNetExtTrainer(nnUNetTrainer):
             "phase": self.current_phase.name if self.current_phase is not None else None,
             "rng": capture_rng_state(),
             "extra": self.extra_checkpoint_state(),
+            "vitals": list(self.vital_history),
         }
         atomic_torch_save(checkpoint, filename)
 
@@ -423,4 +446,5 @@ class nnUNetExtTrainer(nnUNetTrainer):
         for k, state in ours["aux_lr_schedulers"].items():
             self.aux_lr_schedulers[k].load_state_dict(state)
         self.load_extra_checkpoint_state(ours["extra"])
+        self.vital_history = list(ours.get("vitals", []))
         self._rng_state_to_restore = ours["rng"]

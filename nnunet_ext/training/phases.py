@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+
 # Name of the segmentation network (trainer.network) in a phase's `train` list; other names are auxiliary modules.
 NETWORK = "network"
 
@@ -112,3 +114,21 @@ class PhaseSchedule:
         return "; ".join(f"{r.name}: epochs {r.start}-{r.end - 1}, trains {', '.join(r.phase.train) or 'nothing'}"
                          + (f", losses {dict(r.phase.losses)}" if r.phase.losses else "")
                          for r in self.resolve(num_epochs))
+
+
+class PhasePolyLRScheduler(PolyLRScheduler):
+    """nnU-Net's poly decay spread over the epochs [start, end) of one phase instead of the whole run: a network that
+    trains only in that phase anneals to 0 by its end, as it would in a run of that length. Epochs after the phase
+    keep lr 0 (the network is frozen there anyway); nnU-Net steps it with the epoch number."""
+
+    def __init__(self, optimizer, initial_lr: float, start: int, end: int, exponent: float = 0.9):
+        if end <= start:
+            raise ValueError(f"a phase schedule needs end > start, got [{start}, {end})")
+        self.start = start
+        super().__init__(optimizer, initial_lr, end - start, exponent)
+
+    def step(self, current_step=None):
+        if current_step is None or current_step == -1:
+            current_step = self.ctr
+            self.ctr += 1
+        super().step(min(max(current_step - self.start, 0), self.max_steps))

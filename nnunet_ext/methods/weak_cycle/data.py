@@ -1,7 +1,7 @@
 """Weak (image-level) labels in nnU-Net data sets, and the pseudo-masks WeakCycleTrainer derives from them.
 
-Convention (README, "Weak labels"): a disease case, whose lesion location is unknown, has a label map that is
-entirely the ignore label; a normal case has a label map of all 0; any other case is fully labelled. After nnU-Net's
+Convention (docs/conversion.md, "Weak labels"): a disease case, whose lesion location is unknown, has a label map that
+is entirely the ignore label; a normal case has a label map of all 0; any other case is fully labelled. After nnU-Net's
 preprocessing, 0 outside the non-zero region of the image becomes -1, which counts as background here.
 
 Pseudo-masks live in the preprocessed (cropped, resampled) space of the cases, one `<case>.npy` (int8, the seg's
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from nnunet_ext.evaluation.metrics import overlap_metrics
 from nnunet_ext.fileio import atomic_output_dir, dataset_id_clashes
 
 
@@ -63,7 +64,7 @@ def classify_cases(dataset, identifiers, ignore_label: int | None, dataset_name:
     """Sort the cases by their label maps; a weakly labelled data set needs both disease and normal cases."""
     if ignore_label is None:
         raise WeakLabelError(f"{dataset_name}: dataset.json declares no ignore label; weak labels mark disease "
-                             f"cases with an all-ignore label map (README, 'Weak labels')")
+                             f"cases with an all-ignore label map (docs/conversion.md, 'Weak labels')")
     cases = WeakCases()
     for identifier in identifiers:
         getattr(cases, case_kind(load_seg(dataset, identifier), ignore_label)).append(identifier)
@@ -101,18 +102,12 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[1:][np.argmax(between)])
 
 
-def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """Dice of two binary masks; 1 when both are empty."""
-    p, r = prediction.astype(bool), reference.astype(bool)
-    denominator = p.sum() + r.sum()
-    return 1.0 if denominator == 0 else float(2 * (p & r).sum() / denominator)
-
-
 def best_threshold(probabilities: list[np.ndarray], references: list[np.ndarray],
                    candidates: np.ndarray | None = None) -> tuple[float, float]:
     """(threshold, mean per-case Dice) that maximises the mean Dice over cases with full masks."""
     candidates = np.round(np.arange(0.05, 0.96, 0.05), 2) if candidates is None else candidates
-    scores = [np.mean([dice(p >= t, r) for p, r in zip(probabilities, references, strict=True)])
+    # Dice 1 where reference and prediction are both empty (evaluation.metrics' convention)
+    scores = [np.mean([overlap_metrics(r, p >= t)["dice"] for p, r in zip(probabilities, references, strict=True)])
               for t in candidates]
     best = int(np.argmax(scores))
     return float(candidates[best]), float(scores[best])
