@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -268,6 +269,8 @@ def staged_dataset(dataset_id: int, name: str, out_root: str | os.PathLike | Non
     Refuses before any work when the target, or another data set with the same id, exists and overwrite is False.
     """
     root = raw_root(out_root)
+    if root.exists() and not root.is_dir():
+        raise ConversionError(f"{root}: not a folder (-o names the nnUNet_raw folder to write the data set into)")
     target = root / dataset_name(dataset_id, name)
     clashes = dataset_id_clashes(root, dataset_id, target)
     existing = first_existing_path(target, *clashes)
@@ -306,12 +309,13 @@ def add_common_arguments(p: argparse.ArgumentParser, dataset_id: int, with_input
 
 
 def run_cli(convert: Callable[..., Path], args: argparse.Namespace, **kwargs) -> int:
-    """Call a converter with the common arguments; a ConversionError becomes a one-line message and exit code 1."""
+    """Call a converter with the common arguments; a ConversionError, or a file system error (no permission, a path
+    through a file), becomes a one-line message on stderr and exit code 1."""
     try:
         out = convert(args.input, dataset_id=args.dataset_id, out_root=args.output, overwrite=args.overwrite,
                       **kwargs)
-    except ConversionError as e:
-        print(f"error: {e}")
+    except (ConversionError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"written {out}")
     return 0

@@ -42,7 +42,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         nsd_tolerance_mm=args.nsd_tolerance, empty_distance=args.empty_distance,
         probabilities=not args.no_probabilities, lesion_classes=args.lesions or [], iou_threshold=args.iou_threshold,
         size_bins=tuple(args.size_bins) if args.size_bins else None, av=args.av, fov_dir=args.fov,
-        small_fraction=args.small_fraction, small_threshold=args.small_threshold)
+        small_fraction=args.small_fraction, small_threshold=args.small_threshold, allow_missing=args.allow_missing,
+        ignore_geometry=args.ignore_geometry)
     if args.av_classes:
         settings.av_classes = args.av_classes
     common = dict(dataset_json=args.djfile, settings=settings, images_dir=args.images, num_processes=args.np,
@@ -52,7 +53,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             summary = evaluate_cross_validation(args.cv, args.ref, args.o, folds=args.folds, **common)
         else:
             summary = evaluate_folder(args.ref, args.pred, args.o, **common)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         return _fail("evaluate", e)
     print(summary_markdown(summary))
     return 0
@@ -97,6 +98,12 @@ def add_evaluate(sub) -> None:
                    help="flag a class as small when its mean reference volume is below this fraction of the mean "
                         "foreground volume (default 0.01)")
     p.add_argument("--small-threshold", type=float, default=None, help="absolute small-class volume (mm^3)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="score the cases that have a prediction when some reference cases have none (default: "
+                        "refuse, naming them; nnU-Net's -chill)")
+    p.add_argument("--ignore-geometry", action="store_true",
+                   help="score a prediction whose spacing, origin or direction differ from its reference's (default: "
+                        "refuse; metrics use the reference's spacing)")
     p.add_argument("-np", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--no-plots", action="store_true", help="tables only")
     p.set_defaults(func=_cmd_evaluate)
@@ -108,7 +115,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     try:
         result = compare_results(args.results, args.o, names=args.names, metrics=args.metrics,
                                  plots=not args.no_plots)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         return _fail("compare", e)
     print(comparison_markdown(result))
     return 0

@@ -12,8 +12,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
-from nnunet_ext.evaluation.metrics import squeeze_spatial  # noqa: E402
-
 BOX_METRICS = ("dice", "hd95", "nsd")
 
 
@@ -61,15 +59,15 @@ def _find_image(images_dir: str | None, case: str, file_ending: str) -> str | No
 def plot_overlays(case_result: dict, info, images_dir: str | None, path: str, which: str = "") -> str:
     """Image, image + reference, image + prediction side by side; for 3D the axial slice (first array axis) with the
     most reference foreground (prediction foreground if the reference is empty)."""
-    from nnunet_ext.evaluation.evaluate import read_segmentation
+    from nnunet_ext.evaluation.reading import read_image, read_label_map
 
-    reference, spacing, _ = read_segmentation(info.reader_writer, case_result["reference"])
-    prediction, _, _ = read_segmentation(info.reader_writer, case_result["prediction"])
+    reference_map = read_label_map(info.reader_writer, case_result["reference"])
+    reference, spacing = reference_map.array, reference_map.spacing
+    prediction = read_label_map(info.reader_writer, case_result["prediction"]).array
     image = None
     image_path = _find_image(images_dir, case_result["case"], info.file_ending)
     if image_path is not None:
-        data, props = info.reader_writer().read_images([image_path])
-        image, _ = squeeze_spatial(data, props["spacing"], keep_leading=1)
+        image = read_image(info.reader_writer, image_path)
         if image.shape[1:] != reference.shape:
             image = None
     title_extra = ""

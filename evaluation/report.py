@@ -115,6 +115,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def summary_markdown(summary: dict) -> str:
     parts = [f"# Evaluation ({summary['n_cases']} cases"
              + (f", folds {summary['folds']}" if summary["folds"] else "") + ")"]
+    missing = summary.get("missing_predictions") or []
+    if missing:
+        parts.append(f"**{len(missing)} reference cases have no prediction and are not scored** (--allow-missing): "
+                     + ", ".join(f"`{c}`" for c in missing))
     first = next(iter(summary["per_class"].values()), {})
     metrics = [m for m in TABLE_METRICS if m in first]
     small = {o["class"]: o["small"] for o in summary["organs"]}

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +22,20 @@ def first_existing_path(*paths: Path) -> Path | None:
     return next((Path(p) for p in paths if Path(p).exists()), None)
 
 
+def new_hidden_dir(parent: Path, prefix: str) -> Path:
+    """A new empty folder parent/.{prefix}XXXXXXXX created with the usual permissions (umask applied).
+
+    tempfile.mkdtemp creates 0700 folders; renamed into place, a data set would be unreadable to everyone else.
+    """
+    while True:
+        path = Path(parent) / f".{prefix}{secrets.token_hex(4)}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+
+
 @contextmanager
 def atomic_output_dir(target: Path, overwrite: bool = False, also_replace: Sequence[Path] = ()) -> Iterator[Path]:
     """Yield a temporary folder beside target; it replaces target (and removes also_replace) only when the block
@@ -31,12 +45,12 @@ def atomic_output_dir(target: Path, overwrite: bool = False, also_replace: Seque
     if existing is not None and not overwrite:
         raise FileExistsError(f"{existing}: already exists; pass overwrite=True (--overwrite) to replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = new_hidden_dir(target.parent, f"{target.name}.tmp-")
     try:
         yield tmp
         if target.exists():
             # move the old folder aside first so that target is never missing and never mixed
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            old = new_hidden_dir(target.parent, f"{target.name}.old-")
             os.replace(target, old / target.name)
             os.replace(tmp, target)
             shutil.rmtree(old)
@@ -48,3 +62,23 @@ def atomic_output_dir(target: Path, overwrite: bool = False, also_replace: Seque
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+@contextmanager
+def atomic_files_into(folder: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `folder`; when the block finishes without error, each file written into it
+    is moved into `folder` (created if needed), replacing files of the same name and leaving other files alone.
+
+    For outputs that share a folder with the user's own files (an evaluation written into a prediction folder), where
+    replacing the whole folder is not an option; a failure leaves `folder` as it was.
+    """
+    folder = Path(folder)
+    folder.absolute().parent.mkdir(parents=True, exist_ok=True)
+    tmp = new_hidden_dir(folder.absolute().parent, f"{folder.name}.tmp-")
+    try:
+        yield tmp
+        folder.mkdir(exist_ok=True)
+        for path in sorted(tmp.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(tmp)

@@ -1,8 +1,10 @@
-"""Bad input through the user-facing commands: each case must exit non-zero with a message that names the file or
-setting and the problem, and leave the output folders exactly as they were (nothing half-written).
+"""Bad input through the user-facing commands: each case must exit non-zero with a message on stderr that names the
+file or setting and the problem, and leave the output folders exactly as they were (nothing half-written).
 
 Converter internals are checked in the test_conversion_* modules; here every case goes through the command line a
-user types (`nnunet_ext ...`, `nnUNetv2_train ...`), as a separate process.
+user types (`nnunet_ext ...`, `nnUNetv2_train ...`): as a separate process, or, for the many `evaluate` and `convert`
+cases that only differ in their input files, through `nnunet_ext.cli.main` in this process (the console script's
+entry point; a new interpreter per case would cost seconds each), with one case of each run as a process too.
 """
 
 import json
@@ -20,6 +22,7 @@ from test_conversion_3d import make_msd, write
 from test_conversion_fundus import make_drive_layout
 
 from nnunet_ext import stock
+from nnunet_ext.cli import main as cli_main
 
 CLI = [sys.executable, "-m", "nnunet_ext.cli"]
 
@@ -35,12 +38,22 @@ def run(argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess
     return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
 
 
+def run_in_process(argv: list[str], capsys) -> subprocess.CompletedProcess:
+    """`nnunet_ext ARGV` through the console script's entry point in this process; an exception escaping it (what
+    a user would see as a traceback) fails the test."""
+    capsys.readouterr()
+    code = cli_main(argv)
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["nnunet_ext", *argv], code, captured.out, captured.err)
+
+
 def assert_refused(proc: subprocess.CompletedProcess, *fragments: str) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out[-2000:]
     assert "Traceback" not in out, out[-3000:]
     for fragment in fragments:
-        assert fragment in out, f"{fragment!r} not in:\n{out[-2000:]}"
+        # user errors go to stderr, where scripts and CI logs look for them
+        assert fragment in proc.stderr, f"{fragment!r} not in stderr:\n{proc.stderr[-2000:]}"
 
 
 # ---------------------------------------------------------------------------------------------------- converters
@@ -123,6 +136,24 @@ def test_convert_existing_dataset_needs_overwrite(tmp_path):
     assert snapshot(raw) == before
 
 
+def test_convert_output_is_a_file(tmp_path, capsys):
+    src, raw = tmp_path / "src", tmp_path / "raw.txt"
+    make_drive_layout(src, np.random.default_rng(5), n_train=1, n_test=0)
+    raw.write_text("not a folder")
+    before = snapshot(tmp_path)
+    proc = run_in_process(["convert", "drive_av", str(src), "-o", str(raw)], capsys)
+    assert_refused(proc, f"{raw}: not a folder", "-o")
+    assert proc.returncode == 1 and proc.stdout == "" and snapshot(tmp_path) == before
+    # a folder below that file cannot be made either: the file system's error, as a message
+    proc = run_in_process(["convert", "drive_av", str(src), "-o", str(raw / "sub")], capsys)
+    assert_refused(proc, str(raw / "sub"), "Not a directory")
+    assert snapshot(tmp_path) == before
+    # the same as a separate process: exit code and stderr as the shell sees them
+    proc = run([*CLI, "convert", "drive_av", str(src), "-o", str(raw)])
+    assert_refused(proc, f"{raw}: not a folder")
+    assert proc.returncode == 1 and proc.stdout == "" and snapshot(tmp_path) == before
+
+
 # ---------------------------------------------------------------------------------------------------- evaluation
 def _label_png(path: Path, arr: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,3 +234,168 @@ def test_focusnet_without_small_organs(request, tmp_path, dataset, extra_env, fr
     # the stock launcher prints the traceback; the error's own line names the data set and the problem
     assert proc.returncode != 0 and all(f in out.strip().splitlines()[-1] for f in fragments), out[-2000:]
     assert snapshot(results) == {}
+
+
+# ---------------------------------------------------------------------------------- evaluation: broken predictions
+SPACING_XYZ = (0.8, 0.8, 2.5)
+NIFTI_LABELS = {"background": 0, "liver": 1, "tumour": 2}
+
+
+def _write_nifti(path: Path, arr: np.ndarray, spacing=SPACING_XYZ, origin=(0.0, 0.0, 0.0),
+                 direction=(1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)) -> None:
+    image = sitk.GetImageFromArray(arr.astype(np.uint8))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def _liver(shift: int = 0) -> np.ndarray:
+    arr = np.zeros((12, 40, 40), np.uint8)
+    arr[2:10, 8 + shift:32 + shift, 6:30] = 1
+    # a ragged tumour: the file compresses less, so that cutting it in half cuts the voxels, not the header
+    arr[4:7, 14:20, 12:18] = np.random.default_rng(shift).choice([1, 2], (3, 6, 6))
+    return arr
+
+
+@pytest.fixture
+def nifti_folders(tmp_path):
+    """A raw data set's labelsTs (two 3D cases) and a prediction folder as nnUNetv2_predict leaves it (with
+    dataset.json); -o goes to tmp_path/eval."""
+    raw, pred = tmp_path / "Dataset900_Liver", tmp_path / "pred"
+    (raw / "labelsTs").mkdir(parents=True)
+    pred.mkdir()
+    for name, shift in (("case_0", 0), ("case_1", 2)):
+        _write_nifti(raw / "labelsTs" / f"{name}.nii.gz", _liver())
+        _write_nifti(pred / f"{name}.nii.gz", _liver(shift))
+    dataset = {"channel_names": {"0": "CT"}, "labels": NIFTI_LABELS, "numTraining": 0, "file_ending": ".nii.gz"}
+    for folder in (raw, pred):
+        (folder / "dataset.json").write_text(json.dumps(dataset))
+    return raw / "labelsTs", pred, tmp_path / "eval"
+
+
+def _truncated(ref: Path, pred: Path):
+    # SimpleITK reads this file without complaint, the missing slices as zeros
+    path = pred / "case_1.nii.gz"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return [], ["case_1.nii.gz: truncated or corrupt file", "Compressed file ended before the end-of-stream"]
+
+
+def _truncated_header(ref: Path, pred: Path):
+    path = pred / "case_1.nii.gz"
+    path.write_bytes(path.read_bytes()[:30])
+    return [], ["case_1.nii.gz: truncated or corrupt file: no readable NIfTI header"]
+
+
+def _corrupt_gzip(ref: Path, pred: Path):
+    path = pred / "case_0.nii.gz"
+    data = bytearray(path.read_bytes())
+    data[-8] ^= 0xFF  # the gzip trailer's checksum: the voxels decompress, but not to what was written
+    path.write_bytes(bytes(data))
+    return [], ["case_0.nii.gz: truncated or corrupt file", "CRC check failed"]
+
+
+def _missing_prediction(ref: Path, pred: Path):
+    (pred / "case_1.nii.gz").unlink()
+    return [], [f"{pred}: no prediction for 1 of 2 reference cases in {ref}: case_1", "--allow-missing"]
+
+
+def _undeclared_labels(ref: Path, pred: Path):
+    arr = _liver()
+    arr[0, 0, :3] = (7, 9, 9)
+    _write_nifti(pred / "case_0.nii.gz", arr)
+    return [], ["case_0.nii.gz: label values [7, 9] are not in", "dataset.json (labels [0, 1, 2])"]
+
+
+def _other_spacing(ref: Path, pred: Path):
+    _write_nifti(pred / "case_1.nii.gz", _liver(2), spacing=(0.8, 0.8, 5.0))
+    # nnU-Net's axis order (z, y, x)
+    return [], ["case_1.nii.gz: spacing (5.0, 0.8, 0.8) differs from the reference's (2.5, 0.8, 0.8)",
+                "--ignore-geometry"]
+
+
+def _other_origin(ref: Path, pred: Path):
+    _write_nifti(pred / "case_0.nii.gz", _liver(), origin=(0.0, 0.0, 10.0))
+    return [], ["case_0.nii.gz: origin (0.0, 0.0, 10.0) differs from the reference's (0.0, 0.0, 0.0)"]
+
+
+def _other_direction(ref: Path, pred: Path):
+    _write_nifti(pred / "case_0.nii.gz", _liver(), direction=(-1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    return [], ["case_0.nii.gz: direction (-1.0, 0.0, 0.0", "differs from the reference's (1.0, 0.0, 0.0"]
+
+
+def _too_few_channels(ref: Path, pred: Path):
+    # dataset.json declares background, liver, tumour: 3 channels; this file has 2
+    np.savez_compressed(pred / "case_0.npz", probabilities=np.full((2, 12, 40, 40), 0.5, np.float32))
+    return [], ["case_0.npz: 2 probability channels", "dataset.json needs 3"]
+
+
+def _pred_typo(ref: Path, pred: Path):
+    return ["-pred", str(pred) + "_typo"], [f"{pred}_typo: prediction folder not found"]
+
+
+def _ref_typo(ref: Path, pred: Path):
+    return ["-ref", str(ref) + "_typo"], [f"{ref}_typo: reference folder not found"]
+
+
+def _bad_dataset_json(ref: Path, pred: Path):
+    (pred / "dataset.json").write_text('{"labels": {"background": 0, "liver": 1},')
+    return [], [f"{pred / 'dataset.json'}: not valid JSON"]
+
+
+def _output_is_a_file(ref: Path, pred: Path):
+    out = pred.parent / "eval"
+    out.write_text("my notes")
+    return [], [f"{out}: exists and is not a folder"]
+
+
+@pytest.mark.parametrize("breaker", [_truncated, _truncated_header, _corrupt_gzip, _missing_prediction,
+                                     _undeclared_labels, _other_spacing, _other_origin, _other_direction,
+                                     _too_few_channels, _pred_typo, _ref_typo, _bad_dataset_json, _output_is_a_file])
+def test_evaluate_refuses_broken_predictions(nifti_folders, capsys, breaker):
+    ref, pred, out = nifti_folders
+    overrides, fragments = breaker(ref, pred)
+    before = snapshot(pred.parent)
+    argv = ["evaluate", "-ref", str(ref), "-pred", str(pred), "-o", str(out)]
+    for i in range(0, len(overrides), 2):
+        argv[argv.index(overrides[i]) + 1] = overrides[i + 1]
+    proc = run_in_process(argv, capsys)
+    assert_refused(proc, *fragments)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert snapshot(pred.parent) == before  # no output folder, no staging folder, nothing changed
+
+
+def test_evaluate_truncated_prediction_as_a_process(nifti_folders):
+    ref, pred, out = nifti_folders
+    _truncated(ref, pred)
+    before = snapshot(pred.parent)
+    proc = run([*CLI, "evaluate", "-ref", str(ref), "-pred", str(pred), "-o", str(out)])
+    assert_refused(proc, "case_1.nii.gz: truncated or corrupt file")
+    assert proc.returncode == 2 and "Dice" not in proc.stdout and snapshot(pred.parent) == before
+
+
+def test_evaluate_flags_score_what_the_defaults_refuse(nifti_folders, capsys):
+    """--allow-missing scores the cases that have a prediction and names the others in the report;
+    --ignore-geometry scores a prediction on another spacing with the reference's."""
+    ref, pred, out = nifti_folders
+    _missing_prediction(ref, pred)
+    _other_origin(ref, pred)
+    proc = run_in_process(["evaluate", "-ref", str(ref), "-pred", str(pred), "-o", str(out), "--allow-missing",
+                           "--ignore-geometry", "--no-plots"], capsys)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_cases"] == 1 and summary["missing_predictions"] == ["case_1"]
+    assert summary["settings"]["allow_missing"] is True and summary["settings"]["ignore_geometry"] is True
+    # case_0 is the reference itself, moved 10 mm by its origin only: voxel for voxel a perfect match
+    assert summary["per_class"]["liver"]["dice"]["mean"] == 1.0
+    assert "1 reference cases have no prediction" in (out / "summary.md").read_text()
+
+
+def test_evaluate_zero_byte_png_prediction(label_folders, tmp_path, capsys):
+    ref, pred = label_folders
+    (pred / "b.png").write_bytes(b"")
+    out = tmp_path / "eval"
+    before = snapshot(tmp_path)
+    proc = run_in_process(["evaluate", "-ref", str(ref), "-pred", str(pred), "-o", str(out)], capsys)
+    assert_refused(proc, f"{pred / 'b.png'}: unreadable or corrupt")
+    assert proc.returncode == 2 and snapshot(tmp_path) == before

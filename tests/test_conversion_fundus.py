@@ -168,10 +168,13 @@ def test_existing_dataset_needs_overwrite_and_cli(tmp_path, capsys):
     make_drive_layout(src, np.random.default_rng(2), n_train=2, n_test=1)
     raw = tmp_path / "raw"
     assert cli_main(["convert", "drive_av", str(src), "-o", str(raw)]) == 0
+    capsys.readouterr()
     marker = raw / "Dataset711_DRIVE_AV" / "imagesTr" / "21_training_0000.png"
     before = marker.stat().st_mtime_ns
     assert cli_main(["convert", "drive_av", str(src), "-o", str(raw)]) == 1
-    assert "data set exists" in capsys.readouterr().out
+    # a user error goes to stderr, where scripts and CI logs look for it; stdout stays empty
+    captured = capsys.readouterr()
+    assert "Dataset711_DRIVE_AV: data set exists" in captured.err and captured.out == ""
     with pytest.raises(ConversionError, match="overwrite"):
         Dataset711_DRIVE_AV.convert(src, out_root=raw)
     # another name with the same id is a clash too: nnU-Net would not know which one -d 711 means

@@ -36,7 +36,7 @@ def test_cli_evaluate_and_compare_in_process(png_folders, tmp_path, capsys):  # 
 
     assert main(["evaluate", "-ref", str(tmp_path / "nowhere"), "-pred", str(pred_dir), "-djfile",
                  str(raw / "dataset.json")]) == 2
-    assert "no reference" in capsys.readouterr().err
+    assert "nowhere: reference folder not found" in capsys.readouterr().err
 
     rc = main(["compare", str(out), str(out), "-o", str(tmp_path / "cmp"), "--names", "a", "b", "--metrics", "dice"])
     assert rc == 0

@@ -196,3 +196,59 @@ def test_regions_ignore_label_and_sigmoid_channels(tmp_path):
     assert (frame["dice"] == 1).all() and (frame["fp"] == 0).all() and (frame["auc_roc"] == 1).all()
     assert frame.loc["whole", "ref_volume"] == 36 and frame.loc["whole", "tn"] == 10 * 12 - 12 - 36
     assert summary["foreground_mean"]["dice"] == 1.0
+
+
+@pytest.mark.parametrize("ending", [".nii", ".nii.gz"])
+def test_truncated_nifti_is_an_error_not_zeros(tmp_path, ending):
+    """SimpleITK fills what a truncated NIfTI lacks with zeros; the evaluation refuses the file instead."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from nnunet_ext.evaluation.reading import read_label_map
+
+    arr = np.zeros((10, 16, 16), np.uint8)
+    arr[1:9, 2:14, 2:14] = np.random.default_rng(0).choice([1, 2], (8, 12, 12))
+    path = tmp_path / f"case{ending}"
+    _write_nifti(arr, path, (1.0, 1.0, 2.0))
+    label_map = read_label_map(SimpleITKIO, str(path))
+    np.testing.assert_array_equal(label_map.array, arr)
+    assert label_map.array.dtype == np.uint8 and label_map.spacing == (2.0, 1.0, 1.0)
+
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - len(data) // 3])
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(path))).shape == arr.shape  # what SimpleITK alone makes of it
+    expected = "Compressed file ended" if ending == ".nii.gz" else f"bytes of voxel data and header where the header " \
+                                                                   f"declares {352 + arr.size}"
+    with pytest.raises(ValueError, match=f"case{ending}: truncated or corrupt file.*{expected}"):
+        read_label_map(SimpleITKIO, str(path))
+
+
+def test_label_maps_hold_integer_labels(tmp_path):
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from nnunet_ext.evaluation.reading import read_label_map
+
+    probability = np.full((4, 5, 6), 0.25, np.float32)
+    _write_nifti(probability, tmp_path / "p.nii.gz", (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match="p.nii.gz: not a label map: non-integer values"):
+        read_label_map(SimpleITKIO, str(tmp_path / "p.nii.gz"))
+    _write_nifti(np.full((4, 5, 6), -1, np.int16), tmp_path / "n.nii.gz", (1.0, 1.0, 1.0))
+    with pytest.raises(ValueError, match=r"n.nii.gz: not a label map: values -1..-1"):
+        read_label_map(SimpleITKIO, str(tmp_path / "n.nii.gz"))
+
+
+def test_cross_validation_checks_the_split(nifti_cv_folders, tmp_path):
+    """With nnU-Net's splits_final.json beside gt_segmentations, a validation case without a prediction is refused
+    (naming it) unless allow_missing; folds not evaluated are not expected."""
+    model, gt = nifti_cv_folders
+    splits = [{"train": [], "val": ["case_0", "case_2", "case_4"]}, {"train": [], "val": ["case_1", "case_3"]}]
+    (gt.parent / "splits_final.json").write_text(json.dumps(splits))
+    _write_nifti(np.zeros((8, 24, 24), np.uint8), gt / "case_4.nii.gz", (0.8, 0.8, 3.0))
+    out = tmp_path / "cv_out"
+    with pytest.raises(FileNotFoundError, match=r"no prediction for 1 of 5 reference cases in .*: case_4 "):
+        evaluate_cross_validation(str(model), str(gt), str(out), plots=False, progress=False)
+    assert not out.exists()
+    summary = evaluate_cross_validation(str(model), str(gt), str(out), folds=[1], plots=False, progress=False)
+    assert summary["n_cases"] == 2 and summary["missing_predictions"] == []
+    summary = evaluate_cross_validation(str(model), str(gt), str(out), plots=False, progress=False,
+                                        settings=EvaluationSettings(allow_missing=True))
+    assert summary["n_cases"] == 4 and summary["missing_predictions"] == ["case_4"]
