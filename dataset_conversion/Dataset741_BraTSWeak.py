@@ -7,7 +7,8 @@ Two source layouts, detected:
   slice is cropped to the brain's bounding box (made square), resized to 256x256 and scaled to 0-255 by the
   volume's 99.5th brain percentile, as the method's published slices are. Patients, never slices, are split into
   train/val/test (`val_fraction`, `test_fraction`, seeded).
-- the already sliced PNG layout (`train/`, `val/images` + `val/labels`, `test/...`, `normal/`).
+- the already sliced PNG layout (`train/`, `val/images` + `val/labels`, `test/...`, `normal/`); a source with only
+  `test/images` + `test/labels` (the official test slices) becomes imagesTs/labelsTs alone.
 One grey channel named FLAIR.
 """
 
@@ -48,7 +49,8 @@ def find_brats_cases(source: Path) -> list[tuple[str, Path, Path]]:
     """(case, flair, seg) for every *_flair.nii(.gz) below source; a missing seg is an error naming the flair."""
     cases = []
     for flair in sorted(source.rglob("*_flair.nii*")):
-        if flair.name.startswith("."):
+        # the published slices keep the volume's name (Brats18_..._flair.nii_120.png): not a volume
+        if flair.name.startswith(".") or not flair.name.endswith(("_flair.nii", "_flair.nii.gz")):
             continue
         case = flair.name.split("_flair.nii")[0]
         seg = next((p for p in (flair.with_name(f"{case}_seg.nii.gz"), flair.with_name(f"{case}_seg.nii"))

@@ -7,7 +7,8 @@ Two source layouts, detected:
   `val_fraction`/`test_fraction` of the training images, seeded). Normal (healthy-skin) images are cut, as in the
   method's paper, from the four corners of each training image: a square of `corner_fraction` of the shorter side,
   kept only when its ground-truth mask has no lesion pixel and it is not the dark vignette of the dermoscope (mean
-  brightness below `min_corner_brightness`). Everything is resized to 256x256.
+  brightness below `min_corner_brightness`). Everything is resized to 256x256. A source with only the Test (or
+  Validation) folders, the official held-out splits, is converted without training cases.
 - the already sliced layout (`train/`, `val/images` + `val/labels`, `test/...`, `normal/*_health.jpg`).
 Images stay RGB (one _0000.png, channels R,G,B).
 """
@@ -76,19 +77,23 @@ def convert_task1(source: Path, writer: WeakDatasetWriter, roles: dict[str, str]
                   min_corner_brightness: float, val_fraction: float, test_fraction: float, seed: int) -> None:
     parts = {split: _task1_folders(source, part) for split, part in
              (("train", "Training"), ("val", "Validation"), ("test", "Test"))}
-    if parts["train"] is None:
-        raise ConversionError(f"{source}: no ISIC2018_Task1-2_Training_Input folder and not the sliced layout")
+    if all(f is None for f in parts.values()):
+        raise ConversionError(f"{source}: no ISIC2018_Task1-2_{{Training,Validation,Test}}_Input folder and not the "
+                              "sliced layout")
     images = {split: list_files(f[0], (".jpg", ".jpeg", ".png")) for split, f in parts.items() if f is not None}
-    split_of = {p: "train" for p in images["train"]}
+    train = images.get("train", [])
+    split_of = {p: "train" for p in train}
     # held-out parts taken from the training images only when the release's own folders are missing
     missing = {"val": val_fraction if "val" not in images else 0.0, "test": test_fraction if "test" not in images
                else 0.0}
-    if any(missing.values()):
-        drawn = split_by_fraction([p.name for p in images["train"]], missing["val"], missing["test"], seed)
-        split_of = {p: drawn[p.name] for p in images["train"]}
+    if train and any(missing.values()):
+        drawn = split_by_fraction([p.name for p in train], missing["val"], missing["test"], seed)
+        split_of = {p: drawn[p.name] for p in train}
+    source_part = {p: "train" for p in train}
     for split in ("val", "test"):
         split_of.update({p: split for p in images.get(split, [])})
-    truth_of = {p: parts["train" if p in images["train"] else split][1] for p, split in split_of.items()}
+        source_part.update({p: split for p in images.get(split, [])})
+    truth_of = {p: parts[source_part[p]][1] for p in split_of}
     for image_file, split in tqdm(sorted(split_of.items()), desc=NAME):
         stem = image_file.name[: -len(image_file.suffix)]
         mask_file = find_partner(truth_of[image_file], stem, ("_segmentation", ""), (".png",), "segmentation",

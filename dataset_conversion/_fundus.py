@@ -1,7 +1,9 @@
 """Artery/vein fundus data sets (DRIVE-AV, LES-AV, HRF-AV): one converter body, three thin modules.
 
-Source layout: `training/` and optionally `test/`, each with `images/`, `1st_manual/` (A/V labels) and `mask/`
-(field of view). A source without `training/` whose own folder has `images/` is taken as training data only.
+Source layout: `training/` and/or `test/`, each with `images/`, `1st_manual/` (A/V labels) and `mask/` (field of
+view); a source holding only the official `test/` split becomes a data set with imagesTs/labelsTs/masksTs only (no
+training cases), for evaluating predictions on it. Test images without a label folder are converted without labels.
+A source without `training/` and `test/` whose own folder has `images/` is taken as training data only.
 
 A/V labels come in two codings, told apart per file:
 - index maps (one channel, or RGB with equal channels): 0 background, 1 artery, 2 vein, 3 uncertain/crossing;
@@ -91,8 +93,8 @@ def _split_folders(source: Path) -> dict[str, Path]:
             splits[role] = folder
     if not splits and (source / "images").is_dir():
         splits["Tr"] = source
-    if "Tr" not in splits:
-        raise ConversionError(f"{source}: expected a training/ folder (with images/, 1st_manual/, mask/)")
+    if not splits:
+        raise ConversionError(f"{source}: expected a training/ or test/ folder (with images/, 1st_manual/, mask/)")
     return splits
 
 
@@ -136,8 +138,9 @@ def convert_av(source, dataset_id: int, name: str, description: str, reference: 
             if not images:
                 raise ConversionError(f"{folder / 'images'}: no images found")
             label_dir = folder / label_folder if label_folder else first_existing(folder, LABEL_FOLDERS)
-            if role == "Tr" and (label_dir is None or not label_dir.is_dir()):
-                raise ConversionError(f"{folder}: no A/V label folder ({', '.join(LABEL_FOLDERS)})")
+            # test images without labels are still worth converting (to predict them); training images are not
+            if (role == "Tr" or label_folder) and (label_dir is None or not label_dir.is_dir()):
+                raise ConversionError(f"{folder}: no A/V label folder ({label_folder or ', '.join(LABEL_FOLDERS)})")
             mask_dir = first_existing(folder, MASK_FOLDERS)
             for image_file in tqdm(images, desc=f"{name} {folder.name}", unit="image"):
                 case = safe_case_id(image_file.name[: -len(image_file.suffix)])

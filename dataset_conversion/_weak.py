@@ -11,8 +11,10 @@ Folds other than 0 are nnU-Net's random ones and may train on the validation mas
 
 Sliced layout (the method's published preprocessing): `{train,trainA}/` disease images (in the folder or its
 `images/`), `val/images` + `val/labels`, `{test,testA}/images` + `labels`, normal images in `normal/` (or `trainB/`,
-`train/normal/`). Masks are `NAME.png`, `NAME_segmentation.png` or `NAME_mask.png`; 0/1 masks are taken as they are,
-others thresholded at 127 (resized masks carry interpolated values).
+`train/normal/`). Any of these may be missing: a source with only `test/` becomes imagesTs/labelsTs alone (no
+training cases), for evaluating predictions on the official test split. Masks are `NAME.png`,
+`NAME_segmentation.png` or `NAME_mask.png`; 0/1 masks are taken as they are, others thresholded at 127 (resized masks
+carry interpolated values).
 """
 
 from __future__ import annotations
@@ -97,8 +99,9 @@ class WeakDatasetWriter:
 
     def finish(self, name: str, channel_name: str, **kwargs) -> None:
         n_train = sum(len(v) for k, v in self.cases.items() if k != "test")
-        if n_train == 0:
-            raise ConversionError(f"{name}: no training cases found")
+        # a source holding only the official test split is converted for evaluation: imagesTs/labelsTs alone
+        if n_train == 0 and not self.cases["test"]:
+            raise ConversionError(f"{name}: no cases found")
         channels = {0: channel_name} if self.grey else {0: "R", 1: "G", 2: "B"}
         counts = {role: len(v) for role, v in self.cases.items()}
         write_dataset_json(self.out, channels, WEAK_LABELS, n_train, ".png", dataset_name=name, case_counts=counts,
@@ -132,7 +135,7 @@ def _image_folder(folder: Path) -> Path:
 
 
 def is_sliced_layout(source: Path) -> bool:
-    return any((source / n).is_dir() for n in ("normal", "trainA", "trainB", "val", "train"))
+    return any((source / n).is_dir() for n in ("normal", "trainA", "trainB", "val", "valA", "train", "test", "testA"))
 
 
 def convert_sliced(source: Path, writer: WeakDatasetWriter, roles: dict[str, str], desc: str) -> None:

@@ -192,3 +192,47 @@ def test_fundus_tumour_bad_mask_values(tmp_path):
     with pytest.raises(ConversionError, match=r"a2_mask.png: label values \[128\] outside the scheme"):
         Dataset721_FundusTumour.convert(tmp_path / "src", out_root=tmp_path / "raw")
     assert list((tmp_path / "raw").iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- test split only
+def _as_test_split(sample: Path, into: Path) -> Path:
+    """A sample's val/ slices laid out as the official test/ split (links, nothing copied)."""
+    for sub in ("images", "labels"):
+        (into / "test" / sub).mkdir(parents=True)
+        for f in (sample / "val" / sub).iterdir():
+            (into / "test" / sub / f.name).symlink_to(f)
+    return into
+
+
+@pytest.mark.parametrize(("module", "sample", "channels"), [(Dataset741_BraTSWeak, "BraTS2018_slices", (256, 256)),
+                                                            (Dataset742_ISICWeak, "ISIC2018_weak", (256, 256, 3))])
+def test_real_test_split_only(shared_data, tmp_path, module, sample, channels):
+    """A source with only test/images + test/labels (BraTS slice names end in flair.nii_Z.png: not volumes that need
+    a _seg.nii.gz partner) becomes imagesTs/labelsTs alone, masks exact."""
+    src = _as_test_split(shared_data / sample, tmp_path / "src")
+    out = module.convert(src, out_root=tmp_path / "raw")
+    labels = sorted((out / "labelsTs").iterdir())
+    assert len(labels) == 8 and not any((out / "imagesTr").iterdir()) and not (out / "splits_final.json").exists()
+    for label in labels:
+        stem = label.name[: -len(".png")]
+        source = next((src / "test" / "labels").glob(f"{stem.replace('_flair_nii_', '_flair.nii_')}_segmentation.*"))
+        mask = np.asarray(Image.open(source))
+        mask = mask.max(axis=2) if mask.ndim == 3 else mask
+        np.testing.assert_array_equal(png(label), mask > 127)
+        assert png(out / "imagesTs" / f"{stem}_0000.png").shape == channels
+    ds = json.loads((out / "dataset.json").read_text())
+    assert ds["numTraining"] == 0 and ds["case_counts"]["test"] == 8
+
+
+def test_isic_task1_test_only(tmp_path):
+    src = tmp_path / "src"
+    for k in (20, 21):
+        write_isic(src, "Test", k)
+    out = Dataset742_ISICWeak.convert(src, out_root=tmp_path / "raw", size=64)
+    assert values(out / "labelsTs") == {"ISIC_0000020.png": {0, 1}, "ISIC_0000021.png": {0, 1}}
+    assert not any((out / "imagesTr").iterdir())
+    # no healthy crops: those come from training images only
+    assert json.loads((out / "dataset.json").read_text())["case_counts"] == {"weak": 0, "normal": 0, "validation": 0,
+                                                                             "full": 0, "test": 2}
+    with pytest.raises(ConversionError, match=r"no ISIC2018_Task1-2_\{Training,Validation,Test\}_Input folder"):
+        Dataset742_ISICWeak.convert(tmp_path / "raw", out_root=tmp_path / "raw2")

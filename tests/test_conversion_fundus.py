@@ -2,6 +2,9 @@
 and the stock nnU-Net integrity check on a converted real set."""
 
 import json
+import os
+import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -202,3 +205,60 @@ def test_stock_integrity_check_on_real_drive(shared_data, tmp_path, nnunet_env):
     plans = json.loads((pre / "nnUNetPlans.json").read_text())
     assert plans["configurations"]["2d"]["patch_size"]
     assert len(list((pre / "nnUNetPlans_2d").glob("*.b2nd"))) >= 3
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def test_test_split_only_synthetic(tmp_path):
+    """A source holding only the official test/ split becomes imagesTs/labelsTs/masksTs, for evaluation; the data
+    set folder gets the usual permissions (a 0700 staging folder renamed into place would keep others out)."""
+    src = tmp_path / "src"
+    truth = make_drive_layout(src, np.random.default_rng(6), n_train=0, n_test=2)
+    shutil.rmtree(src / "training")
+    out = Dataset711_DRIVE_AV.convert(src, out_root=tmp_path / "raw")
+    for case, (img, lab, fov) in truth.items():
+        np.testing.assert_array_equal(png(out / "imagesTs" / f"{case}_0000.png"), img)
+        np.testing.assert_array_equal(png(out / "labelsTs" / f"{case}.png"), lab)
+        np.testing.assert_array_equal(png(out / "masksTs" / f"{case}.png"), fov)
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "imagesTr", "imagesTs", "labelsTr", "labelsTs",
+                                                     "masksTs"]
+    assert not any((out / "imagesTr").iterdir()) and json.loads((out / "dataset.json").read_text())["numTraining"] == 0
+    usual = 0o777 & ~_umask()
+    for folder in (out, out / "imagesTs"):
+        assert stat.S_IMODE(folder.stat().st_mode) == usual, folder
+
+    # test images without any label folder: converted for prediction, no labelsTs
+    shutil.rmtree(src / "test" / "1st_manual")
+    out = Dataset711_DRIVE_AV.convert(src, out_root=tmp_path / "raw2")
+    assert len(list((out / "imagesTs").iterdir())) == 2 and not (out / "labelsTs").exists()
+    shutil.rmtree(src / "test")
+    with pytest.raises(ConversionError, match="expected a training/ or test/ folder"):
+        Dataset711_DRIVE_AV.convert(src, out_root=tmp_path / "raw3")
+    assert not (tmp_path / "raw3").exists() or not any((tmp_path / "raw3").iterdir())
+
+
+def test_real_drive_cases_as_a_test_split(shared_data, tmp_path, capsys):
+    """Real DRIVE cases laid out as the official test/ split (links, nothing copied): exact labels and FOV masks in
+    labelsTs/masksTs, then scored by `nnunet_ext evaluate` against themselves."""
+    src = tmp_path / "drive" / "test"
+    for sub, pattern in (("images", "{}_training.tif"), ("1st_manual", "{}_training.png"),
+                         ("mask", "{}_training_mask.gif")):
+        (src / sub).mkdir(parents=True)
+        for k in (24, 25):
+            (src / sub / pattern.format(k)).symlink_to(shared_data / "DRIVE_AV/training" / sub / pattern.format(k))
+    raw = tmp_path / "raw"
+    assert cli_main(["convert", "drive_av", str(src.parent), "-o", str(raw)]) == 0
+    out = raw / "Dataset711_DRIVE_AV"
+    for k in (24, 25):
+        np.testing.assert_array_equal(png(out / "labelsTs" / f"{k}_training.png"),
+                                      png(src / "1st_manual" / f"{k}_training.png"))
+        assert set(np.unique(png(out / "masksTs" / f"{k}_training.png")).tolist()) == {0, 1}
+    evaluation = tmp_path / "eval"
+    assert cli_main(["evaluate", "-ref", str(out / "labelsTs"), "-pred", str(out / "labelsTs"), "-o", str(evaluation),
+                     "--no-plots", "--no-surface"]) == 0
+    summary = json.loads((evaluation / "summary.json").read_text())
+    assert summary["n_cases"] == 2 and summary["foreground_mean"]["dice"] == 1.0
