@@ -214,3 +214,84 @@ def test_av_protocol_weighted_inside_fov():
     assert r["per_class"]["artery"]["mse"] == pytest.approx(1 / 6)
     s = summarise_av([r, r])
     assert s["weighted"]["sensitivity"]["mean"] == pytest.approx(0.75) and s["weighted"]["sensitivity"]["std"] == 0
+
+
+def test_lesions_touching_at_a_corner_are_one_lesion():
+    """Full connectivity: two squares meeting at one corner (8-connected in 2D), two cubes meeting at one vertex
+    (26-connected in 3D) are one lesion; finding one of the two halves is IoU 4/8 (2D) or 8/16 (3D)."""
+    ref = np.zeros((8, 8), dtype=bool)
+    ref[1:3, 1:3] = True
+    ref[3:5, 3:5] = True
+    pred = np.zeros_like(ref)
+    pred[1:3, 1:3] = True
+    d = lesion_detection(ref, pred, (0.5, 2.0), iou_threshold=0.5, size_bins=(0, 8, float("inf")))
+    assert (d["n_ref_lesions"], d["n_pred_lesions"], d["n_detected"], d["false_positives"]) == (1, 1, 1, 0)
+    assert d["lesions"] == [{"size": 8.0, "iou": 0.5, "detected": True}]  # 8 px of 0.5 x 2 mm
+    assert d["by_size"] == {"[0,8)": {"n_lesions": 0, "n_detected": 0}, "[8,inf)": {"n_lesions": 1, "n_detected": 1}}
+    strict = lesion_detection(ref, pred, (0.5, 2.0), iou_threshold=0.6)
+    # the lesion is missed, and the prediction (IoU 0.5 with it) is then a false positive
+    assert (strict["n_detected"], strict["false_positives"], strict["lesion_f1"]) == (0, 1, 0.0)
+
+    ref3 = np.zeros((6, 6, 6), dtype=bool)
+    ref3[0:2, 0:2, 0:2] = True
+    ref3[2:4, 2:4, 2:4] = True
+    pred3 = np.zeros_like(ref3)
+    pred3[2:4, 2:4, 2:4] = True
+    d = lesion_detection(ref3, pred3, (3.0, 1.0, 1.0), iou_threshold=0.5)
+    assert d["n_ref_lesions"] == 1 and d["lesions"] == [{"size": 48.0, "iou": 0.5, "detected": True}]
+    # sharing only an edge or a face would be one lesion too; apart by one voxel, two
+    ref3[2:4, 2:4, 2:4] = False
+    ref3[3:5, 3:5, 3:5] = True
+    assert lesion_detection(ref3, ref3, (1.0, 1.0, 1.0))["n_ref_lesions"] == 2
+
+
+def test_lesion_split_by_the_prediction_hand_computed():
+    """One lesion of 10 px predicted as pieces of 3 and 4 px: IoU with the union of the pieces 7/10."""
+    ref = np.zeros((3, 12), dtype=bool)
+    ref[1, 0:10] = True
+    pred = np.zeros_like(ref)
+    pred[1, 0:3] = True
+    pred[1, 6:10] = True
+    d = lesion_detection(ref, pred, (1.0, 1.0), iou_threshold=0.5)
+    assert d["lesions"][0]["iou"] == pytest.approx(0.7)
+    # both pieces touch the detected lesion: true positives, though each alone has IoU 0.3 or 0.4
+    assert (d["n_detected"], d["n_pred_lesions"], d["n_true_positive_pred"], d["false_positives"]) == (1, 2, 2, 0)
+    assert d["lesion_sensitivity"] == d["lesion_precision"] == d["lesion_f1"] == 1.0
+    strict = lesion_detection(ref, pred, (1.0, 1.0), iou_threshold=0.8)
+    assert (strict["n_detected"], strict["false_positives"]) == (0, 2)
+    assert strict["lesion_sensitivity"] == strict["lesion_precision"] == strict["lesion_f1"] == 0.0
+
+
+def test_lesions_merged_by_the_prediction_hand_computed():
+    """Two lesions of 4 px predicted as one 10 px blob spanning both: each lesion has IoU 4/10 with it, the blob
+    8/10 with the two lesions together."""
+    ref = np.zeros((4, 8), dtype=bool)
+    ref[1:3, 1:3] = True
+    ref[1:3, 5:7] = True
+    pred = ref.copy()
+    pred[1, 3:5] = True  # a two-pixel bridge
+    d = lesion_detection(ref, pred, (1.0, 1.0), iou_threshold=0.3)
+    assert [x["iou"] for x in d["lesions"]] == [pytest.approx(0.4), pytest.approx(0.4)]
+    assert (d["n_ref_lesions"], d["n_detected"], d["n_pred_lesions"], d["false_positives"]) == (2, 2, 1, 0)
+    assert d["lesion_f1"] == 1.0
+    strict = lesion_detection(ref, pred, (1.0, 1.0), iou_threshold=0.5)
+    # neither lesion reaches 0.5 alone, but the blob's IoU with both (0.8) makes it no false positive
+    assert (strict["n_detected"], strict["n_true_positive_pred"], strict["false_positives"]) == (0, 1, 0)
+    assert strict["lesion_sensitivity"] == 0.0 and strict["lesion_precision"] == 1.0 and strict["lesion_f1"] == 0.0
+
+    # a big and a one-pixel lesion bridged into one blob: the big one is found (9/12), the small one is not (1/12)
+    ref = np.zeros((3, 7), dtype=bool)
+    ref[0:3, 0:3] = True
+    ref[1, 5] = True
+    pred = ref.copy()
+    pred[1, 3:5] = True
+    d = lesion_detection(ref, pred, (1.0, 1.0), iou_threshold=0.1, size_bins=(0, 2, float("inf")))
+    assert sorted((x["size"], x["iou"], x["detected"]) for x in d["lesions"]) == [
+        (1.0, pytest.approx(1 / 12), False), (9.0, pytest.approx(9 / 12), True)]
+    assert d["lesion_sensitivity"] == 0.5 and d["lesion_precision"] == 1.0 and d["lesion_f1"] == pytest.approx(2 / 3)
+    assert d["by_size"] == {"[0,2)": {"n_lesions": 1, "n_detected": 0}, "[2,inf)": {"n_lesions": 1, "n_detected": 1}}
+
+    # pooled over the cases: lesions and components are counted, not per-case scores averaged
+    pooled = pool_detection([strict, d])
+    assert pooled["n_ref_lesions"] == 4 and pooled["n_detected"] == 1 and pooled["lesion_sensitivity"] == 0.25
+    assert pooled["lesion_precision"] == 1.0 and pooled["false_positives_per_case"] == 0.0
