@@ -39,7 +39,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     settings = EvaluationSettings(
         classes=args.classes, extra_regions=args.regions or [], surface=not args.no_surface,
-        nsd_tolerance_mm=args.nsd_tolerance, empty_distance=args.empty_distance,
+        nsd_tolerance_mm=args.nsd_tolerance, nsd_method=args.nsd_method, empty_distance=args.empty_distance,
         probabilities=not args.no_probabilities, lesion_classes=args.lesions or [], iou_threshold=args.iou_threshold,
         size_bins=tuple(args.size_bins) if args.size_bins else None, av=args.av, fov_dir=args.fov,
         small_fraction=args.small_fraction, small_threshold=args.small_threshold, allow_missing=args.allow_missing,
@@ -81,6 +81,10 @@ def add_evaluate(sub) -> None:
                    help="extra regions on top of the classes, e.g. 1,2,3 for all foreground")
     p.add_argument("--no-surface", action="store_true", help="skip HD95/ASSD/NSD")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD tolerance in mm (default 1)")
+    p.add_argument("--nsd-method", choices=("voxel", "surface"), default="voxel",
+                   help="NSD counts boundary voxels ('voxel', default: MONAI's compute_surface_dice) or weighs "
+                        "boundary elements by their area ('surface': DeepMind's surface-distance, MONAI with "
+                        "use_subvoxels=True)")
     p.add_argument("--empty-distance", type=_empty_distance, default=None,
                    help="HD95/ASSD when exactly one side is empty: 'diagonal' (default, the image diagonal in mm), "
                         "'nan', or a number in mm")

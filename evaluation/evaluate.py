@@ -44,6 +44,7 @@ class EvaluationSettings:
     extra_regions: list[tuple[int, ...]] = field(default_factory=list)
     surface: bool = True
     nsd_tolerance_mm: float = 1.0
+    nsd_method: str = "voxel"
     empty_distance: float | None = None
     probabilities: bool = True
     lesion_classes: list[LabelOrRegion] = field(default_factory=list)
@@ -306,7 +307,7 @@ def class_metrics(reference: np.ndarray, prediction: np.ndarray, spacing: Sequen
         row = {"key": class_key(c), **overlap_metrics(ref_mask, pred_mask, ignore)}
         if settings.surface:
             row.update(surface_metrics(ref_mask, pred_mask, spacing, settings.nsd_tolerance_mm,
-                                       settings.empty_distance))
+                                       settings.empty_distance, settings.nsd_method))
         channel = channel_of(c)
         if settings.probabilities and probabilities is not None and channel is not None:
             row.update(probability_metrics(ref_mask[keep], probabilities[channel][keep]))

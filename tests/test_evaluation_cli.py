@@ -79,3 +79,26 @@ def test_cli_on_stock_nnunet_prediction(stock_prediction_2d, tmp_path):
                           timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     _assert_real_png(compared / "comparison_dice.png")
+
+
+def test_cli_nsd_method_surface(png_folders, tmp_path, capsys):  # noqa: F811
+    """--nsd-method surface reaches the metric: the area-weighted NSD of each row, the other metrics unchanged."""
+    from nnunet_ext.evaluation.metrics import surface_metrics
+
+    raw, labels_dir, _, pred_dir, _ = png_folders
+    frames = {}
+    for method in ("voxel", "surface"):
+        out = tmp_path / method
+        assert main(["evaluate", "-ref", str(labels_dir), "-pred", str(pred_dir), "-o", str(out), "--no-plots",
+                     "--nsd-method", method, "--nsd-tolerance", "0.5", "--classes", "1", "2"]) == 0
+        assert json.loads((out / "summary.json").read_text())["settings"]["nsd_method"] == method
+        frames[method] = pd.read_csv(out / "per_case.csv").set_index(["case", "class"])
+    reference = np.asarray(Image.open(labels_dir / "toy_002.png"))
+    prediction = np.asarray(Image.open(pred_dir / "toy_002.png"))
+    expected = surface_metrics(reference == 2, prediction == 2, (1.0, 1.0), 0.5, nsd_method="surface")["nsd"]
+    assert frames["surface"].loc[("toy_002", "vein"), "nsd"] == pytest.approx(expected)
+    assert frames["surface"].loc[("toy_002", "vein"), "nsd"] != frames["voxel"].loc[("toy_002", "vein"), "nsd"]
+    assert (frames["surface"]["hd95"] == frames["voxel"]["hd95"]).all()
+    with pytest.raises(SystemExit) as exited:
+        main(["evaluate", "-ref", "r", "-pred", "p", "--nsd-method", "area"])
+    assert exited.value.code == 2 and "invalid choice: 'area'" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from nnunet_ext.evaluation.metrics import (
     region_mask,
     squeeze_spatial,
     surface_metrics,
+    window_measures,
 )
 
 
@@ -104,6 +105,76 @@ def test_surface_blocks_hand_computed(row_spacing, expected):
     assert s["hd95"] == pytest.approx(expected)
     assert s["assd"] == pytest.approx((2 * 1.0 + 4 * row_spacing) / 26)
     assert s["nsd"] == pytest.approx(20 / 26)
+
+
+def test_surface_nsd_hand_computed_2d():
+    """--nsd-method surface on the blocks above: the boundary runs through the windows between pixel centres, a
+    straight piece 1 mm long, a corner cut d = sqrt(2)/2. Reference 4x4: 12 straight + 4 corners; the 3 straight
+    pieces of its bottom side are 1 mm from the prediction's boundary. Prediction 4x5: 14 straight + 4 corners; its
+    bottom side (3 straight, 2 corners) is 1 mm from the reference's boundary."""
+    ref = np.zeros((10, 10), dtype=bool)
+    pred = ref.copy()
+    ref[0:4, 0:4] = True
+    pred[0:5, 0:4] = True
+    d = math.sqrt(2) / 2
+    s = surface_metrics(ref, pred, (1.0, 1.0), nsd_tolerance_mm=0.5, nsd_method="surface")
+    assert s["nsd"] == pytest.approx(((12 + 4 * d - 3) + (14 + 4 * d - 3 - 2 * d)) / (12 + 4 * d + 14 + 4 * d))
+    assert surface_metrics(ref, pred, (1.0, 1.0), nsd_tolerance_mm=1.0, nsd_method="surface")["nsd"] == 1.0
+    # the other metrics do not depend on the NSD method
+    voxel = surface_metrics(ref, pred, (1.0, 1.0), nsd_tolerance_mm=0.5)
+    assert voxel["nsd"] == pytest.approx(20 / 26) and voxel["hd95"] == s["hd95"] and voxel["assd"] == s["assd"]
+    with pytest.raises(ValueError, match="nsd_method must be one of"):
+        surface_metrics(ref, pred, (1.0, 1.0), nsd_method="area")
+
+
+def test_surface_nsd_hand_computed_3d():
+    """Two single voxels two columns apart: each is enclosed by the 8 windows around its centre (an octahedron of 8
+    equal triangles at any spacing); the 4 windows on the facing side are 1 mm from the other's, the other 4 are
+    2 mm away. Counting voxels, both voxels are 2 mm apart: NSD 0 below 2 mm."""
+    ref = np.zeros((5, 5, 7), dtype=bool)
+    pred = ref.copy()
+    ref[2, 2, 2] = True
+    pred[2, 2, 4] = True
+    for tolerance, by_area, by_voxel in ((0.9, 0.0, 0.0), (1.0, 0.5, 0.0), (1.9, 0.5, 0.0), (2.0, 1.0, 1.0)):
+        assert surface_metrics(ref, pred, (2.0, 1.0, 1.0), tolerance, nsd_method="surface")["nsd"] == by_area
+        assert surface_metrics(ref, pred, (2.0, 1.0, 1.0), tolerance)["nsd"] == by_voxel
+
+
+def test_window_measures_hand_computed():
+    """Areas of the marching-cubes pieces: a corner cut is a triangle with area vector (1/8, 1/8, 1/8) at unit
+    spacing, a face (4 corners on one side) a rectangle between edge midpoints, an edge (2 corners) a rectangle
+    along it, tilted 45 degrees at unit spacing."""
+    s0, s1, s2 = 2.0, 0.5, 3.0
+    areas = window_measures((s0, s1, s2))
+    # corner i is bit i, corners in (axis 0, axis 1, axis 2) order: bit 0 = (0,0,0), bit 4 = (1,0,0), bit 1 = (0,0,1)
+    assert areas[0b00000001] == pytest.approx(math.hypot(s1 * s2, s0 * s2, s0 * s1) / 8)
+    assert areas[0b11111110] == pytest.approx(areas[0b00000001])
+    assert areas[0b00001111] == pytest.approx(s1 * s2)  # the four corners with axis-0 coordinate 0: a plane across
+    assert areas[0b00010001] == pytest.approx(s0 * math.hypot(s1, s2) / 2)  # the two corners of an axis-0 edge
+    assert areas[0] == areas[255] == 0
+    lengths = window_measures((2.0, 0.5))
+    assert list(lengths[[0b0001, 0b0011, 0b0101, 0b0110, 0b1111]]) == pytest.approx(
+        [math.hypot(2.0, 0.5) / 2, 0.5, 2.0, math.hypot(2.0, 0.5), 0])
+
+
+def test_surface_nsd_matches_monai_subvoxels():
+    """The area-weighted NSD against MONAI's compute_surface_dice(use_subvoxels=True), DeepMind's method, on rough
+    anisotropic shapes in 2D and 3D (MONAI is a bench extra, not a dependency)."""
+    torch = pytest.importorskip("torch")
+    monai_metrics = pytest.importorskip("monai.metrics")
+    rng = np.random.default_rng(2)
+    for shape in ((16, 20, 14), (36, 30)):
+        spacing = tuple(rng.uniform(0.5, 3.0, len(shape)))
+        grid = np.indices(shape).astype(float) - (np.array(shape) / 2).reshape(-1, *[1] * len(shape))
+        r = np.sqrt(sum((g * sp) ** 2 for g, sp in zip(grid, spacing, strict=True)))
+        ref = r < 9
+        pred = (r + rng.normal(0, 1.5, r.shape)) < 9.5
+        for tolerance in (0.5, 2.0):
+            ours = surface_metrics(ref, pred, spacing, tolerance, nsd_method="surface")["nsd"]
+            one_hot = [torch.from_numpy(np.stack([~m, m])[None].astype(np.float32)) for m in (pred, ref)]
+            theirs = float(monai_metrics.compute_surface_dice(*one_hot, [tolerance], spacing=spacing,
+                                                              use_subvoxels=True)[0, 0])
+            assert ours == pytest.approx(theirs, abs=1e-6)
 
 
 def _brute_force_surface(ref, pred, spacing, tolerance):
