@@ -254,9 +254,12 @@ def cross_validation_pairs(model_dir: str, reference_dir: str, file_ending: str,
     missing = []
     splits_file = _splits_file(model_dir, reference_dir)
     if splits_file is not None:
-        with open(splits_file) as f:
-            splits = json.load(f)
-        expected = [case for fold in folds if fold < len(splits) for case in splits[fold]["val"]]
+        try:
+            with open(splits_file) as f:
+                splits = json.load(f)
+            expected = [case for fold in folds if fold < len(splits) for case in splits[fold]["val"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{splits_file}: not nnU-Net's split list ({type(e).__name__}: {e})") from e
         missing = missing_predictions(pairs, expected, f"{model_dir} (folds {folds}, split {splits_file})",
                                       reference_dir, allow_missing)
     return pairs, missing
