@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import results_env
+from conftest import build_trainer, results_env
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
 from nnunet_ext import stock
@@ -214,7 +214,12 @@ def test_phases_stop_resume_and_predict_through_stock_commands(hn_preprocessed, 
     log = stock.train(pre.dataset_id, "3d_fullres", 0, name, env, continue_training=True)
     assert "Epoch 3" in log and "Epoch 2\n" not in log
     assert "Phase 'sos'" in log and "Phase 'adversarial'" in log
+    # vital signs every epoch, the whole run's history (3 epochs before the stop + 2 after) in the plot's checkpoint
+    training_log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
+    assert training_log.count("Vital signs: peak: ") == 5 and "paste_rate: " in training_log
+    assert (fold / "focusnet_progress.png").stat().st_size > 10_000
     final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
+    assert [v["epoch"] for v in final["nnunet_ext"]["vitals"]] == [0, 1, 2, 3, 4]
     assert bool(final["network_weights"]["sos_ready"])
     sos_steps = {int(s["step"]) for s in final["nnunet_ext"]["extra"]["sos_optimizer"]["state"].values()}
     assert sos_steps == {4}  # 2 iterations in 'sos' + 2 in 'adversarial', Adam continued across the restart
@@ -237,3 +242,143 @@ def test_demo_resolves_to_the_head_and_neck_phantom_without_a_floor():
 
     # the 3D _demo budget was not measured on a CPU: no Dice floor is claimed
     assert resolve_demo("FocusNetV2Trainer") == ("FocusNetV2Trainer_demo", "hn3d", None)
+
+
+# ---------------------------------------------------------------------------------------------- mechanism
+class _Narrow(FocusNetV2Trainer):
+    # 8-64 features: with 4 the SOL head sees 4 feature channels and the chiasm's peak needs ~10x the steps
+    unet_base_features = 8
+    sos_features = 4
+    shape_features = 4
+
+
+def _one_case_batch(t, key: str | None = None) -> tuple[dict, str]:
+    """A training case of the fold as one un-augmented batch: the whole volume padded to the patch, deep-supervision
+    targets downsampled as nnU-Net's loader does."""
+    from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
+
+    dataset_tr, _ = t.get_tr_and_val_datasets()
+    key = key or next(k for k in sorted(dataset_tr.identifiers) if set(t.selection.labels) <= t.case_labels[k])
+    data, seg = (np.asarray(a) for a in dataset_tr.load_case(key)[:2])
+    patch = tuple(t.configuration_manager.patch_size)
+    pad = [(0, 0)] + [(0, max(p - n, 0)) for p, n in zip(patch, data.shape[1:], strict=True)]
+    cut = (slice(None), *[slice(0, p) for p in patch])
+    data = torch.from_numpy(np.pad(data, pad)[cut]).float()
+    seg = torch.from_numpy(np.pad(seg, pad)[cut].clip(min=0)).float()
+    targets = DownsampleSegForDSTransform(t._get_deep_supervision_scales())._apply_to_segmentation(seg)
+    return {"data": data[None], "target": [s[None] for s in targets], "keys": [key]}, key
+
+
+def _enter_phase(t, name: str) -> None:
+    t.current_epoch = {r.name: r for r in t.phase_schedule.resolve(t.num_epochs)}[name].start
+    t.on_train_epoch_start()
+
+
+@pytest.mark.mechanism
+def test_focusnet_heatmap_head_localises_a_case_it_can_overfit(hn_preprocessed, tmp_path, monkeypatch):
+    """The SOL head, trained by the snet step as configured (focal heatmap loss, its own Adam), finds every small
+    organ of one case: peak above the paste threshold and inside half the ROI box. With the original's voxel-mean
+    MSE under S-Net's SGD the peaks fell towards 0 instead (issue 16)."""
+    t = build_trainer(_Narrow, hn_preprocessed, tmp_path, monkeypatch, nnUNet_ext_seed="0")
+    t.num_epochs = 10
+    t.initialize()
+    batch, _ = _one_case_batch(t)
+    _enter_phase(t, "snet")
+    for _ in range(STEPS_TO_LOCALISE):
+        t.train_step(batch)
+    net = t.focus_network
+    net.eval()
+    with torch.no_grad():
+        heat = torch.sigmoid(net.snet_forward(batch["data"]).heat_logits)[0]
+    seg = batch["target"][0][0, 0]
+    for k, lab in enumerate(t.selection.labels):
+        index, value = peak(heat[k])
+        offset = np.abs(np.subtract(index, centroid(seg == lab)))
+        assert value > t.peak_threshold, f"organ {lab}: peak {value:.3f}"
+        assert (offset < np.asarray(t.box) / 2).all(), f"organ {lab}: peak {index} vs centroid, box {t.box}"
+
+
+STEPS_TO_LOCALISE = 40  # all three organs' peaks pass 0.85 within 25 steps (measured, seed 0)
+
+
+@pytest.mark.mechanism
+def test_focusnet_fused_output_is_sos_inside_the_box_and_snet_outside():
+    torch.manual_seed(0)
+    box, shape = (4, 8, 8), (8, 24, 24)
+    net = FocusNetV2Network(_snet(3, 4), 1, sos_features=4)
+    net.configure([2, 3], box)
+    net.sos_ready.fill_(True)
+    net.eval()
+    x = torch.randn(1, 1, *shape)
+    with torch.no_grad():
+        out = net.snet_forward(x)
+        # organ 2's heatmap peaks at a known voxel above the threshold, organ 3's stays below it
+        heat = torch.full_like(out.heat_logits, -10.0)
+        heat[0, 0, 4, 6, 18] = 5.0
+        out.heat_logits = heat
+        fused = torch.softmax(net.paste_sos(x, out), 1)
+        start = place_box((4, 6, 18), box, shape)
+        sos = torch.sigmoid(net.sos[0](net.sos_input(x, out, 0, 0, start)))[0, 0]
+    inside = torch.zeros(shape, dtype=torch.bool)
+    inside[tuple(slice(s, s + n) for s, n in zip(start, box, strict=True))] = True
+    snet = torch.softmax(out.logits, 1)[0]
+    torch.testing.assert_close(fused[0, 2][inside], sos[...].flatten(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(fused[0][:, ~inside], snet[:, ~inside], rtol=0, atol=1e-6)
+    # the other classes share what SOS leaves, in S-Net's proportions
+    others = snet[[0, 1, 3]][:, inside]
+    expected = others / others.sum(0, keepdim=True) * (1 - sos.flatten())
+    torch.testing.assert_close(fused[0][[0, 1, 3]][:, inside], expected, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        out.heat_logits = torch.full_like(out.heat_logits, -10.0)  # no peak above 0.6: S-Net's logits bit for bit
+        assert torch.equal(net.paste_sos(x, out), out.logits)
+
+
+@pytest.mark.mechanism
+def test_focusnet_sos_trains_a_crop_without_its_organ_towards_empty(hn_preprocessed, tmp_path, monkeypatch):
+    """A patch that misses the small organs of its case still gets SOS crops (at the predicted peaks), with empty
+    references, and SOS steps drive the output there towards 'no organ'. Control: where the case has the organ
+    unannotated (no crop), the same steps leave that SOS-Net's output exactly as it was."""
+    t = build_trainer(_Narrow, hn_preprocessed, tmp_path, monkeypatch, nnUNet_ext_seed="0")
+    t.num_epochs = 10
+    t.initialize()
+    batch, key = _one_case_batch(t)
+    for level in batch["target"]:  # the case has the small organs; this patch does not show them
+        for lab in t.selection.labels:
+            level[level == lab] = 0
+    _enter_phase(t, "sos")
+    net, chiasm = t.focus_network, len(t.selection.labels) - 1
+    with torch.no_grad():
+        out = net.snet_forward(batch["data"])
+    crops = t.sos_crops(batch["target"][0], out.heat_logits, chiasm, [key])
+    assert len(crops) == 1
+    b, start = crops[0]
+    assert not crop(batch["target"][0][b:b + 1] == t.selection.labels[chiasm], start, t.box).any()
+
+    def organ_probability() -> float:
+        with torch.no_grad():
+            return float(torch.sigmoid(net.sos[chiasm](net.sos_input(batch["data"], out, chiasm, b, start))).mean())
+
+    trace = [organ_probability()]
+    for _ in range(40):
+        t.train_step(batch)
+        trace.append(organ_probability())
+    assert all(later < earlier for earlier, later in zip(trace, trace[1:], strict=False)), trace
+    assert trace[-1] < trace[0] - 0.04, trace  # ~0.5 -> ~0.45 in 40 Adam steps at lr 1e-3 (measured)
+
+    t.case_labels[key] = t.case_labels[key] - {t.selection.labels[chiasm]}  # annotation missing: no crop, no loss
+    assert t.sos_crops(batch["target"][0], out.heat_logits, chiasm, [key]) == []
+    for _ in range(5):
+        t.train_step(batch)
+    assert organ_probability() == trace[-1]
+
+
+def test_focusnet_warns_when_no_organ_would_be_pasted_after_the_snet_phase():
+    fake = SimpleNamespace(num_epochs=10, peak_threshold=0.6, phase_schedule=FocusNetV2Trainer.build_phase_schedule(
+        SimpleNamespace(phase_fractions=(0.5, 0.1, 0.25), heatmap_weight=2.0, latent_weight=5.0, feature_weight=1.0,
+                        mse_weight=1.0)))
+    row = {"peak/chiasm": 0.2, "paste_rate/chiasm": 0.0, "paste_rate/optic_nerve_l": float("nan")}
+    warn = FocusNetV2Trainer.vital_sign_warnings
+    assert warn(fake, [{"epoch": 3, **row}]) == []  # still in the snet phase (epochs 0-4)
+    (message,) = warn(fake, [{"epoch": 4, **row}])
+    assert "peak_threshold 0.6" in message and "'chiasm': 0.2" in message and "S-Net's alone" in message
+    assert warn(fake, [{"epoch": 6, **row, "paste_rate/chiasm": 0.25}]) == []

@@ -290,6 +290,21 @@ def roi_crop_starts(t) -> list:
     return t.organ_crops(organ_seg(t), 0)
 
 
+def heatmap_loss_at_zero(t) -> float:
+    seg = organ_seg(t)
+    logits = torch.zeros((1, len(t.selection.labels), *seg.shape[2:]))
+    return round(float(t.heatmap_loss_value(logits, seg, None)), 5)
+
+
+def sos_crop_starts(t) -> list:
+    """SOS crops when the heatmap peaks in a corner, far from every organ."""
+    seg = organ_seg(t)
+    heat = torch.zeros((1, len(t.selection.labels), *seg.shape[2:]))
+    heat[(0, slice(None), *[0] * (seg.ndim - 2))] = 1.0
+    np.random.seed(0)
+    return t.sos_crops(seg, heat, 0, None)
+
+
 def sos_params(cls, t) -> int:
     net = network(cls, t)
     net.configure(t.selection.labels, t.box)
@@ -473,6 +488,9 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     (FocusNetV2Trainer, "roi_margin_mm"): Plan(9.0, lambda t: t.box),
     (FocusNetV2Trainer, "roi_percentile"): Plan(0.0, lambda t: t.box),
     (FocusNetV2Trainer, "roi_jitter"): Step(0.0, roi_crop_starts),
+    (FocusNetV2Trainer, "sos_predicted_crop_fraction"): Step(1.0, sos_crop_starts),
+    (FocusNetV2Trainer, "heatmap_loss"): Step("mse", heatmap_loss_at_zero),
+    (FocusNetV2Trainer, "sol_lr"): Init(1e-3, lambda t: t.sol_optimizer.param_groups[0]["lr"]),
     (FocusNetV2Trainer, "heatmap_sigma"): Plan(1.0, heatmap_mass),
     (FocusNetV2Trainer, "heatmap_weight"): Init(0.5, loss_weight("snet", "heatmap")),
     (FocusNetV2Trainer, "latent_weight"): Init(2.5, loss_weight("adversarial", "latent")),

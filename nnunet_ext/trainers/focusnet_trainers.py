@@ -5,11 +5,22 @@ shape prior, as one nnU-Net run.
     nnUNetv2_predict -i IN -o OUT -d DATASET -c 3d_fullres -f 0 -tr FocusNetV2Trainer
 
 Phases of the epoch budget (nnunet_ext.training.phases; each resumes with --c):
-  snet         S-Net (the plans' U-Net, Dice+CE with deep supervision) + SOL-Net heatmaps (MSE, weight 2)
+  snet         S-Net (the plans' U-Net, Dice+CE with deep supervision, nnU-Net's SGD with its poly schedule spread
+               over this phase) + SOL-Net heatmaps (penalty-reduced focal loss, weight 2, own Adam as the original)
   shape        the shape autoencoder on ground-truth small-organ crops (reconstruction)
-  sos          one SOS-Net per small organ on ROI crops (binary focal + Tversky-Dice); S-Net frozen
+  sos          one SOS-Net per small organ on ROI crops (binary focal + Tversky-Dice); S-Net frozen. Crops sit at the
+               predicted heatmap peak (organ inside or not: SOS learns "nothing here") or, for a share
+               1 - sos_predicted_crop_fraction, at the jittered reference centroid
   adversarial  SOS-Nets with their loss + 5 latent MSE + intermediate-feature MSE + MSE(sigmoid, reference), and the
                autoencoder updated to reconstruct true shapes and to separate predicted from true shapes in latent space
+
+Budget: S-Net trains in the snet phase only (phase_fractions[0] of the epochs) and anneals there; the later phases
+train the small networks with S-Net frozen. A run whose S-Net should get a stock run's E epochs therefore needs
+E / phase_fractions[0] epochs in all (bench/focusnet/ reports both ways of counting).
+
+Vital signs every epoch (log and focusnet_progress.png): per small organ on the validation patches that show it, the
+heatmap peak height, the peak-to-centroid distance in mm, the share of peaks inside half the ROI box and the paste
+rate (peak above peak_threshold); a WARNING when no organ would be pasted once the snet phase is over.
 
 The small organs and the ROI box are derived from the preprocessed training labels of the fold when training starts
 (nnunet_ext.methods.focusnet.organs), logged and written to focusnet_small_organs.json in the fold folder. Override the
@@ -24,21 +35,21 @@ import os
 
 import numpy as np
 import torch
-from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
 
 from nnunet_ext.methods.focusnet import loss as fl
 from nnunet_ext.methods.focusnet.network import FocusNetV2Network, ShapeAutoencoder
 from nnunet_ext.methods.focusnet.organs import case_stats, parse_override, roi_box, select_small_organs
-from nnunet_ext.methods.focusnet.roi import centroid, crop, gaussian_heatmap, place_box
+from nnunet_ext.methods.focusnet.roi import centroid, crop, gaussian_heatmap, peak, place_box
 from nnunet_ext.training.base import nnUNetExtTrainer, unwrap
-from nnunet_ext.training.phases import NETWORK, Phase, PhaseSchedule
+from nnunet_ext.training.phases import NETWORK, Phase, PhasePolyLRScheduler, PhaseSchedule
 from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
 
 __all__ = ["FocusNetV2Trainer", "FocusNetV2Trainer_debug", "FocusNetV2Trainer_demo"]
 
 SMALL_ORGANS_ENV = "nnUNet_ext_focusnet_small_organs"
 SELECTION_FILE = "focusnet_small_organs.json"
+HEATMAP_LOSSES = {"focal": fl.heatmap_focal_loss, "mse": fl.heatmap_loss}
 
 
 class FocusNetV2Trainer(nnUNetExtTrainer):
@@ -51,11 +62,16 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
     max_small_organs = 3
     roi_margin_mm = 3.0
     roi_percentile = 95.0
-    roi_jitter = 0.25  # training crops: centroid shifted by up to this fraction of the box per axis
+    roi_jitter = 0.25  # reference-centred training crops: centroid shifted by up to this fraction of the box per axis
+    # share of SOS training crops placed at the predicted heatmap peak (what inference does), the rest at the jittered
+    # reference centroid; patches without the organ always get a predicted-peak crop, which must come out empty
+    sos_predicted_crop_fraction = 0.5
     # SOL-Net targets: Gaussian with this sigma in voxels along the finest axis (coarser axes scaled by spacing)
     heatmap_sigma = 3.0
     # losses and optimizers
+    heatmap_loss = "focal"  # "focal": penalty-reduced focal (localises); "mse": the original's (collapses, ablation)
     heatmap_weight = 2.0
+    sol_lr = 4e-4  # the SOL head's own Adam (the original's), poly-annealed over the snet phase
     latent_weight = 5.0
     feature_weight = 1.0
     mse_weight = 1.0
@@ -66,6 +82,7 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
     phase_fractions = (0.5, 0.1, 0.25)
     demo_phantom = "hn3d"
     demo_dice_floor = None
+    progress_plot = "focusnet_progress.png"
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -75,6 +92,9 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         self.case_labels: dict[str, set[int]] = {}
         self.sigma: tuple[float, ...] | None = None
         self.sos_optimizer: torch.optim.Optimizer | None = None
+        self.sol_optimizer: torch.optim.Optimizer | None = None
+        self.sol_scheduler: PhasePolyLRScheduler | None = None
+        self._localisation: dict[int, list[tuple[float, float, bool, bool]]] = {}
 
     def build_phase_schedule(self) -> PhaseSchedule:
         snet, shape, sos = self.phase_fractions
@@ -166,13 +186,20 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         return unwrap(self.network)
 
     def configure_optimizers(self):
+        if self.heatmap_loss not in HEATMAP_LOSSES:
+            raise ValueError(f"{self.__class__.__name__}.heatmap_loss must be one of {sorted(HEATMAP_LOSSES)}, got "
+                             f"{self.heatmap_loss!r}")
         net = self.focus_network
         net.configure(self.selection.labels, self.box)
-        snet_params = list(net.snet.parameters()) + list(net.sol.parameters())
-        optimizer = torch.optim.SGD(snet_params, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
-                                    nesterov=True)
+        snet = {r.name: r for r in self.phase_schedule.resolve(self.num_epochs)}["snet"]
+        # S-Net keeps nnU-Net's SGD; its poly schedule spans the epochs it trains, so it anneals as a stock run would
+        optimizer = torch.optim.SGD(net.snet.parameters(), self.initial_lr, weight_decay=self.weight_decay,
+                                    momentum=0.99, nesterov=True)
+        # the heatmap head gets its own Adam (the original's): under S-Net's SGD it collapsed to all-zero maps
+        self.sol_optimizer = torch.optim.Adam(net.sol.parameters(), lr=self.sol_lr)
+        self.sol_scheduler = PhasePolyLRScheduler(self.sol_optimizer, self.sol_lr, snet.start, snet.end)
         self.sos_optimizer = torch.optim.Adam(net.sos.parameters(), lr=self.sos_lr)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        return optimizer, PhasePolyLRScheduler(optimizer, self.initial_lr, snet.start, snet.end)
 
     def build_aux_modules(self) -> dict[str, nn.Module]:
         return {"shape_ae": ShapeAutoencoder(self.box, len(self.selection.labels), self.shape_features)}
@@ -182,7 +209,7 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
 
     def extra_checkpoint_state(self) -> dict:
         return {"small_organs": list(self.selection.labels), "roi_box": list(self.box),
-                "sos_optimizer": self.sos_optimizer.state_dict()}
+                "sos_optimizer": self.sos_optimizer.state_dict(), "sol_optimizer": self.sol_optimizer.state_dict()}
 
     def load_extra_checkpoint_state(self, state: dict) -> None:
         if state["small_organs"] != list(self.selection.labels) or state["roi_box"] != list(self.box):
@@ -190,10 +217,15 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
                                f"{state['roi_box']}, this run selected {list(self.selection.labels)} and "
                                f"{list(self.box)}: keep {SMALL_ORGANS_ENV} / small_organs as in the first run")
         self.sos_optimizer.load_state_dict(state["sos_optimizer"])
+        self.sol_optimizer.load_state_dict(state["sol_optimizer"])
 
     def on_phase_start(self, phase) -> None:
         if phase.name in ("sos", "adversarial"):
             self.focus_network.sos_ready.fill_(True)
+
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.sol_scheduler.step(self.current_epoch)
 
     # ------------------------------------------------------------------ targets
     def heatmap_targets(self, seg: torch.Tensor, keys) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,6 +246,14 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
                     targets[b, k] = gaussian_heatmap(spatial, c, self.sigma, device=seg.device)
         return targets, valid
 
+    def heatmap_loss_value(self, heat_logits: torch.Tensor, seg: torch.Tensor, keys) -> torch.Tensor:
+        targets, valid = self.heatmap_targets(seg, keys)
+        return HEATMAP_LOSSES[self.heatmap_loss](heat_logits, targets, valid)
+
+    def organ_present(self, keys, b: int, label: int) -> bool:
+        """Whether case keys[b] has `label` annotated (PDDCA-like data lack some optic structures: no target there)."""
+        return keys is None or label in self.case_labels.get(str(keys[b]), {label})
+
     def organ_crops(self, seg: torch.Tensor, k: int, jitter: bool = True) -> list[tuple[int, tuple[int, ...]]]:
         """(batch item, box start) around organ k's centroid for every item that shows the organ."""
         lab = self.selection.labels[k]
@@ -228,11 +268,29 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
             out.append((b, place_box(c, self.box, tuple(seg.shape[2:]))))
         return out
 
+    def sos_crops(self, seg: torch.Tensor, heat: torch.Tensor, k: int, keys) -> list[tuple[int, tuple[int, ...]]]:
+        """(batch item, box start) of organ k's SOS training crops: at the predicted heatmap peak (what inference
+        pastes, with its localisation error) for a share sos_predicted_crop_fraction of the items that show the
+        organ and for every item whose patch misses it (the crop then holds no organ: SOS learns to say so); at the
+        jittered reference centroid for the others. Items of cases without the organ annotated get no crop."""
+        lab = self.selection.labels[k]
+        reference = dict(self.organ_crops(seg, k))
+        spatial = tuple(seg.shape[2:])
+        out = []
+        for b in range(seg.shape[0]):
+            if not self.organ_present(keys, b, lab):
+                continue
+            if b in reference and np.random.uniform() >= self.sos_predicted_crop_fraction:
+                out.append((b, reference[b]))
+            else:
+                out.append((b, place_box(peak(heat[b, k])[0], self.box, spatial)))
+        return out
+
     # ------------------------------------------------------------------ training
     def _batch(self, batch: dict):
         return (*self.batch_to_device(batch), batch.get("keys"))
 
-    def _step(self, loss: torch.Tensor | None, optimizer: torch.optim.Optimizer, parameters) -> None:
+    def _step(self, loss: torch.Tensor | None, optimizer, parameters) -> None:
         # the steps call S-Net, SOL head, SOS-Nets and the autoencoder's per-organ parts directly, not through a DDP
         # forward, so the gradients are averaged over the ranks in the step
         self.optimizer_step(loss, optimizer, parameters, sync=True)
@@ -241,14 +299,14 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         data, target, full, keys = self._batch(batch)
         net, phase = self.focus_network, self.current_phase.phase
         self.optimizer.zero_grad(set_to_none=True)
+        self.sol_optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             out = net.snet_forward(data)
             output = [out.logits, *out.side] if net.snet.decoder.deep_supervision else out.logits
             seg = self.loss(output, target)
-            heat_t, valid = self.heatmap_targets(full, keys)
-            heat = fl.heatmap_loss(out.heat_logits, heat_t, valid)
+            heat = self.heatmap_loss_value(out.heat_logits, full, keys)
             loss = phase.loss_weight("segmentation") * seg + phase.loss_weight("heatmap") * heat
-        self._step(loss, self.optimizer, list(net.snet.parameters()) + list(net.sol.parameters()))
+        self._step(loss, [self.optimizer, self.sol_optimizer], list(net.snet.parameters()) + list(net.sol.parameters()))
         return {"loss": loss.detach().cpu().numpy()}
 
     def train_step_shape(self, batch: dict) -> dict:
@@ -268,39 +326,39 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
             self._step(loss, opt, ae.parameters())
         return {"loss": np.array(0.0) if loss is None else loss.detach().cpu().numpy()}
 
-    def _sos_predictions(self, data: torch.Tensor, full: torch.Tensor):
-        """(organ index, SOS logits, reference crops) for every organ the batch shows; S-Net runs without grad."""
+    def _sos_predictions(self, data: torch.Tensor, full: torch.Tensor, keys):
+        """(organ index, SOS logits, reference crops) per organ over its sos_crops; S-Net runs without grad."""
         net = self.focus_network
         with torch.no_grad():
             out = net.snet_forward(data)
         results = []
         for k, lab in enumerate(self.selection.labels):
-            crops = self.organ_crops(full, k)
+            crops = self.sos_crops(full, out.heat_logits, k, keys)
             if not crops:
-                continue  # missing from every item: no SOS loss for this organ
+                continue  # not annotated in any item's case: no SOS loss for this organ
             inputs = torch.cat([net.sos_input(data, out, k, b, s) for b, s in crops])
             ref = torch.cat([crop((full[b:b + 1] == lab).float(), s, self.box) for b, s in crops])
             results.append((k, net.sos[k](inputs), ref))
         return results
 
     def train_step_sos(self, batch: dict) -> dict:
-        data, _, full, _ = self._batch(batch)
+        data, _, full, keys = self._batch(batch)
         self.sos_optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            results = self._sos_predictions(data, full)
+            results = self._sos_predictions(data, full, keys)
             loss = torch.stack([fl.sos_loss(logits, ref) for _, logits, ref in results]).mean() if results else None
         if self.any_rank(loss is not None):
             self._step(loss, self.sos_optimizer, self.focus_network.sos.parameters())
         return {"loss": np.array(0.0) if loss is None else loss.detach().cpu().numpy()}
 
     def train_step_adversarial(self, batch: dict) -> dict:
-        data, _, full, _ = self._batch(batch)
+        data, _, full, keys = self._batch(batch)
         phase = self.current_phase.phase
         ae, ae_opt = unwrap(self.aux_modules["shape_ae"]), self.aux_optimizers["shape_ae"]
         # SOS-Nets: segmentation loss plus the shape-prior terms, the autoencoder fixed (its grads dropped below)
         self.sos_optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            results = self._sos_predictions(data, full)
+            results = self._sos_predictions(data, full, keys)
             total = []
             for k, logits, ref in results:
                 terms = fl.shape_prior_terms(ae, k, torch.sigmoid(logits.float()), ref)
@@ -317,6 +375,63 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
                                    for k, logits, ref in results]).mean() if results else None
         self._step(ae_loss, ae_opt, ae.parameters())
         return {"loss": np.array(0.0) if loss is None else loss.detach().cpu().numpy()}
+
+    # ------------------------------------------------------------------ vital signs
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self._localisation = {lab: [] for lab in self.selection.labels}
+
+    def validation_step(self, batch: dict) -> dict:
+        # nnU-Net's validation pass, with the S-Net output it computes kept for the heatmap's vital signs
+        net = self.focus_network
+        net.keep_last_output = True
+        try:
+            result = super().validation_step(batch)
+        finally:
+            net.keep_last_output = False
+        out, net.last_output = net.last_output, None
+        if out is not None and out.heat_logits is not None:
+            target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
+            self.record_localisation(torch.sigmoid(out.heat_logits.float()).cpu(), target.cpu(), batch.get("keys"))
+        return result
+
+    def record_localisation(self, heat: torch.Tensor, seg: torch.Tensor, keys) -> None:
+        """Per item and small organ shown in the patch: (peak height, peak-to-centroid distance in mm, peak within
+        half the box on every axis, peak above peak_threshold)."""
+        spacing = np.asarray(self.configuration_manager.spacing, float)
+        half = np.asarray(self.box, float) / 2
+        for b in range(seg.shape[0]):
+            for k, lab in enumerate(self.selection.labels):
+                c = centroid(seg[b, 0] == lab)
+                if c is None or not self.organ_present(keys, b, lab):
+                    continue
+                index, value = peak(heat[b, k])
+                offset = np.abs(np.asarray(index, float) - np.asarray(c))
+                self._localisation.setdefault(lab, []).append(
+                    (value, float(np.linalg.norm(offset * spacing)), bool((offset < half).all()),
+                     value > self.peak_threshold))
+
+    def epoch_vital_signs(self) -> dict[str, float]:
+        names = dict(zip(self.selection.labels, self.selection.names, strict=True))
+        vitals = {}
+        for lab, rows in self._localisation.items():
+            name = names[lab]
+            values = np.asarray(rows, float) if rows else np.full((1, 4), np.nan)
+            vitals[f"peak/{name}"] = float(values[:, 0].mean())
+            vitals[f"error_mm/{name}"] = float(values[:, 1].mean())
+            vitals[f"in_half_box/{name}"] = float(values[:, 2].mean())
+            vitals[f"paste_rate/{name}"] = float(values[:, 3].mean())
+        return vitals
+
+    def vital_sign_warnings(self, history: list[dict]) -> list[str]:
+        snet = {r.name: r for r in self.phase_schedule.resolve(self.num_epochs)}["snet"]
+        last = history[-1]
+        rates = {k: v for k, v in last.items() if k.startswith("paste_rate/") and not np.isnan(v)}
+        if last["epoch"] < snet.end - 1 or not rates or any(v > 0 for v in rates.values()):
+            return []
+        peaks = {k.split("/", 1)[1]: round(v, 3) for k, v in last.items() if k.startswith("peak/")}
+        return [f"FocusNetV2: no small organ's heatmap peak exceeds peak_threshold {self.peak_threshold} on the "
+                f"validation patches (mean peaks {peaks}): SOS is never pasted and the predictions are S-Net's alone"]
 
 
 FocusNetV2Trainer_debug = short_variant(FocusNetV2Trainer, "FocusNetV2Trainer_debug", **{**DEBUG_BUDGET, "epochs": 5})

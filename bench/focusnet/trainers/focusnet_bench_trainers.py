@@ -1,27 +1,50 @@
-"""Stock and FocusNetV2 with the same narrow S-Net (features 8-64 instead of 32-320) and the same budget
-(12 epochs x 10 iterations), so that the phantom comparison fits a shared 2-core CPU. The comparison script
-(bench/focusnet/bench_focusnet_phantom.py) puts this folder on nnUNet_extTrainer. The width is a class attribute
-(unet_base_features), so stock nnUNetv2_predict builds the same narrow network."""
+"""Stock and FocusNetV2 with the same narrow S-Net (features 8-64 instead of 32-320), so that the comparison fits a
+2-core CPU. The budget comes from the environment the comparison script (bench/focusnet/bench_focusnet_hn3d.py)
+sets: nnUNet_ext_bench_epochs (E) x nnUNet_ext_bench_iterations; this folder goes on nnUNet_extTrainer for that run.
+
+- nnUNetTrainer_hnbench: stock nnU-Net, E epochs.
+- FocusNetV2Trainer_hnbench: E epochs in all, S-Net in the first half (equal total budget).
+- FocusNetV2Trainer_hnbench_fullsnet: 2E epochs in all, S-Net in the first E (the stock budget), then the SOS phases
+  (the paper's setting: SOS added on top of a trained S-Net).
+- FocusNetV2Trainer_hnbench_mse: as _fullsnet with the original's MSE heatmap loss (the ablation).
+
+The width is a class attribute (unet_base_features), so stock nnUNetv2_predict builds the same narrow network."""
+
+import os
+
+import torch
 
 from nnunet_ext.trainers.baseline_trainers import nnUNetExtTrainer
 from nnunet_ext.trainers.focusnet_trainers import FocusNetV2Trainer
-from nnunet_ext.training.variants import short_variant
-
-BUDGET = {"epochs": 12, "iterations": 10, "val_iterations": 2}
 
 
-class _StockNarrow(nnUNetExtTrainer):
+class _Budget:
+    epoch_factor = 1
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = int(os.environ.get("nnUNet_ext_bench_epochs", 12)) * self.epoch_factor
+        self.num_iterations_per_epoch = int(os.environ.get("nnUNet_ext_bench_iterations", 10))
+        self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
+
+
+class nnUNetTrainer_hnbench(_Budget, nnUNetExtTrainer):
     unet_base_features = 8
 
 
-class _FocusNetV2Narrow(FocusNetV2Trainer):
+class FocusNetV2Trainer_hnbench(_Budget, FocusNetV2Trainer):
     unet_base_features = 8
     sos_features = 8
     shape_features = 8
 
 
-nnUNetTrainer_hnbench = short_variant(_StockNarrow, "nnUNetTrainer_hnbench", **BUDGET)
-FocusNetV2Trainer_hnbench = short_variant(_FocusNetV2Narrow, "FocusNetV2Trainer_hnbench", **BUDGET)
+class FocusNetV2Trainer_hnbench_fullsnet(FocusNetV2Trainer_hnbench):
+    epoch_factor = 2
+
+
+class FocusNetV2Trainer_hnbench_mse(FocusNetV2Trainer_hnbench_fullsnet):
+    heatmap_loss = "mse"
 
 
 class _FocusNetV2CostProbe(FocusNetV2Trainer):

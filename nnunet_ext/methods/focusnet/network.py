@@ -20,6 +20,7 @@ the SOL head and SOS-Nets from them before loading. `sos_ready` (a buffer too) t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -55,12 +56,16 @@ def stage_strides(box: Sequence[int]) -> list[list[int]]:
 
 
 class SOLHead(nn.Module):
-    def __init__(self, channels: int, organs: int, dim: int):
+    def __init__(self, channels: int, organs: int, dim: int, prior: float = 0.01):
         super().__init__()
         conv, _, norm = _ops(dim)
         self.body = nn.Sequential(conv(channels, channels, 3, 1, 1), norm(channels, affine=True), nn.ReLU(inplace=True),
                                   conv(channels, channels, 3, 1, 1), norm(channels, affine=True), nn.ReLU(inplace=True),
                                   conv(channels, organs, 1))
+        self.body.apply(InitWeights_He(1e-2))
+        # start every voxel at heatmap value `prior` (as CenterNet / RetinaNet heads): a head that starts at 0.5
+        # spends its first steps learning the background and its focal loss starts huge
+        nn.init.constant_(self.body[-1].bias, math.log(prior / (1 - prior)))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.body(features)
@@ -106,6 +111,10 @@ class FocusNetV2Network(nn.Module):
         self.register_buffer("sos_ready", torch.zeros((), dtype=torch.bool))
         self.sol = None
         self.sos = nn.ModuleList()
+        # set by the trainer around validation steps: forward keeps its SNetOutput here, so the heatmap's vital
+        # signs come from the pass nnU-Net's validation makes anyway
+        self.keep_last_output = False
+        self.last_output: SNetOutput | None = None
 
     # ------------------------------------------------------------------ structure
     @property
@@ -133,8 +142,6 @@ class FocusNetV2Network(nn.Module):
         self.focus_labels = torch.as_tensor(list(labels), dtype=torch.long, device=device)
         self.focus_box = torch.as_tensor(list(box), dtype=torch.long, device=device)
         self.sol = SOLHead(self.feature_channels, len(labels), self.dim).to(device) if labels else None
-        if self.sol is not None:
-            self.sol.apply(InitWeights_He(1e-2))
         # SOS input: image, S-Net's last decoder features and S-Net's probability of the organ
         channels = self.num_input_channels + self.feature_channels + 1
         self.sos = nn.ModuleList(sos_net(channels, box, self.sos_features) for _ in labels).to(device)
@@ -183,6 +190,8 @@ class FocusNetV2Network(nn.Module):
 
     def forward(self, x: torch.Tensor):
         out = self.snet_forward(x)
+        if self.keep_last_output:
+            self.last_output = out
         logits = out.logits if self.training else self.paste_sos(x, out)
         return [logits, *out.side] if self.snet.decoder.deep_supervision else logits
 

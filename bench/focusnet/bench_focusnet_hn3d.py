@@ -1,0 +1,327 @@
+"""Stock nnUNetTrainer vs FocusNetV2Trainer on held-out cases, with the controls that could explain a difference.
+
+    python bench/focusnet/bench_focusnet_hn3d.py hn3d --configuration 2d --epochs 40 --iterations 25 --seeds 0 1
+    python bench/focusnet/bench_focusnet_hn3d.py /data/nnUNet_raw/Dataset731_PDDCA --configuration 3d_fullres
+
+SOURCE is an nnU-Net raw data set folder (DatasetNNN_Name with imagesTr/labelsTr and the held-out imagesTs/labelsTs),
+or `hn3d` to generate the head-and-neck phantom (--n-train / --n-test cases, seed 0). Nothing is selected on the
+held-out cases: each trainer's checkpoint_final predicts them.
+
+Rows (bench/focusnet/trainers; all with the same narrow S-Net, features 8-64), per seed (nnUNet_ext_seed):
+- stock: nnUNetTrainer, E epochs x I iterations;
+- focusnet_equal_total: FocusNetV2Trainer, E epochs in all (S-Net in the first E/2, annealed there; then shape, SOS,
+  adversarial) - the same number of training iterations as stock;
+- focusnet_same_snet: FocusNetV2Trainer, 2E epochs, S-Net in the first E: S-Net gets exactly stock's budget and the
+  SOS phases come on top (the paper's setting);
+- focusnet_mse: as focusnet_same_snet with the original's voxel-mean MSE heatmap loss (the ablation of the fix).
+How budget is counted: iterations of the segmentation network (S-Net) for "same S-Net budget", all training
+iterations for "equal total"; wall-clock ratios against stock's run on the same machine in the same script.
+
+Per row: per-organ Dice / HD95 on the held-out cases (stock nnUNetv2_predict + `nnunet_ext evaluate`), the small-organ
+mean, train and predict wall time. For FocusNetV2 rows, on each held-out case and small organ present, a window of
+the patch size around the organ (the slice where it is largest, in 2d) through the trained network: heatmap peak
+height, peak-to-centroid error in mm, peak inside half the ROI box, paste rate (peak above peak_threshold); the
+oracle row (SOS with its box on the reference centroid) beside S-Net in the same box; and the window Dice of the
+fused output for peak thresholds 0.3-0.9. Results: bench/results/focusnet/ (JSON, Markdown, targets.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnunet_ext import stock
+from nnunet_ext.evaluation.metrics import overlap_metrics
+from nnunet_ext.methods.focusnet.roi import centroid, crop, peak, place_box
+from nnunet_ext.phantoms import hn3d
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+ROWS = {"stock": "nnUNetTrainer_hnbench", "focusnet_equal_total": "FocusNetV2Trainer_hnbench",
+        "focusnet_same_snet": "FocusNetV2Trainer_hnbench_fullsnet", "focusnet_mse": "FocusNetV2Trainer_hnbench_mse"}
+THRESHOLDS = (0.3, 0.45, 0.6, 0.75, 0.9)
+
+
+def prepare_source(source: str, raw_root: Path, n_train: int, n_test: int) -> Path:
+    if source == "hn3d":
+        target = raw_root / f"Dataset{hn3d.DEFAULT_ID}_{hn3d.NAME}"
+        if not target.exists():
+            hn3d.generate(raw_root, n_train=n_train, n_test=n_test, seed=0)
+        return target
+    src = Path(source).resolve()
+    if not (src / "dataset.json").is_file() or not src.name.startswith("Dataset"):
+        raise SystemExit(f"{src}: not an nnU-Net raw data set folder (DatasetNNN_Name with dataset.json)")
+    for sub in ("imagesTs", "labelsTs"):
+        if not (src / sub).is_dir():
+            raise SystemExit(f"{src}: no {sub}/ - the comparison needs held-out cases with labels")
+    target = raw_root / src.name
+    if not target.exists():
+        raw_root.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(src)
+    return target
+
+
+def window(array: np.ndarray, centre, patch) -> np.ndarray:
+    """array[..., spatial] cut to `patch` around centre (clamped into the array), zero-padded where it is smaller."""
+    spatial = array.shape[-len(patch):]
+    cut = []
+    for c, p, n in zip(centre, patch, spatial, strict=True):
+        start = int(min(max(round(c) - p // 2, 0), max(n - p, 0)))
+        cut.append(slice(start, start + p))
+    out = array[(..., *cut)]
+    pad = [(0, 0)] * (out.ndim - len(patch)) + [(0, p - s) for p, s in zip(patch, out.shape[-len(patch):],
+                                                                               strict=True)]
+    return np.pad(out, pad)
+
+
+def localisation(model_dir: Path, raw: Path, configuration: str) -> dict:
+    """Heatmap peaks, paste decisions, oracle-box and threshold-sweep Dice on organ-centred windows of the held-out
+    cases, preprocessed exactly as nnU-Net preprocesses them for prediction."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=False)
+    predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
+    net = predictor.network
+    net.load_state_dict(predictor.list_of_parameters[0])
+    net.eval()
+    cm, pm = predictor.configuration_manager, predictor.plans_manager
+    preprocessor = cm.preprocessor_class(verbose=False)
+    patch = tuple(cm.patch_size)
+    spacing = np.asarray(cm.spacing, float)
+    names = {int(v): k for k, v in predictor.dataset_json["labels"].items()}
+    ending = predictor.dataset_json["file_ending"]
+    half = np.asarray(net.box, float) / 2
+    rows = {names[lab]: [] for lab in net.labels}
+    for label_file in sorted((raw / "labelsTs").glob(f"*{ending}")):
+        case = label_file.name[:-len(ending)]
+        images = sorted(str(p) for p in (raw / "imagesTs").glob(f"{case}_[0-9][0-9][0-9][0-9]{ending}"))
+        data, seg, _ = preprocessor.run_case(images, str(label_file), pm, cm, predictor.dataset_json)
+        for k, lab in enumerate(net.labels):
+            organ = seg[0] == lab
+            if not organ.any():
+                continue  # missing from this case: nothing to localise
+            if len(patch) == 2:  # the slice where the organ is largest
+                z = int(np.argmax(organ.reshape(organ.shape[0], -1).sum(1)))
+                c2 = centroid(torch.from_numpy(organ[z]))
+                x, ref = window(data[:, z], c2, patch), window(seg[0, z], c2, patch)
+            else:
+                c3 = centroid(torch.from_numpy(organ))
+                x, ref = window(data, c3, patch), window(seg[0], c3, patch)
+            x = torch.from_numpy(np.ascontiguousarray(x)).float()[None]
+            ref = torch.from_numpy(np.ascontiguousarray(ref))
+            target = ref == lab
+            with torch.no_grad():
+                out = net.snet_forward(x)
+                index, value = peak(torch.sigmoid(out.heat_logits.float())[0, k])
+                c = centroid(target)
+                offset = np.abs(np.subtract(index, c))
+                true_start = place_box(c, net.box, patch)
+                oracle = net.sos[k](net.sos_input(x, out, k, 0, true_start))[0, 0] > 0
+                snet_box = crop(out.logits[0].argmax(0) == lab, true_start, net.box)
+                ref_box = crop(target, true_start, net.box)
+                sweep = {}
+                for t in THRESHOLDS:
+                    net.peak_threshold = t
+                    fused = net.paste_sos(x, out)[0].argmax(0) == lab
+                    sweep[str(t)] = overlap_metrics(target.numpy(), fused.numpy())["dice"]
+            rows[names[lab]].append({
+                "case": case, "peak": value, "error_mm": float(np.linalg.norm(offset * spacing)),
+                "in_half_box": bool((offset < half).all()),
+                "oracle_sos_dice": overlap_metrics(ref_box.numpy(), oracle.numpy())["dice"],
+                "oracle_snet_dice": overlap_metrics(ref_box.numpy(), snet_box.numpy())["dice"],
+                "window_dice_by_threshold": sweep})
+    return {"box": list(net.box), "rows": rows}
+
+
+def summarise_localisation(loc: dict, threshold: float) -> dict:
+    out = {}
+    for organ, rows in loc["rows"].items():
+        if not rows:
+            continue
+        out[organ] = {"n": len(rows), "peak": float(np.mean([r["peak"] for r in rows])),
+                      "error_mm": float(np.mean([r["error_mm"] for r in rows])),
+                      "in_half_box": float(np.mean([r["in_half_box"] for r in rows])),
+                      "paste_rate": float(np.mean([r["peak"] > threshold for r in rows])),
+                      "oracle_sos_dice": float(np.mean([r["oracle_sos_dice"] for r in rows])),
+                      "oracle_snet_dice": float(np.mean([r["oracle_snet_dice"] for r in rows])),
+                      "window_dice_by_threshold": {t: float(np.mean([r["window_dice_by_threshold"][t] for r in rows]))
+                                                   for t in rows[0]["window_dice_by_threshold"]}}
+    return out
+
+
+def run_row(row: str, seed: int, raw: Path, args, env: dict, work: Path) -> dict:
+    trainer = ROWS[row]
+    dataset_id = int(raw.name[len("Dataset"):].split("_")[0])
+    results = work / f"{row}_seed{seed}"
+    run_env = dict(env, nnUNet_ext_seed=str(seed), nnUNet_results=str(results))
+    model = results / raw.name / f"{trainer}__nnUNetPlans__{args.configuration}"
+    entry_file = work / f"{row}_seed{seed}.json"
+    if entry_file.is_file():
+        return json.loads(entry_file.read_text())
+    t0 = time.time()
+    stock.train(dataset_id, args.configuration, 0, trainer, run_env, log_file=work / f"{row}_seed{seed}.log")
+    train_s = time.time() - t0
+    pred = work / f"pred_{row}_seed{seed}"
+    shutil.rmtree(pred, ignore_errors=True)
+    t0 = time.time()
+    stock.predict(raw / "imagesTs", pred, dataset_id, args.configuration, trainer, run_env)
+    predict_s = time.time() - t0
+    subprocess.run([sys.executable, "-m", "nnunet_ext.cli", "evaluate", "-ref", str(raw / "labelsTs"), "-pred",
+                    str(pred), "-o", str(pred / "evaluation"), "--no-plots", "-np", "1"], check=True, env=run_env,
+                   stdout=subprocess.DEVNULL)
+    summary = json.loads((pred / "evaluation" / "summary.json").read_text())
+    entry = {"trainer": trainer, "seed": seed, "train_s": round(train_s, 1), "predict_s": round(predict_s, 1),
+             "per_class": {organ: {m: v["mean"] for m, v in metrics.items() if m in ("dice", "hd95")}
+                           for organ, metrics in summary["per_class"].items()}}
+    if row != "stock":
+        os.environ.update(run_env)  # the predictor finds the trainer class through nnUNet_extTrainer
+        loc = localisation(model / "fold_0", raw, args.configuration)
+        entry["localisation"] = summarise_localisation(loc, 0.6)
+        entry["roi_box"] = loc["box"]
+        entry["vital_signs_last_epoch"] = _last_vitals(model / "fold_0" / "checkpoint_final.pth")
+    entry_file.write_text(json.dumps(entry, indent=1))
+    return entry
+
+
+def _last_vitals(checkpoint: Path) -> dict:
+    history = torch.load(checkpoint, map_location="cpu", weights_only=False)["nnunet_ext"].get("vitals", [])
+    return history[-1] if history else {}
+
+
+def mean_over_seeds(entries: list[dict], small: list[str]) -> dict:
+    organs = list(entries[0]["per_class"])
+    out = {"per_class": {o: {m: float(np.mean([e["per_class"][o][m] for e in entries]))
+                             for m in ("dice", "hd95")} for o in organs},
+           "train_s": float(np.mean([e["train_s"] for e in entries])),
+           "predict_s": float(np.mean([e["predict_s"] for e in entries]))}
+    out["small_mean_dice"] = float(np.mean([out["per_class"][o]["dice"] for o in small]))
+    out["small_mean_dice_per_seed"] = [float(np.mean([e["per_class"][o]["dice"] for o in small])) for e in entries]
+    if "localisation" in entries[0]:
+        loc = {}
+        for organ in entries[0]["localisation"]:
+            per = [e["localisation"][organ] for e in entries if organ in e["localisation"]]
+            loc[organ] = {k: float(np.mean([p[k] for p in per])) for k in per[0] if k != "window_dice_by_threshold"}
+            loc[organ]["window_dice_by_threshold"] = {
+                t: float(np.mean([p["window_dice_by_threshold"][t] for p in per]))
+                for t in per[0]["window_dice_by_threshold"]}
+        out["localisation"] = loc
+    return out
+
+
+def targets(summary: dict, small: list[str], large: list[str]) -> list[dict]:
+    stock_row, same, equal = summary["stock"], summary["focusnet_same_snet"], summary["focusnet_equal_total"]
+    loc = same["localisation"]
+    paste = min(v["paste_rate"] for v in loc.values())
+    in_box = min(v["in_half_box"] for v in loc.values())
+    gain = same["small_mean_dice"] - stock_row["small_mean_dice"]
+    drop = max(stock_row["per_class"][o]["dice"] - same["per_class"][o]["dice"] for o in large)
+    train_ratio = equal["train_s"] / stock_row["train_s"]
+    predict_ratio = same["predict_s"] / stock_row["predict_s"]
+    return [
+        {"target": "held-out paste rate for organs present (min over small organs, FocusNetV2 same S-Net budget)",
+         "measured": round(paste, 3), "goal": ">= 0.9", "met": paste >= 0.9},
+        {"target": "share of held-out peaks within half the ROI box on every axis (min over small organs)",
+         "measured": round(in_box, 3), "goal": ">= 0.9 (peak error < half the box)", "met": in_box >= 0.9},
+        {"target": "small-organ mean Dice, FocusNetV2 minus stock at the same S-Net budget (mean of seeds)",
+         "measured": round(gain, 4), "goal": ">= 0.10", "met": gain >= 0.10},
+        {"target": "largest large-organ Dice drop, stock minus FocusNetV2 (same S-Net budget)",
+         "measured": round(drop, 4), "goal": "<= 0.02", "met": drop <= 0.02},
+        {"target": "training wall time over a whole run, FocusNetV2 / stock (equal total iterations)",
+         "measured": round(train_ratio, 3), "goal": "<= 1.3", "met": train_ratio <= 1.3},
+        {"target": "prediction wall time of the held-out cases, FocusNetV2 / stock",
+         "measured": round(predict_ratio, 3), "goal": "<= 1.3", "met": predict_ratio <= 1.3},
+    ]
+
+
+def markdown(report: dict, small: list[str], large: list[str]) -> str:
+    s = report["setting"]
+    organs = large + small
+    lines = [f"# Stock vs FocusNetV2 on {s['dataset']} ({s['configuration']}, CPU)", "",
+             f"Narrow S-Net (features 8-64) for every row; E = {s['epochs']} epochs x {s['iterations']} iterations; "
+             f"seeds {s['seeds']}; fold 0; {s['n_test']} held-out cases. Written by bench/focusnet/"
+             f"bench_focusnet_hn3d.py; cells are means over the seeds (Dice / HD95 mm).", "",
+             "| row | " + " | ".join(organs) + " | small-organ mean Dice (per seed) | train s | predict s |",
+             "|---" * (len(organs) + 4) + "|"]
+    for row, r in report["summary"].items():
+        cells = [f"{r['per_class'][o]['dice']:.3f} / {r['per_class'][o]['hd95']:.1f}" for o in organs]
+        per_seed = ", ".join(f"{v:.3f}" for v in r["small_mean_dice_per_seed"])
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {r['small_mean_dice']:.3f} ({per_seed}) | "
+                     f"{r['train_s']:.0f} | {r['predict_s']:.0f} |")
+    lines += ["", "Localisation on organ-centred windows of the held-out cases (means over cases and seeds):", "",
+              "| row | organ | peak | error mm | in half box | paste rate | oracle box SOS Dice | S-Net Dice "
+              "in that box | window Dice at peak threshold " + " / ".join(map(str, THRESHOLDS)) + " |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for row, r in report["summary"].items():
+        for organ, v in r.get("localisation", {}).items():
+            sweep = " / ".join(f"{x:.3f}" for x in v["window_dice_by_threshold"].values())
+            lines.append(f"| {row} | {organ} | {v['peak']:.3f} | {v['error_mm']:.1f} | {v['in_half_box']:.2f} | "
+                         f"{v['paste_rate']:.2f} | {v['oracle_sos_dice']:.3f} | {v['oracle_snet_dice']:.3f} | "
+                         f"{sweep} |")
+    lines += ["", "Targets (issue 16):", "", "| target | measured | goal | met |", "|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {t['goal']} | {'yes' if t['met'] else 'no'} |"
+              for t in report["targets"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("source", help="nnU-Net raw data set folder with imagesTs/labelsTs, or 'hn3d' (the phantom)")
+    p.add_argument("--configuration", default="2d")
+    p.add_argument("--epochs", type=int, default=40, help="E: stock's epochs (see the rows)")
+    p.add_argument("--iterations", type=int, default=25)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--n-train", type=int, default=16)
+    p.add_argument("--n-test", type=int, default=6)
+    p.add_argument("--work", type=Path, default=REPO / "bench" / "work" / "focusnet")
+    p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "focusnet")
+    args = p.parse_args()
+    env = stock.work_environment(args.work / "nnunet", device="cpu")
+    raw = prepare_source(args.source, Path(env["nnUNet_raw"]), args.n_train, args.n_test)
+    dataset_id = int(raw.name[len("Dataset"):].split("_")[0])
+    if not (Path(env["nnUNet_preprocessed"]) / raw.name / f"nnUNetPlans_{args.configuration}").is_dir():
+        stock.plan_and_preprocess(dataset_id, args.configuration, env)
+    env.update(nnUNet_n_proc_DA="0", nnUNet_ext_bench_epochs=str(args.epochs),
+               nnUNet_ext_bench_iterations=str(args.iterations))
+    env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(HERE / "trainers")])
+    work = args.work / f"{raw.name}_{args.configuration}_E{args.epochs}x{args.iterations}"
+    work.mkdir(parents=True, exist_ok=True)
+    entries = {row: [] for row in args.rows}
+    for seed in args.seeds:
+        for row in args.rows:
+            entry = run_row(row, seed, raw, args, env, work)
+            entries[row].append(entry)
+            print(row, seed, json.dumps({k: entry[k] for k in ("train_s", "predict_s")}), flush=True)
+    labels = json.loads((raw / "dataset.json").read_text())["labels"]
+    focus = next((e[0] for r, e in entries.items() if r != "stock"), None)
+    small = list(focus["localisation"]) if focus else list(hn3d.SMALL)
+    large = [o for o in labels if o != "background" and o not in small]
+    report = {"setting": {"dataset": raw.name, "configuration": args.configuration, "epochs": args.epochs,
+                          "iterations": args.iterations, "seeds": args.seeds, "n_test": len(list(
+                              (raw / "labelsTs").iterdir())), "device": "cpu", "small_organs": small},
+              "summary": {row: mean_over_seeds(e, small) for row, e in entries.items()},
+              "runs": entries}
+    if {"stock", "focusnet_same_snet", "focusnet_equal_total"} <= set(entries):
+        report["targets"] = targets(report["summary"], small, large)
+    else:
+        report["targets"] = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"focusnet_{raw.name}_{args.configuration}"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    (args.out / f"{stem}.md").write_text(markdown(report, small, large))
+    (args.out / "targets.json").write_text(json.dumps(report["targets"], indent=1))
+    print(args.out / f"{stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
