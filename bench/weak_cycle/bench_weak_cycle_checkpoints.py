@@ -79,14 +79,15 @@ def translation_cost(rows: list[dict]) -> float | None:
 
 def run_seed(dataset: str, setup: dict, trainer: str, seed: int, work: Path, env: dict, out: Path) -> dict:
     train_env = dict(env, nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1", nnUNet_ext_seed=str(seed),
-                     nnUNet_results=str(work / f"results_seed{seed}"), **{REFERENCE_ENV: str(setup["reference"])})
+                     nnUNet_results=str(work / f"results_{trainer}_seed{seed}"),
+                     **{REFERENCE_ENV: str(setup["reference"])})
     t = time.time()
     log = stock.train(setup["id"], "2d", 0, trainer, train_env, log_file=out / f"{dataset}_seed{seed}_train.log")
     train_s = time.time() - t
     fold = Path(train_env["nnUNet_results"]) / setup["raw"].name / f"{trainer}__nnUNetPlans__2d" / "fold_0"
     rows = json.loads((fold / "weak_cycle" / "checkpoints.json").read_text())
     if setup["test"] is not None:
-        predictions = work / f"predictions_seed{seed}"
+        predictions = work / f"predictions_{trainer}_seed{seed}"
         stock.predict(setup["test"][0], predictions, setup["id"], "2d", trainer, train_env)
         student = evaluate(setup["test"][1], predictions)
         student_on = "test cases"
@@ -166,6 +167,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", required=True)
     p.add_argument("-o", "--output", default=str(HERE.parents[1] / "bench" / "results" / "weak_cycle"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--long", action="store_true", help="phantom: 6000 translation iterations instead of 2000")
     args = p.parse_args(argv)
     work, out = Path(args.work), Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,15 +175,21 @@ def main(argv=None) -> int:
     env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(TRAINERS)])
     setup = prepare(args.dataset, Path(args.data), work, env)
     trainer = "WeakCycleTrainer_ckpt_phantom" if args.dataset == "phantom" else "WeakCycleTrainer_ckpt_real"
-    runs = [run_seed(args.dataset, setup, trainer, seed, work, env, out) for seed in args.seeds]
+    if args.long:
+        trainer += "_long"
+    tag = f"{args.dataset}_long" if args.long else args.dataset
+    runs = [run_seed(tag, setup, trainer, seed, work, env, out) for seed in args.seeds]
     summary, targets = summarise(args.dataset, runs)
-    name = f"weak_cycle_checkpoints_{args.dataset}"
+    if args.long:
+        for t in targets:
+            t["target"] = t["target"].replace("phantom:", "phantom (6000 iterations):", 1)
+    name = f"weak_cycle_checkpoints_{tag}"
     (out / f"{name}.json").write_text(json.dumps({"summary": summary, "runs": runs, "targets": targets}, indent=1,
                                                  default=str))
     (out / f"{name}.md").write_text(markdown(args.dataset, args, runs, summary, targets))
     targets_file = out / "targets.json"
     previous = json.loads(targets_file.read_text()) if targets_file.is_file() else []
-    prefix = f"{args.dataset}:"
+    prefix = targets[0]["target"].split(":")[0] + ":"
     merged = [t for t in previous if not t["target"].startswith(prefix)] + targets
     targets_file.write_text(json.dumps(merged, indent=1))
     print(json.dumps({"summary": summary, "targets": targets}, indent=1))

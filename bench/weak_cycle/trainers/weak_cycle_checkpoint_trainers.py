@@ -26,14 +26,14 @@ from nnunet_ext.trainers.weak_cycle_trainers import WeakCycleTrainer, load_case_
 from nnunet_ext.training.variants import short_variant
 
 REFERENCE_ENV = "nnUNet_ext_bench_reference"
-CHECKPOINTS = (0, 250, 500, 1000, 2000)
+CHECKPOINTS = (0, 250, 500, 1000, 2000, 4000, 6000)
 
 
 class WeakCycleTrainer_checkpoints(WeakCycleTrainer):
     generator_features = 8
     generator_blocks = 1
     discriminator_features = 8
-    pseudo_update_every = 2
+    translation_fraction = 0.8
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -111,12 +111,12 @@ class WeakCycleTrainer_checkpoints(WeakCycleTrainer):
 WeakCycleTrainer_ckpt_phantom = short_variant(WeakCycleTrainer_checkpoints, "WeakCycleTrainer_ckpt_phantom",
                                               epochs=50, iterations=50, val_iterations=2)
 
-
-class _Real(WeakCycleTrainer_checkpoints):
-    translation_fraction = 0.8
+# the same phantom for 6000 translation iterations (120 epochs) and 1500 refinement iterations (30 epochs)
+WeakCycleTrainer_ckpt_phantom_long = short_variant(WeakCycleTrainer_checkpoints, "WeakCycleTrainer_ckpt_phantom_long",
+                                                   epochs=150, iterations=50, val_iterations=2)
 
 
 # real samples (160x160 / 256x256 patches): 50 iterations per epoch, 20 translation epochs (1000 iterations), 5
 # refinement epochs (250 iterations)
-WeakCycleTrainer_ckpt_real = short_variant(_Real, "WeakCycleTrainer_ckpt_real", epochs=25, iterations=50,
-                                           val_iterations=2)
+WeakCycleTrainer_ckpt_real = short_variant(WeakCycleTrainer_checkpoints, "WeakCycleTrainer_ckpt_real", epochs=25,
+                                           iterations=50, val_iterations=2)
