@@ -177,6 +177,8 @@ def main(argv=None) -> int:
     trainer = "WeakCycleTrainer_ckpt_phantom" if args.dataset == "phantom" else "WeakCycleTrainer_ckpt_real"
     if args.long:
         trainer += "_long"
+    if args.dataset == "isic":
+        trainer += "_isic"  # the original's ISIC loss weights
     tag = f"{args.dataset}_long" if args.long else args.dataset
     runs = [run_seed(tag, setup, trainer, seed, work, env, out) for seed in args.seeds]
     summary, targets = summarise(args.dataset, runs)

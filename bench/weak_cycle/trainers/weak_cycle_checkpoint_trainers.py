@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from nnunet_ext.methods.weak_cycle.data import body_mask, dice
+from nnunet_ext.methods.weak_cycle.loss import ISIC_LOSS_WEIGHTS
 from nnunet_ext.trainers.weak_cycle_trainers import WeakCycleTrainer, load_case_arrays
 from nnunet_ext.training.variants import short_variant
 
@@ -120,3 +121,11 @@ WeakCycleTrainer_ckpt_phantom_long = short_variant(WeakCycleTrainer_checkpoints,
 # refinement epochs (250 iterations)
 WeakCycleTrainer_ckpt_real = short_variant(WeakCycleTrainer_checkpoints, "WeakCycleTrainer_ckpt_real", epochs=25,
                                            iterations=50, val_iterations=2)
+
+
+class _ISIC(WeakCycleTrainer_checkpoints):
+    cycle_loss_weights = ISIC_LOSS_WEIGHTS  # the original's ISIC weights
+
+
+WeakCycleTrainer_ckpt_real_isic = short_variant(_ISIC, "WeakCycleTrainer_ckpt_real_isic", epochs=25, iterations=50,
+                                                val_iterations=2)
