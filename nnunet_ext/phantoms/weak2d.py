@@ -88,9 +88,9 @@ def _save(image: np.ndarray, label: np.ndarray, image_dir: Path, label_dir: Path
 
 def generate(out_root: Path, dataset_id: int | None = None, n_train: int = 32, n_test: int = 8, size: int = 64,
              seed: int = 0, overwrite: bool = False, n_val: int = 4, distractors: bool = False) -> Path:
-    """n_train training cases, half disease (weak, all ignore) and half normal (all 0), plus n_val fully labelled
-    disease cases for validation and n_test fully labelled disease cases in imagesTs/labelsTs. dataset_id: 796, or
-    798 for the distractors variant, by default."""
+    """n_train training cases, half disease (weak: ignore over the body) and half normal (all 0), plus n_val fully
+    labelled disease cases for validation and n_test fully labelled disease cases in imagesTs/labelsTs. dataset_id:
+    796, or 798 for the distractors variant, by default."""
     name = DISTRACTOR_NAME if distractors else NAME
     if dataset_id is None:
         dataset_id = DISTRACTOR_ID if distractors else DEFAULT_ID
@@ -129,7 +129,7 @@ def generate(out_root: Path, dataset_id: int | None = None, n_train: int = 32, n
                               num_training_cases=n_train + n_val, file_ending=".png", dataset_name=name,
                               description=f"nnunet-ext weak-label phantom: {size}x{size} grey, bright blobs in "
                                           f"disease images{distractor_text}, seed {seed}",
-                              weak_labels="disease cases: all ignore (2); normal cases: all 0; fold 0 validates "
-                                          "on fully labelled disease cases; referenceTr/ holds the weak cases' "
-                                          "true masks for scoring only")
+                              weak_labels="disease cases: ignore (2) over the body, 0 outside; normal cases: all 0; "
+                                          "fold 0 validates on fully labelled disease cases; referenceTr/ holds the "
+                                          "weak cases' true masks for scoring only")
     return target

@@ -3,18 +3,21 @@
     nnUNetv2_train 741 2d 0 -tr WeakCycleTrainer -device cpu
     nnUNetv2_predict -i IN -o OUT -d 741 -c 2d -f 0 -tr WeakCycleTrainer -device cpu
 
-The data set follows the weak-label convention (docs/conversion.md, "Weak labels"): disease cases all ignore label,
-normal cases all 0, optionally fully labelled validation cases (fold 0 of splits_final.json). One training run has
-two phases:
+The data set follows the weak-label convention (docs/conversion.md, "Weak labels"): disease cases the ignore label
+over the image (0 outside its non-zero region), normal cases all 0, optionally fully labelled validation cases (fold 0
+of splits_final.json). One training run has two phases:
 1. "translation": light U-GAT-IT generators disease->normal (G_AB) and normal->disease (G_BA) with global and local
-   discriminators, on nnU-Net's augmented patches (disease and normal cases sampled equally). At its end the
-   attention mask of G_AB on every disease training case, restricted to the non-zero image region and thresholded
-   (threshold with the best mean Dice on fully labelled validation cases when there are any, else Otsu), becomes
-   the case's pseudo-mask.
+   discriminators, on nnU-Net's spatially augmented patches (disease and normal cases sampled equally). At its end
+   the attention mask of G_AB on every disease training case, zeroed outside the body (nnU-Net's -1 outside
+   marking), rescaled per image over the body and thresholded per image (Otsu, then a morphological opening, as the
+   original; or one threshold chosen on the fully labelled validation cases, `threshold_mode`), becomes the case's
+   pseudo-mask.
 2. "refinement": the plans' nnU-Net network (the student, the one nnU-Net saves and predicts with) trains on the
-   pseudo-masks (disease) and all-background maps (normal) from strongly augmented inputs (nnU-Net's augmentation
-   plus intensity noise/contrast/brightness), plus a consistency term towards an EMA teacher that sees the weakly
-   augmented batch; every `pseudo_update_every` epochs confident teacher predictions rewrite the pseudo-masks.
+   pseudo-masks (disease) and all-background maps (normal) from a strong view (the weak view plus nnU-Net's
+   intensity augmentations and extra contrast/brightness/noise), plus a consistency term towards an EMA teacher that
+   sees the weak view (nnU-Net's spatial augmentation and mirroring only: the data loader's output); every
+   `pseudo_update_every` epochs confident teacher pixels rewrite the pseudo-masks and uncertain ones become ignore.
+   nnU-Net's best-checkpoint tracking restarts when refinement starts (the student is untrained before).
 Generators, discriminators, teacher, their optimizers and the pseudo-masks are in the checkpoint: `--c` resumes in
 either phase. Selection (threshold, nnU-Net's best checkpoint) uses validation cases only, never the test set.
 
