@@ -2,7 +2,10 @@
 
 Convention (docs/conversion.md, "Weak labels"): labels are 0 background, 1 lesion, 2 ignore (declared as
 `"ignore": 2` in dataset.json, so nnU-Net's loss skips those pixels).
-- weak case ("disease", lesion somewhere, location unknown): imagesTr, label map entirely 2;
+- weak case ("disease", lesion somewhere, location unknown): imagesTr, label map 2 over the image's non-zero region
+  (nnU-Net's, holes filled) and 0 outside it, so that nnU-Net's preprocessing marks the outside (-1) and normalises
+  it as in normal cases (an all-2 map would make masked z-score normalisation treat the black background as body,
+  and disease images would differ from normal ones by their background value alone);
 - normal case (known lesion-free): imagesTr, label map all 0;
 - validation case (full mask): imagesTr with its mask, listed as fold 0's validation set in splits_final.json (nnU-Net
   2.8's planner copies it to nnUNet_preprocessed), so checkpoints are chosen on validation, never on test;
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from scipy import ndimage
 from tqdm import tqdm
 
 from nnunet_ext.dataset_conversion._common import (
@@ -63,6 +67,13 @@ def resize(arr: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
     return np.asarray(Image.fromarray(arr).resize((size, size), resample))
 
 
+def weak_label(image: np.ndarray) -> np.ndarray:
+    """A disease case's label map (H x W): the ignore label over nnU-Net's non-zero region of the image (any channel
+    non-zero, holes filled), 0 outside it."""
+    nonzero = image != 0 if image.ndim == 2 else np.any(image != 0, axis=2)
+    return np.where(ndimage.binary_fill_holes(nonzero), np.uint8(IGNORE), np.uint8(0)).astype(np.uint8)
+
+
 class WeakDatasetWriter:
     """Writes cases of the five roles into a staged raw folder and finishes with dataset.json and the split."""
 
@@ -85,7 +96,7 @@ class WeakDatasetWriter:
         elif not self.grey and image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)
         if role == "weak":
-            label = np.full(image.shape[:2], IGNORE, np.uint8)
+            label = weak_label(image)
         elif role == "normal":
             label = np.zeros(image.shape[:2], np.uint8)
         else:

@@ -80,6 +80,18 @@ def weak_preprocessed(tmp_path_factory) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="session")
+def weak_distractor_preprocessed(tmp_path_factory) -> SimpleNamespace:
+    """The weak phantom's distractors variant (32x32: 8 disease + 8 normal training cases, 2 validation cases),
+    where bright ridges and dark spots in every image defeat an intensity prior, through the stock planning."""
+    root = tmp_path_factory.mktemp("weak_distractors")
+    env = stock.work_environment(root / "nnunet", device="cpu")
+    raw = weak2d.generate(Path(env["nnUNet_raw"]), n_train=16, n_test=2, n_val=2, size=32, seed=2, distractors=True)
+    stock.plan_and_preprocess(weak2d.DISTRACTOR_ID, "2d", env)
+    return SimpleNamespace(dataset_id=weak2d.DISTRACTOR_ID, raw_dir=raw, env=env, root=root, configuration="2d",
+                           preprocessed=Path(env["nnUNet_preprocessed"]) / raw.name)
+
+
+@pytest.fixture(scope="session")
 def abdomen_preprocessed(tmp_path_factory) -> SimpleNamespace:
     """abdomen3d (16x48x48, 8 training cases, 2 with tumours; 2 test cases) through the stock planning."""
     return _preprocessed(tmp_path_factory, "freetumor", abdomen3d, "3d_fullres", n_train=8, n_test=2,

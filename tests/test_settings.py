@@ -332,6 +332,19 @@ def weak_lesion_map(t) -> tuple:
     return digest(torch.from_numpy(t.lesion_probability(t.aux_modules["gen_ab"], data)))
 
 
+def weak_binarised(t) -> tuple:
+    """The pseudo-mask of a fixed map (background 0.1, a 0.6 region, a large and a 5x5 blob at 0.9) with a
+    validation-chosen threshold of 0.8 on record: Otsu keeps the 0.6 region, 0.8 does not; an opening wider than
+    the 5x5 blob removes it."""
+    t.pseudo_threshold = {"threshold": 0.8}
+    probability = np.full((1, 32, 32), 0.1, np.float32)
+    probability[0, 2:14, 2:14] = 0.9
+    probability[0, 20:25, 20:25] = 0.9
+    probability[0, 2:12, 20:30] = 0.6
+    body = np.ones(probability.shape, bool)
+    return digest(torch.from_numpy(t.binarise(probability, body, t.global_threshold())[0].astype(np.uint8)))
+
+
 def weak_teacher_decay(t) -> float:
     student, teacher = unwrap(t.network), unwrap(t.aux_modules["teacher"])
     with torch.no_grad():
@@ -510,6 +523,10 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
         Init(16, lambda t: unwrap(t.aux_modules["disc_global_a"]).body[0].out_channels),
     (WeakCycleTrainer, "translation_lr"):
         Init(2e-4, aux_lr("gen_ab", "gen_ba", "disc_global_a", "disc_local_a", "disc_global_b", "disc_local_b")),
+    (WeakCycleTrainer, "translation_weight_decay"):
+        Init(1e-4, lambda t: t.aux_optimizers["gen_ab"].param_groups[0]["weight_decay"]),
+    (WeakCycleTrainer, "threshold_mode"): Step("validation", weak_binarised),
+    (WeakCycleTrainer, "opening_radius"): Step(3, weak_binarised),
     (WeakCycleTrainer, "cycle_loss_weights"):
         Init({k: 2 * v for k, v in CYCLE_LOSS_WEIGHTS.items()}, lambda t: dict(phase(t, "translation").losses)),
     (WeakCycleTrainer, "ema_decay"): Step(0.5, weak_teacher_decay),

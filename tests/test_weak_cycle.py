@@ -1,5 +1,7 @@
-"""WeakCycleTrainer: weak-label reading, the translation networks, pseudo-masks (bit-identical for a fixed seed), the
-teacher, and the stock commands."""
+"""WeakCycleTrainer: weak-label reading, body masks, per-image thresholds, the translation networks, pseudo-masks
+(bit-identical for a fixed seed), the teacher, vital signs, the stock commands, and the mechanism tests (marked
+`mechanism`): the body mask of a preprocessed BraTS-like case is its brain, and a short translation run on the
+distractor phantom gives pseudo-masks better than keeping the whole body."""
 
 import json
 from pathlib import Path
@@ -10,23 +12,32 @@ import pytest
 import torch
 from conftest import build_trainer, results_env
 from ext_trainers.weak_cycle_test_trainers import WeakCycleTrainer_small
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from PIL import Image
+from scipy import ndimage
 
 from nnunet_ext import stock
+from nnunet_ext.dataset_conversion._weak import weak_label
 from nnunet_ext.methods.weak_cycle.data import (
     PseudoLabelDataset,
     WeakLabelError,
     balanced_identifiers,
     best_threshold,
+    body_mask,
     case_kind,
     classify_cases,
-    foreground_mask,
+    dice,
     otsu_threshold,
+    threshold_image,
 )
 from nnunet_ext.methods.weak_cycle.loss import CYCLE_LOSS_WEIGHTS, cycle_generator_losses
 from nnunet_ext.methods.weak_cycle.network import WeakCycleDiscriminator, WeakCycleGenerator, discriminator_depths
 from nnunet_ext.phantoms import weak2d
+from nnunet_ext.training.base import unwrap
+
+MECHANISM_STEPS = 150  # translation steps of the mechanism test
 
 
 # ---------------------------------------------------------------------------------------------- pure functions
@@ -40,6 +51,9 @@ def test_case_kinds_follow_the_weak_convention():
     assert case_kind(outside, 2) == "normal"
     outside[..., 1, 1] = 1
     assert case_kind(outside, 2) == "full"
+    brain = np.zeros((1, 1, 4, 4), int)  # the converters' disease map: ignore over the image, 0 outside it
+    brain[..., 1:3, 1:3] = 2
+    assert case_kind(brain, 2) == "disease"
 
 
 def test_otsu_and_validation_thresholds():
@@ -53,12 +67,37 @@ def test_otsu_and_validation_thresholds():
     assert 0.3 < threshold <= 0.7 and score == 1.0
 
 
-def test_foreground_is_the_non_minimum_region_with_holes_filled():
-    data = np.full((2, 1, 12, 12), -3.0, np.float32)
-    data[0, 0, 2:10, 2:10] = 1.0
-    data[0, 0, 5, 5] = -3.0  # a dark pixel inside the body is still body
-    fg = foreground_mask(data)
-    assert fg.shape == (1, 12, 12) and fg[0, 5, 5] and fg[0, 2:10, 2:10].all() and fg.sum() == 64
+def test_flat_attention_is_resolved_per_image():
+    """An untrained attention lies in a narrow band (0.46-0.54): normalised over the body and cut by its own Otsu
+    threshold it still separates a brighter region, where a fixed scan of 0.05-0.95 would keep everything."""
+    body = np.zeros((24, 24), bool)
+    body[2:22, 2:22] = True
+    lesion = np.zeros_like(body)
+    lesion[8:14, 8:14] = True
+    rng = np.random.default_rng(0)
+    attention = np.where(lesion, 0.53, 0.47) + rng.normal(0, 0.003, body.shape)
+    mask, t = threshold_image(attention * body, body, None, opening_radius=1)
+    assert 0 < t < 1 and dice(lesion, mask) > 0.9 and not mask[~body].any()
+    assert dice(lesion, threshold_image(attention * body, body, 0.05)[0]) < 0.2  # a low global cut keeps the body
+    speck = lesion.copy()
+    speck[18, 18] = True  # one pixel: the opening removes it
+    assert not threshold_image(np.where(speck, 0.9, 0.1) * body, body, None, opening_radius=1)[0][18, 18]
+
+
+def test_body_mask_from_the_outside_marking_with_fallback():
+    seg = np.full((1, 1, 12, 12), -1, np.int16)
+    seg[..., 2:10, 2:10] = 2
+    data = np.zeros((1, 1, 12, 12), np.float32)  # masked z-score: outside 0, the body well below it
+    data[..., 2:10, 2:10] = -3.0
+    data[..., 5, 5] = 0.0  # a body pixel at the background value is still body
+    body = body_mask(seg, data)
+    assert body.shape == (1, 12, 12) and body.sum() == 64 and body[0, 5, 5]
+    # no -1 anywhere: the dominant border value is background, holes filled
+    unmarked = np.full_like(seg, 2)
+    assert body_mask(unmarked, data).sum() == 64
+    # no dominant border value (a photograph filling the frame): everything is body
+    texture = np.random.default_rng(0).normal(size=data.shape).astype(np.float32)
+    assert body_mask(unmarked, texture).all()
 
 
 def test_balanced_identifiers_repeat_the_minority():
@@ -118,7 +157,8 @@ def test_phantom_follows_the_weak_convention(weak_preprocessed):
     for case, mask in reference.items():
         image = np.asarray(Image.open(raw / "imagesTr" / f"{case}_0000.png")).astype(float)
         assert image[mask == 1].mean() > image[(mask == 0) & (image > 0)].mean() + 30  # bright blobs
-        assert set(np.unique(np.asarray(Image.open(raw / "labelsTr" / f"{case}.png")))) == {2}
+        label = np.asarray(Image.open(raw / "labelsTr" / f"{case}.png"))
+        assert set(np.unique(label)) == {0, 2} and np.array_equal(label == 2, ndimage.binary_fill_holes(image > 0))
     test_mask = np.asarray(Image.open(raw / "labelsTs" / "phantomweak_010.png"))
     assert test_mask.shape == (32, 32) and test_mask.max() == 1
 
@@ -153,8 +193,9 @@ def test_data_set_without_ignore_label_refused(weak_preprocessed, tmp_path, monk
 
 
 def test_translation_fit_identity_attention_and_teacher(weak_preprocessed, tmp_path, monkeypatch):
-    """A short phase-1 fit on the phantom: identity of normal images through G_AB falls near zero; the pseudo-mask
-    source is in [0, 1] and zero outside the body; the EMA teacher moves by (1 - decay) towards the student."""
+    """A short phase-1 fit on the phantom: the identity error of normal images through G_AB (its decoder output)
+    falls; the pseudo-mask source is in [0, 1] and zero outside the body; the EMA teacher moves by (1 - decay)
+    towards the student."""
     torch.manual_seed(0)
     trainer = _trainer(weak_preprocessed, tmp_path, monkeypatch)
     trainer.on_train_epoch_start()
@@ -164,7 +205,7 @@ def test_translation_fit_identity_attention_and_teacher(weak_preprocessed, tmp_p
 
     def identity() -> float:
         with torch.no_grad():
-            return float((g_ab(normal)["composite"] - normal).abs().mean())
+            return float((g_ab(normal)["translated"] - normal).abs().mean())
 
     before = identity()
     for optimizer in trainer.aux_optimizers.values():  # a short fit: a larger step than the original's 1e-4
@@ -173,15 +214,15 @@ def test_translation_fit_identity_attention_and_teacher(weak_preprocessed, tmp_p
     for _ in range(30):
         trainer.train_step_translation(next(trainer.dataloader_train))
     after = identity()
-    assert after < 0.15 and after < 0.5 * before, (before, after)
+    assert after < 0.8 * before, (before, after)
 
     dataset = _dataset(weak_preprocessed)
-    data = np.asarray(dataset.load_case(trainer.weak_cases.disease[0])[0][:], np.float32)
-    fg = foreground_mask(data)
+    data, seg = (np.asarray(a[:]) for a in dataset.load_case(trainer.weak_cases.disease[0])[:2])
+    fg = body_mask(seg, data)
     assert (~fg).sum() > 20  # the phantom's black corners survive nnU-Net's crop
     for source in ("attention", "cam"):
         trainer.pseudo_source = source
-        probability = trainer.lesion_probability(g_ab, data)
+        probability = trainer.lesion_probability(g_ab, data.astype(np.float32), fg)
         assert probability.shape == data.shape[1:]
         assert probability.min() >= 0 and probability.max() <= 1 and probability.max() > 0
         assert np.all(probability[~fg] == 0)
@@ -202,8 +243,6 @@ def _phase1_pseudo_masks(pre: SimpleNamespace, folder: Path, monkeypatch, seed: 
     monkeypatch.setenv("nnUNet_ext_seed", str(seed))
     trainer = _trainer(pre, folder, monkeypatch)
     trainer.on_train_epoch_start()
-    # a larger step than the original's 1e-4: after fewer steps the attention is flat, and the chosen threshold
-    # (0.05) then passes the whole body, whatever the generator
     for optimizer in trainer.aux_optimizers.values():
         for group in optimizer.param_groups:
             group["lr"] = 2e-3
@@ -223,9 +262,11 @@ def test_pseudo_masks_are_bit_identical_for_a_fixed_seed(weak_preprocessed, tmp_
         assert mask.dtype == masks_again[case].dtype and np.array_equal(mask, masks_again[case]), case
     assert written == written_again and len(written) == 5  # 4 label files + threshold.json
     dataset = _dataset(weak_preprocessed)
-    for case, mask in masks.items():  # non-trivial: lesion and background, and less than the body, in every mask
-        body = foreground_mask(np.asarray(dataset.load_case(case)[0][:], np.float32))
-        assert set(np.unique(mask)) == {0, 1} and mask.sum() < body.sum(), (case, threshold)
+    for case, mask in masks.items():  # lesion, background and nnU-Net's outside; the lesion less than the body
+        data, seg = (np.asarray(a[:]) for a in dataset.load_case(case)[:2])
+        body = body_mask(seg, data)
+        assert set(np.unique(mask)) == {-1, 0, 1} and (mask == 1).sum() < body.sum(), (case, threshold)
+        assert np.array_equal(mask[0] == -1, ~body)  # the outside stays as nnU-Net marked it
     # and the seed is what fixes them: another seed trains other generators, which draw other masks
     other, _, _ = _phase1_pseudo_masks(weak_preprocessed, tmp_path / "c", monkeypatch, seed=12)
     assert any(not np.array_equal(mask, other[case]) for case, mask in masks.items())
@@ -253,14 +294,18 @@ def test_train_stop_resume_in_refinement_export_and_predict(weak_preprocessed, t
     env = results_env(pre.env, tmp_path / "results", nnUNet_ext_seed="3", nnUNet_ext_stop_after_epochs="3",
                       nnUNet_ext_weak_export="799")
     log = stock.train(pre.dataset_id, "2d", 0, name, env)
-    assert "Phase 'refinement'" in log and "Phase-1 pseudo-masks (attention) of 4 disease cases" in log
-    assert "from validation (2 fully labelled cases)" in log
+    assert "Phase 'refinement'" in log and "Phase-1 pseudo-masks (attention) of 4 disease cases: per-image Otsu" in log
+    assert "validation (2 fully labelled cases); validation Dice" in log
+    assert "best-checkpoint tracking restarts" in log
+    assert "Vital signs: attention: coverage" in log and "cam: accuracy" in log
+    assert "pseudo_mask: validation_dice" in log
     fold = tmp_path / "results" / pre.raw_dir.name / f"{name}__nnUNetPlans__2d" / "fold_0"
     stopped = torch.load(fold / "checkpoint_latest.pth", weights_only=False)
     ours = stopped["nnunet_ext"]
     assert stopped["current_epoch"] == 3 and ours["phase"] == "refinement" and ours["extra"]["teacher_ready"]
     masks = ours["extra"]["pseudo_masks"]
-    assert len(masks) == 4 and all(set(np.unique(m)) <= {0, 1} for m in masks.values())
+    assert len(masks) == 4 and all(set(np.unique(m)) <= {-1, 0, 1} for m in masks.values())
+    assert (fold / "weakcycle_progress.png").is_file() and "attention/coverage" in ours["vitals"][0]
     assert set(ours["aux_modules"]) == {"gen_ab", "gen_ba", "disc_global_a", "disc_local_a", "disc_global_b",
                                         "disc_local_b", "teacher"}
     phase1 = sorted((fold / "weak_cycle" / "phase1_pseudo_masks").glob("*.png"))
@@ -274,7 +319,7 @@ def test_train_stop_resume_in_refinement_export_and_predict(weak_preprocessed, t
     log = stock.train(pre.dataset_id, "2d", 0, name, env, continue_training=True)
     assert "Epoch 3" in log and "Epoch 2\n" not in log
     assert "Phase-1 pseudo-masks" not in log  # restored from the checkpoint, not recomputed
-    assert "Teacher updated" in log
+    assert "Teacher updated" in log and "now ignored (uncertain)" in log and "teacher: changed" in log
     final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
     assert set(final["nnunet_ext"]["extra"]["pseudo_masks"]) == set(masks)
 
@@ -283,3 +328,102 @@ def test_train_stop_resume_in_refinement_export_and_predict(weak_preprocessed, t
     for case in ("phantomweak_010", "phantomweak_011"):
         seg = np.asarray(Image.open(out / f"{case}.png"))
         assert seg.shape == (32, 32) and set(np.unique(seg)) <= {0, 1}
+
+
+def test_refinement_views_teacher_ignore_and_best_checkpoint_restart(weak_preprocessed, tmp_path, monkeypatch):
+    """The loader gives the weak view (no intensity augmentation), the student's strong view adds nnU-Net's intensity
+    augmentations; entering refinement restarts the best-checkpoint tracker; the teacher's uncertain pixels become
+    ignore, confident ones lesion, the outside stays -1."""
+    torch.manual_seed(0)
+    trainer = _trainer(weak_preprocessed, tmp_path, monkeypatch)
+    strong = {type(t.transform).__name__ for t in trainer.strong_transforms.transforms}
+    assert {"GaussianNoiseTransform", "ContrastTransform", "GammaTransform"} <= strong
+    loader_transforms = trainer.dataloader_train.data_loader.transforms.transforms
+    inner = {type(getattr(t, "transform", t)).__name__ for t in loader_transforms}
+    assert "SpatialTransform" in inner and not inner & strong
+    batch = next(trainer.dataloader_train)["data"]
+    assert not torch.equal(trainer.strong_augment(batch), batch)
+
+    trainer._best_ema = 0.9  # as phase 1's validation of the untrained student leaves it
+    trainer.current_epoch = trainer.phase_schedule.resolve(trainer.num_epochs)[1].start
+    trainer.on_train_epoch_start()
+    assert trainer.current_phase.name == "refinement" and trainer._best_ema is None and trainer.teacher_ready
+
+    case = trainer.weak_cases.disease[0]
+    before = trainer.pseudo_masks[case].copy()
+    head = unwrap(trainer.aux_modules["teacher"]).decoder.seg_layers[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()  # probability 0.5 everywhere: uncertain
+    trainer.update_pseudo_masks_from_teacher()
+    after = trainer.pseudo_masks[case]
+    assert np.array_equal(after == -1, before == -1) and set(np.unique(after)) == {-1, 2}
+    assert trainer._teacher_vitals["teacher/ignored"] == 1.0 and trainer.epoch_vital_signs()["teacher/ignored"] == 1.0
+    with torch.no_grad():
+        head.bias.copy_(torch.tensor([0.0, 10.0]))  # confident lesion everywhere
+    trainer.update_pseudo_masks_from_teacher()
+    assert set(np.unique(trainer.pseudo_masks[case])) == {-1, 1}
+    assert np.load(trainer.pseudo_mask_folder / f"{case}.npy").min() == -1  # what the data loader reads
+
+
+# ---------------------------------------------------------------------------------------------- mechanism
+@pytest.mark.mechanism
+def test_weak_cycle_body_mask_is_the_brain_of_a_preprocessed_brats_like_case(weak_preprocessed):
+    """nnU-Net's masked z-score leaves the black background at 0 and puts dark brain tissue far below it, so 'differs
+    from the minimum' is the whole image; the body mask must be the brain, with the converters' disease label map and
+    with an all-ignore one (no outside marking: the fallback)."""
+    plans = json.loads((weak_preprocessed.preprocessed / "nnUNetPlans.json").read_text())
+    dataset_json = json.loads((weak_preprocessed.preprocessed / "dataset.json").read_text())
+    plans["configurations"]["2d"].update(normalization_schemes=["ZScoreNormalization"], use_mask_for_norm=[True])
+    plans_manager = PlansManager(plans)
+    configuration = plans_manager.get_configuration("2d")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:64, :64]
+    brain = ((yy - 30) / 24.0) ** 2 + ((xx - 33) / 19.0) ** 2 < 1
+    image = np.where(brain, 110 + rng.normal(0, 8, brain.shape), 0.0)
+    ventricles = brain & (((yy - 30) / 8.0) ** 2 + ((xx - 33) / 3.0) ** 2 < 1)
+    image[ventricles] = 12 + rng.normal(0, 3, ventricles.sum())  # dark CSF
+    image[brain & ((yy - 20) ** 2 + (xx - 40) ** 2 < 25)] = 230.0  # a bright lesion
+    image = np.clip(image, 0, 255).round()
+    for label_map in (weak_label(image), np.full(image.shape, 2, np.uint8)):
+        data, seg, properties = DefaultPreprocessor(verbose=False).run_case_npy(
+            image[None, None].astype(np.float32), label_map[None, None].astype(np.int16), {"spacing": [999.0, 1, 1]},
+            plans_manager, configuration, dataset_json)
+        crop = tuple(slice(a, b) for a, b in properties["bbox_used_for_cropping"])
+        truth = brain[None][crop]
+        body = body_mask(seg, data)
+        assert body.shape == truth.shape and np.mean(body == truth) > 0.995, np.mean(body == truth)
+        # the old rule (not the minimum) on the masked-normalised case is the whole crop
+        if (seg == -1).any():
+            assert data[0][truth].min() < -1.5 and np.all(data[0][~truth] == 0)
+            assert np.mean(np.abs(data[0] - data[0].min()) > 1e-6) > 0.99
+
+
+@pytest.mark.mechanism
+@pytest.mark.xfail(strict=True, reason="the mechanism does not work yet at this budget (seed 0, 150 steps, lr 1e-3): "
+                   "attention pseudo-mask Dice 0.086 against keep-all 0.121; the attention drifts away from the "
+                   "lesions (validation Dice 0.0, attention inside the body 0.38 vs 0.73 outside after 400 steps), "
+                   "see docs/weak_cycle.md")
+def test_weak_cycle_translation_pseudo_masks_beat_keep_all(weak_distractor_preprocessed, tmp_path, monkeypatch):
+    """A short seeded translation run on the distractor phantom (bright ridges and dark spots in every image): the
+    attention pseudo-masks (per-image Otsu, as the trainer makes them at the phase switch) score a higher mean Dice
+    on the weak training cases than marking the whole body."""
+    pre = weak_distractor_preprocessed
+    monkeypatch.setenv("nnUNet_ext_seed", "0")
+    trainer = _trainer(pre, tmp_path, monkeypatch)
+    trainer.on_train_epoch_start()
+    for optimizer in trainer.aux_optimizers.values():  # a short fit: a larger step than the original's 1e-4
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-3
+    for _ in range(MECHANISM_STEPS):
+        trainer.train_step_translation(next(trainer.dataloader_train))
+    trainer.make_pseudo_masks()
+    written = trainer.weak_folder / "phase1_pseudo_masks"
+    ours, keep_all = [], []
+    for reference_file in sorted((pre.raw_dir / "referenceTr").glob("*.png")):
+        reference = np.asarray(Image.open(reference_file)) == 1
+        body = ndimage.binary_fill_holes(np.asarray(Image.open(pre.raw_dir / "imagesTr" /
+                                                               f"{reference_file.stem}_0000.png")) > 0)
+        ours.append(dice(reference, np.asarray(Image.open(written / reference_file.name)) == 1))
+        keep_all.append(dice(reference, body))
+    assert len(ours) == 8 and np.mean(ours) > np.mean(keep_all) + 0.05, (np.mean(ours), np.mean(keep_all))

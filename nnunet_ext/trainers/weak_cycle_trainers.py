@@ -3,55 +3,71 @@
     nnUNetv2_train 741 2d 0 -tr WeakCycleTrainer -device cpu
     nnUNetv2_predict -i IN -o OUT -d 741 -c 2d -f 0 -tr WeakCycleTrainer -device cpu
 
-The data set follows the weak-label convention (docs/conversion.md, "Weak labels"): disease cases all ignore label,
-normal cases all 0, optionally fully labelled validation cases (fold 0 of splits_final.json). One training run has
-two phases:
+The data set follows the weak-label convention (docs/conversion.md, "Weak labels"): disease cases the ignore label
+over the image (0 outside its non-zero region), normal cases all 0, optionally fully labelled validation cases (fold 0
+of splits_final.json). One training run has two phases:
 1. "translation": light U-GAT-IT generators disease->normal (G_AB) and normal->disease (G_BA) with global and local
-   discriminators, on nnU-Net's augmented patches (disease and normal cases sampled equally). At its end the
-   attention mask of G_AB on every disease training case, restricted to the non-zero image region and thresholded
-   (threshold with the best mean Dice on fully labelled validation cases when there are any, else Otsu), becomes
-   the case's pseudo-mask.
+   discriminators, on nnU-Net's spatially augmented patches (disease and normal cases sampled equally). At its end
+   the attention mask of G_AB on every disease training case, zeroed outside the body (nnU-Net's -1 outside
+   marking), rescaled per image over the body and thresholded per image (Otsu, then a morphological opening, as the
+   original; or one threshold chosen on the fully labelled validation cases, `threshold_mode`), becomes the case's
+   pseudo-mask.
 2. "refinement": the plans' nnU-Net network (the student, the one nnU-Net saves and predicts with) trains on the
-   pseudo-masks (disease) and all-background maps (normal) from strongly augmented inputs (nnU-Net's augmentation
-   plus intensity noise/contrast/brightness), plus a consistency term towards an EMA teacher that sees the weakly
-   augmented batch; every `pseudo_update_every` epochs confident teacher predictions rewrite the pseudo-masks.
+   pseudo-masks (disease) and all-background maps (normal) from a strong view (the weak view plus nnU-Net's
+   intensity augmentations and extra contrast/brightness/noise), plus a consistency term towards an EMA teacher that
+   sees the weak view (nnU-Net's spatial augmentation and mirroring only: the data loader's output); every
+   `pseudo_update_every` epochs confident teacher pixels rewrite the pseudo-masks and uncertain ones become ignore.
+   nnU-Net's best-checkpoint tracking restarts when refinement starts (the student is untrained before).
 Generators, discriminators, teacher, their optimizers and the pseudo-masks are in the checkpoint: `--c` resumes in
 either phase. Selection (threshold, nnU-Net's best checkpoint) uses validation cases only, never the test set.
 
 `WeakCycleTrainer_CAM` is the CAM-only baseline: pseudo-masks from G_AB's class activation map instead of its
-attention mask. Environment variable nnUNet_ext_weak_export=ID exports the phase-1 pseudo-masks as a labelled raw
-data set DatasetID_<name>Pseudo (any trainer can then train on it).
+attention mask. `WeakCycleTrainer_ISIC` uses the original's ISIC loss weights. Environment variable
+nnUNet_ext_weak_export=ID exports the phase-1 pseudo-masks as a labelled raw data set DatasetID_<name>Pseudo (any
+trainer can then train on it). Vital signs (attention coverage and inside/outside-body means, CAM accuracy,
+validation pseudo-mask Dice, teacher changes) are logged every epoch and plotted to weakcycle_progress.png.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+from batchgeneratorsv2.transforms.intensity.brightness import MultiplicativeBrightnessTransform
+from batchgeneratorsv2.transforms.intensity.contrast import ContrastTransform
+from batchgeneratorsv2.transforms.intensity.gamma import GammaTransform
+from batchgeneratorsv2.transforms.intensity.gaussian_noise import GaussianNoiseTransform
+from batchgeneratorsv2.transforms.noise.gaussian_blur import GaussianBlurTransform
+from batchgeneratorsv2.transforms.spatial.low_resolution import SimulateLowResolutionTransform
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
+from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from nnunetv2.paths import nnUNet_raw
 from scipy import ndimage
 from torch import nn
 
 from nnunet_ext.methods.weak_cycle.data import (
+    OUTSIDE,
     PseudoLabelDataset,
     WeakCases,
     WeakLabelError,
     balanced_identifiers,
     best_threshold,
+    body_mask,
     case_kind,
     classify_cases,
+    dice,
     export_pseudo_dataset,
-    foreground_mask,
-    load_image,
-    load_seg,
-    otsu_threshold,
+    normalise_in_body,
     save_array,
+    threshold_image,
 )
 from nnunet_ext.methods.weak_cycle.loss import (
     CYCLE_LOSS_WEIGHTS,
+    ISIC_LOSS_WEIGHTS,
     cycle_generator_losses,
     discriminator_loss,
     teacher_consistency,
@@ -68,19 +84,30 @@ from nnunet_ext.training.base import env_int, nnUNetExtTrainer, unwrap
 from nnunet_ext.training.phases import NETWORK, Phase, PhaseSchedule
 from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
 
-__all__ = ["WeakCycleTrainer", "WeakCycleTrainer_CAM", "WeakCycleTrainer_debug", "WeakCycleTrainer_demo",
-           "WeakCycleTrainer_CAM_debug", "WeakCycleTrainer_CAM_demo"]
+__all__ = ["WeakCycleTrainer", "WeakCycleTrainer_CAM", "WeakCycleTrainer_ISIC", "WeakCycleTrainer_debug",
+           "WeakCycleTrainer_demo", "WeakCycleTrainer_CAM_debug", "WeakCycleTrainer_CAM_demo"]
 
 EXPORT_ENV = "nnUNet_ext_weak_export"
 GENERATORS = ("gen_ab", "gen_ba")
 DISCRIMINATORS = ("disc_global_a", "disc_local_a", "disc_global_b", "disc_local_b")
 TRANSLATION, REFINEMENT = "translation", "refinement"
+# nnU-Net's intensity augmentations: left out of the loader's (weak) view, applied to the student's strong view
+INTENSITY_TRANSFORMS = (GaussianNoiseTransform, GaussianBlurTransform, MultiplicativeBrightnessTransform,
+                        ContrastTransform, SimulateLowResolutionTransform, GammaTransform)
+VITAL_CASES = 8  # cases per kind that the per-epoch vital signs look at: bounded cost on large data sets
+
+
+def load_case_arrays(dataset, identifier: str) -> tuple[np.ndarray, np.ndarray]:
+    """(image C x spatial float32, seg 1 x spatial) of one preprocessed case."""
+    data, seg, _, _ = dataset.load_case(identifier)
+    return np.asarray(data[:], dtype=np.float32), np.asarray(seg[:])
 
 
 class WeakCycleTrainer(nnUNetExtTrainer):
     # `nnunet_ext demo --trainer WeakCycleTrainer`: the weak-label phantom; no Dice floor set (docs/weak_cycle.md)
     demo_phantom = "weak2d"
     demo_dice_floor = None
+    progress_plot = "weakcycle_progress.png"
     # where the pseudo-masks come from: "attention" (the method) or "cam" (the CAM-only baseline)
     pseudo_source = "attention"
     translation_fraction = 0.5  # share of the epochs spent on phase 1
@@ -88,10 +115,16 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     generator_blocks = 4
     discriminator_features = 32
     translation_lr = 1e-4  # Adam, betas (0.5, 0.999), as the original
-    cycle_loss_weights = CYCLE_LOSS_WEIGHTS
+    translation_weight_decay = 2e-5  # the original's
+    cycle_loss_weights = CYCLE_LOSS_WEIGHTS  # the original's BraTS weights; ISIC_LOSS_WEIGHTS for ISIC
+    # "otsu": per image, as the original; "validation": one threshold with the best mean Dice on the fully labelled
+    # validation cases (Otsu where there are none)
+    threshold_mode = "otsu"
+    opening_radius = 1  # pixels of the morphological opening after thresholding (0: none)
     ema_decay = 0.99
     consistency_weight = 1.0
-    teacher_confidence = 0.9  # a teacher probability beyond this (or below 1 - this) rewrites a pseudo-mask pixel
+    # a teacher probability beyond this (or below 1 - this) sets a pseudo-mask pixel; in between it becomes ignore
+    teacher_confidence = 0.9
     pseudo_update_every = 5  # epochs of refinement between pseudo-mask updates; 0: never
     strong_noise_std = 0.1
     strong_contrast = 0.25
@@ -121,6 +154,10 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         self.pseudo_masks: dict[str, np.ndarray] = {}
         self.pseudo_threshold: dict | None = None
         self.teacher_ready = False
+        self.strong_transforms: ComposeTransforms | None = None
+        self._vital_data: dict | None = None
+        self._cam_hits = self._cam_total = 0
+        self._teacher_vitals: dict[str, float] = {}
 
     def build_phase_schedule(self) -> PhaseSchedule:
         return PhaseSchedule([
@@ -154,7 +191,8 @@ class WeakCycleTrainer(nnUNetExtTrainer):
 
     def configure_aux_optimizers(self):
         return {name: (torch.optim.Adam(self.aux_modules[name].parameters(), lr=self.translation_lr,
-                                        betas=(0.5, 0.999), weight_decay=1e-4), None)
+                                        betas=(0.5, 0.999),
+                                        weight_decay=self.translation_weight_decay), None)
                 for name in GENERATORS + DISCRIMINATORS}
 
     def extra_checkpoint_state(self) -> dict:
@@ -185,6 +223,18 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         return PseudoLabelDataset(dataset_tr, self.pseudo_mask_folder, balanced_identifiers(self.weak_cases)), \
             dataset_val
 
+    def get_training_transforms(self, *args, **kwargs):
+        """The loader gives the weak view: nnU-Net's pipeline without its intensity augmentations, which are kept
+        for the student's strong view (strong_augment). The geometry is the loader's alone, so teacher input,
+        student input and targets stay aligned."""
+        full = super().get_training_transforms(*args, **kwargs)
+        weak, strong = [], []
+        for transform in full.transforms:
+            inner = transform.transform if isinstance(transform, RandomTransform) else transform
+            (strong if isinstance(inner, INTENSITY_TRANSFORMS) else weak).append(transform)
+        self.strong_transforms = ComposeTransforms(strong)
+        return ComposeTransforms(weak)
+
     def _batch_kinds(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(disease, normal) sample masks of a batch: ignore pixels (padding may add 0s) vs nothing but 0."""
         flat = target.flatten(1)
@@ -211,6 +261,16 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         return torch.cat(disease)[:n].to(self.device), torch.cat(normal)[:n].to(self.device)
 
     # ------------------------------------------------------------------ phase 1: cycle translation
+    def on_train_epoch_start(self):
+        self._cam_hits = self._cam_total = 0
+        self._teacher_vitals = {}
+        super().on_train_epoch_start()
+        phase = self.current_phase
+        since = self.current_epoch - phase.start
+        if phase.name == REFINEMENT and self.pseudo_update_every and since > 0 and \
+                since % self.pseudo_update_every == 0:
+            self.update_pseudo_masks_from_teacher()
+
     def train_step_translation(self, batch: dict) -> dict:
         disease, normal = self._translation_batch(batch)
         m = self.aux_modules
@@ -223,10 +283,13 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         self.optimizer_step(generator_loss, [self.aux_optimizers[n] for n in GENERATORS],
                             [p for n in GENERATORS for p in m[n].parameters()])
 
-        ab, ba = translations["ab"], translations["ba"]
+        ab, ba, bb = translations["ab"], translations["ba"], translations["bb"]
+        with torch.no_grad():  # G_AB's CAM classifier: disease (logit > 0) against normal, for the vital signs
+            self._cam_hits += int((ab["cam_logits"].mean(1) > 0).sum()) + int((bb["cam_logits"].mean(1) < 0).sum())
+            self._cam_total += len(ab["cam_logits"]) + len(bb["cam_logits"])
         with self.autocast():
-            disc_loss = discriminator_loss(d_a, disease, (ba["translated"], ba["composite"])) + \
-                discriminator_loss(d_b, normal, (ab["translated"], ab["composite"]))
+            disc_loss = discriminator_loss(d_a, disease, ba["translated"]) + \
+                discriminator_loss(d_b, normal, ab["translated"])
         for name in DISCRIMINATORS:  # also drops what the generator step left in their grads
             self.aux_optimizers[name].zero_grad(set_to_none=True)
         self.optimizer_step(disc_loss, [self.aux_optimizers[n] for n in DISCRIMINATORS],
@@ -234,72 +297,137 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         return {"loss": (generator_loss + disc_loss).detach().cpu().numpy()}
 
     @torch.no_grad()
-    def lesion_probability(self, generator: nn.Module, data: np.ndarray) -> np.ndarray:
-        """G_AB's attention (or normalised CAM) on one preprocessed case (C x spatial), zero outside the foreground;
-        2D configurations run slice by slice."""
+    def generator_maps(self, generator: nn.Module, data: np.ndarray) -> dict[str, np.ndarray]:
+        """G_AB's attention and its CAM (ReLU, divided by its maximum per image) on one preprocessed case (C x
+        spatial), both of the case's spatial shape; 2D configurations run slice by slice."""
         generator = unwrap(generator)  # under DDP a wrapper, which lacks the module's attributes (n_down)
+        was_training = generator.training
         generator.eval()
         x = torch.from_numpy(data).to(self.device)
         x = x.permute(1, 0, 2, 3) if self.spatial_dims == 2 else x[None]  # 2D: slices as the batch
         multiple = (2 ** generator.n_down,) * self.spatial_dims
-        maps = []
+        attention, cams = [], []
         for start in range(0, x.shape[0], 8):
             padded, crop = pad_to_multiple(x[start:start + 8], multiple)
             out = generator(padded)
-            if self.pseudo_source == "attention":
-                maps.append(out["mask"][crop])
-            elif self.pseudo_source == "cam":
-                cam = torch.relu(out["cam_map"][crop])
-                maps.append(cam / cam.flatten(1).amax(1).clamp_min(1e-8).view(-1, *(1,) * (cam.ndim - 1)))
-            else:
-                raise ValueError(f"{self.__class__.__name__}.pseudo_source must be 'attention' or 'cam', got "
-                                 f"{self.pseudo_source!r}")
-        probability = torch.cat(maps)
-        probability = probability.permute(1, 0, 2, 3) if self.spatial_dims == 2 else probability[0]
-        return probability.float().cpu().numpy()[0] * foreground_mask(data)
+            attention.append(out["mask"][crop])
+            cam = torch.relu(out["cam_map"][crop])
+            cams.append(cam / cam.flatten(1).amax(1).clamp_min(1e-8).view(-1, *(1,) * (cam.ndim - 1)))
+        generator.train(was_training)
+        maps = {}
+        for key, parts in (("attention", attention), ("cam", cams)):
+            m = torch.cat(parts)
+            m = m.permute(1, 0, 2, 3) if self.spatial_dims == 2 else m[0]
+            maps[key] = m.float().cpu().numpy()[0]
+        return maps
 
-    def choose_threshold(self, disease_probabilities: list[np.ndarray], dataset_val) -> dict:
-        """Best mean Dice on fully labelled validation cases, else Otsu on the disease cases' foreground."""
-        generator = self.aux_modules["gen_ab"]
-        probabilities, references = [], []
-        for case in dataset_val.identifiers:
-            seg = load_seg(dataset_val, case)
-            if case_kind(seg, self.label_manager.ignore_label) != "full":
+    def lesion_probability(self, generator: nn.Module, data: np.ndarray, body: np.ndarray | None = None
+                           ) -> np.ndarray:
+        """The pseudo-mask source map (`pseudo_source`: attention or CAM) on one case, 0 outside the body."""
+        if self.pseudo_source not in ("attention", "cam"):
+            raise ValueError(f"{self.__class__.__name__}.pseudo_source must be 'attention' or 'cam', got "
+                             f"{self.pseudo_source!r}")
+        probability = self.generator_maps(generator, data)[self.pseudo_source]
+        return probability if body is None else probability * body
+
+    def _images(self, array: np.ndarray):
+        """The images thresholded one by one: the slices of a 2D configuration, else the volume."""
+        return [(i,) for i in range(array.shape[0])] if self.spatial_dims == 2 else [()]
+
+    def binarise(self, probability: np.ndarray, body: np.ndarray, threshold: float | None = None
+                 ) -> tuple[np.ndarray, list[float]]:
+        """(lesion mask bool, thresholds used per image): per image normalised over its body, cut at `threshold`
+        (None: that image's Otsu threshold), opened by `opening_radius`."""
+        mask = np.zeros(probability.shape, bool)
+        used = []
+        for index in self._images(probability):
+            if not body[index].any():
                 continue
-            data = load_image(dataset_val, case)
-            probabilities.append(self.lesion_probability(generator, data))
-            references.append(seg[0] == self.lesion_label)
-        if probabilities:
-            threshold, score = best_threshold(probabilities, references)
-            return {"threshold": threshold, "source": f"validation ({len(probabilities)} fully labelled cases)",
-                    "validation_dice": score}
-        values = np.concatenate([p[p > 0] for p in disease_probabilities])
-        return {"threshold": otsu_threshold(values), "source": "Otsu (no fully labelled validation case)"}
+            mask[index], t = threshold_image(probability[index], body[index], threshold, int(self.opening_radius))
+            used.append(t)
+        return mask, used
+
+    def global_threshold(self) -> float | None:
+        """The threshold `threshold_mode` asks for: None (per-image Otsu) or the one chosen on validation."""
+        if self.threshold_mode == "otsu":
+            return None
+        if self.threshold_mode != "validation":
+            raise ValueError(f"{self.__class__.__name__}.threshold_mode must be 'otsu' or 'validation', got "
+                             f"{self.threshold_mode!r}")
+        chosen = self.pseudo_threshold or {}
+        return chosen.get("threshold")
+
+    def validation_cases(self, dataset_val) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(image, body, lesion reference) of the fully labelled validation cases."""
+        cases = []
+        for case in dataset_val.identifiers:
+            data, seg = load_case_arrays(dataset_val, case)
+            if case_kind(seg, self.label_manager.ignore_label) == "full":
+                cases.append((data, body_mask(seg, data), seg[0] == self.lesion_label))
+        return cases
+
+    def choose_threshold(self, dataset_val) -> dict:
+        """The thresholding rule and its validation Dice where fully labelled validation cases exist."""
+        generator = self.aux_modules["gen_ab"]
+        cases = self.validation_cases(dataset_val)
+        maps = [self.lesion_probability(generator, data, body) for data, body, _ in cases]
+        choice: dict = {"mode": "otsu", "threshold": None, "opening_radius": int(self.opening_radius)}
+        if self.threshold_mode == "validation" and cases:
+            normalised = [np.stack([normalise_in_body(p[i], b[i]) for i in range(p.shape[0])])
+                          if self.spatial_dims == 2 else normalise_in_body(p, b)
+                          for p, (_, b, _) in zip(maps, cases, strict=True)]
+            t, _ = best_threshold(normalised, [r for _, _, r in cases])
+            choice.update(mode="validation", threshold=t)
+        elif self.threshold_mode == "validation":
+            choice["note"] = "no fully labelled validation case: per-image Otsu"
+        else:
+            self.global_threshold()  # refuses an unknown mode
+        if cases:
+            scores = [dice(r, self.binarise(p, b, choice["threshold"])[0])
+                      for p, (_, b, r) in zip(maps, cases, strict=True)]
+            choice.update(validation_dice=float(np.mean(scores)), source=f"validation ({len(cases)} fully "
+                                                                          f"labelled cases)")
+        else:
+            choice["source"] = "no fully labelled validation case"
+        return choice
+
+    def pseudo_label(self, mask: np.ndarray, body: np.ndarray) -> np.ndarray:
+        """The label map the student trains on (1 x spatial, int8): lesion 1, background 0, nnU-Net's -1 outside."""
+        return np.where(body, mask.astype(np.int8), np.int8(OUTSIDE)).astype(np.int8)[None]
 
     def make_pseudo_masks(self) -> None:
         dataset_tr, dataset_val = super().get_tr_and_val_datasets()
         generator = self.aux_modules["gen_ab"]
-        probabilities = {case: self.lesion_probability(generator, load_image(dataset_tr, case))
-                         for case in self.weak_cases.disease}
-        self.pseudo_threshold = self.choose_threshold(list(probabilities.values()), dataset_val)
-        t = self.pseudo_threshold["threshold"]
-        self.pseudo_masks = {case: (p >= t).astype(np.int8)[None] for case, p in probabilities.items()}
-        fraction = np.mean([m.mean() for m in self.pseudo_masks.values()])
-        self.print_to_log_file(f"Phase-1 pseudo-masks ({self.pseudo_source}) of {len(self.pseudo_masks)} disease "
-                               f"cases: threshold {t:.2f} from {self.pseudo_threshold['source']}; mean lesion "
-                               f"fraction {fraction:.3f}")
+        self.pseudo_threshold = choice = self.choose_threshold(dataset_val)
+        self.pseudo_masks, thresholds, fractions = {}, [], []
+        for case in self.weak_cases.disease:
+            data, seg = load_case_arrays(dataset_tr, case)
+            body = body_mask(seg, data)
+            mask, used = self.binarise(self.lesion_probability(generator, data, body), body, choice["threshold"])
+            self.pseudo_masks[case] = self.pseudo_label(mask, body)
+            thresholds += used
+            fractions.append(mask.sum() / max(int(body.sum()), 1))
+        choice["thresholds"] = {"mean": float(np.mean(thresholds)), "min": float(np.min(thresholds)),
+                                "max": float(np.max(thresholds))}
+        rule = "per-image Otsu" if choice["threshold"] is None else f"validation threshold {choice['threshold']:.2f}"
+        validation = f"; validation Dice {choice['validation_dice']:.3f}" if "validation_dice" in choice else ""
+        self.print_to_log_file(
+            f"Phase-1 pseudo-masks ({self.pseudo_source}) of {len(self.pseudo_masks)} disease cases: {rule} on "
+            f"body-normalised maps (thresholds {choice['thresholds']['mean']:.2f}, {choice['thresholds']['min']:.2f}"
+            f"-{choice['thresholds']['max']:.2f}), opening radius {choice['opening_radius']}, {choice['source']}"
+            f"{validation}; mean lesion fraction of the body {np.mean(fractions):.3f}")
         self.write_phase1_masks(dataset_tr)
 
     def raw_geometry(self, mask: np.ndarray, properties: dict) -> np.ndarray:
-        """A preprocessed-space mask (1 x spatial) back onto the raw image grid (uncropped, resampled nearest)."""
-        seg = mask[0]
+        """A preprocessed-space pseudo-label (1 x spatial) back onto the raw image grid as 0/1 (uncropped,
+        resampled nearest); outside and ignore count as 0."""
+        seg = (mask[0] == self.lesion_label).astype(np.uint8)
         shape = tuple(properties["shape_after_cropping_and_before_resampling"])
         if seg.shape != shape:
             seg = ndimage.zoom(seg, [a / b for a, b in zip(shape, seg.shape, strict=True)], order=0)
         full = np.zeros(properties["shape_before_cropping"], np.uint8)
         full[tuple(slice(a, b) for a, b in properties["bbox_used_for_cropping"])] = seg
         return full
-
     def write_phase1_masks(self, dataset_tr) -> None:
         """The phase-1 pseudo-masks in the raw images' geometry and file format (for scoring and the export)."""
         if self.local_rank != 0:
@@ -340,14 +468,10 @@ class WeakCycleTrainer(nnUNetExtTrainer):
             # the teacher starts where the student starts
             unwrap(self.aux_modules["teacher"]).load_state_dict(unwrap(self.network).state_dict())
             self.teacher_ready = True
-
-    def on_train_epoch_start(self):
-        super().on_train_epoch_start()
-        phase = self.current_phase
-        since = self.current_epoch - phase.start
-        if phase.name == REFINEMENT and self.pseudo_update_every and since > 0 and \
-                since % self.pseudo_update_every == 0:
-            self.update_pseudo_masks_from_teacher()
+            # phase 1 never trains the student, so a "best" checkpoint from it is an untrained network; a resumed
+            # refinement (teacher_ready from the checkpoint) keeps its tracker
+            self._best_ema = None
+            self.print_to_log_file("Refinement starts: nnU-Net's best-checkpoint tracking restarts")
 
     @torch.no_grad()
     def teacher_probability(self, data: np.ndarray) -> np.ndarray:
@@ -370,21 +494,29 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         return probability.cpu().numpy()[0]
 
     def update_pseudo_masks_from_teacher(self) -> None:
+        """Confident teacher pixels (probability >= teacher_confidence: lesion, <= 1 - it: background) set the
+        pseudo-labels inside the body; the rest become the ignore label, so the student learns nothing there."""
         dataset_tr, _ = super().get_tr_and_val_datasets()
         high, low = self.teacher_confidence, 1 - self.teacher_confidence
-        changed = total = 0
-        for case, mask in self.pseudo_masks.items():
-            data = load_image(dataset_tr, case)
-            probability = self.teacher_probability(data) * foreground_mask(data)
-            new = mask[0].copy()
-            new[probability >= high] = 1
-            new[probability <= low] = 0
-            changed += int((new != mask[0]).sum())
-            total += new.size
+        ignore = np.int8(self.label_manager.ignore_label)
+        changed = ignored = total = 0
+        for case, old in self.pseudo_masks.items():
+            data, seg = load_case_arrays(dataset_tr, case)
+            body = body_mask(seg, data)
+            probability = self.teacher_probability(data)
+            new = np.full(body.shape, np.int8(OUTSIDE), np.int8)
+            new[body] = ignore
+            new[body & (probability >= high)] = self.lesion_label
+            new[body & (probability <= low)] = 0
+            changed += int((new[body] != old[0][body]).sum())
+            ignored += int((new[body] == ignore).sum())
+            total += int(body.sum())
             self.pseudo_masks[case] = new[None]
         self.publish_pseudo_masks()
-        self.print_to_log_file(f"Teacher updated {changed} pseudo-mask pixels ({100 * changed / max(total, 1):.2f}%)"
-                               f" at confidence {self.teacher_confidence}")
+        self._teacher_vitals = {"teacher/changed": changed / max(total, 1), "teacher/ignored": ignored / max(total, 1)}
+        self.print_to_log_file(f"Teacher updated {changed} pseudo-mask pixels ({100 * changed / max(total, 1):.2f}% of "
+                               f"the body), {100 * ignored / max(total, 1):.2f}% now ignored (uncertain), at "
+                               f"confidence {self.teacher_confidence}")
 
     def publish_pseudo_masks(self) -> None:
         """Write the pseudo-masks the data loader reads. Under DDP rank 0 writes and the other ranks, once it is done,
@@ -398,8 +530,13 @@ class WeakCycleTrainer(nnUNetExtTrainer):
             self.pseudo_masks = {case: np.load(self.pseudo_mask_folder / f"{case}.npy") for case in self.pseudo_masks}
 
     def strong_augment(self, data: torch.Tensor) -> torch.Tensor:
-        """Intensity perturbations on top of nnU-Net's augmentation: geometry unchanged, so the weakly augmented
-        batch, its targets and the teacher's view stay aligned."""
+        """The student's strong view of a weak-view batch: nnU-Net's intensity augmentations (left out of the loader,
+        see get_training_transforms) per sample, then per-sample contrast, brightness and noise. Geometry unchanged,
+        so the teacher's weak view and the targets stay aligned."""
+        if self.strong_transforms is not None and self.strong_transforms.transforms:
+            samples = data.detach().float().cpu()
+            data = torch.stack([self.strong_transforms(image=sample.clone())["image"] for sample in samples]) \
+                .to(data.device, data.dtype)
         shape = (data.shape[0],) + (1,) * (data.ndim - 1)
         dims = tuple(range(1, data.ndim))
         mean = data.mean(dims, keepdim=True)
@@ -417,7 +554,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
             t.copy_(s)
 
     def train_step_refinement(self, batch: dict) -> dict:
-        data, target, _ = self.batch_to_device(batch)
+        data, target, _ = self.batch_to_device(batch)  # the loader's weak view
         teacher = self.aux_modules["teacher"]
         teacher.eval()
         with torch.no_grad(), self.autocast():
@@ -433,12 +570,82 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         self.update_teacher()
         return {"loss": loss.detach().cpu().numpy()}
 
+    # ------------------------------------------------------------------ vital signs
+    def _vital_cases(self) -> dict:
+        """Up to VITAL_CASES disease training cases and fully labelled validation cases, loaded once."""
+        if self._vital_data is None:
+            dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+            disease = []
+            for case in self.weak_cases.disease[:VITAL_CASES]:
+                data, seg = load_case_arrays(dataset_tr, case)
+                disease.append((data, body_mask(seg, data)))
+            self._vital_data = {"disease": disease, "validation": self.validation_cases(dataset_val)[:VITAL_CASES]}
+        return self._vital_data
+
+    def epoch_vital_signs(self) -> dict[str, float]:
+        """Translation: attention coverage (share of the body in the pseudo-mask it would give now), mean raw
+        attention inside and outside the body, G_AB's CAM accuracy over the epoch's steps, and the pseudo-mask Dice
+        of attention and CAM on the fully labelled validation cases. Refinement: the share of pseudo-label pixels
+        the teacher's update changed and left ignored (epochs with an update)."""
+        if self.current_phase is None:
+            return {}
+        if self.current_phase.name == REFINEMENT:
+            return dict(self._teacher_vitals)
+        generator = self.aux_modules["gen_ab"]
+        cases = self._vital_cases()
+        threshold = self.global_threshold()
+        inside, outside, coverage = [], [], []
+        for data, body in cases["disease"]:
+            attention = self.generator_maps(generator, data)["attention"]
+            inside.append(float(attention[body].mean()))
+            if (~body).any():
+                outside.append(float(attention[~body].mean()))
+            coverage.append(self.binarise(attention * body, body, threshold)[0].sum() / max(int(body.sum()), 1))
+        values = {"attention/coverage": float(np.mean(coverage)), "attention/inside_body": float(np.mean(inside)),
+                  "attention/outside_body": float(np.mean(outside)) if outside else math.nan,
+                  "cam/accuracy": self._cam_hits / self._cam_total if self._cam_total else math.nan}
+        scores = {"attention": [], "cam": []}
+        for data, body, reference in cases["validation"]:
+            maps = self.generator_maps(generator, data)
+            for key in scores:
+                scores[key].append(dice(reference, self.binarise(maps[key] * body, body, threshold)[0]))
+        if cases["validation"]:
+            values["pseudo_mask/validation_dice"] = float(np.mean(scores["attention"]))
+            values["pseudo_mask/validation_dice_cam"] = float(np.mean(scores["cam"]))
+        return values
+
+    def vital_sign_warnings(self, history: list[dict]) -> list[str]:
+        last = history[-1] if history else {}
+        warnings = []
+        coverage = last.get("attention/coverage")
+        if coverage is not None and not 0.005 <= coverage <= 0.8:
+            warnings.append(f"the attention pseudo-mask covers {100 * coverage:.1f}% of the body: it does not "
+                            f"single out lesions")
+        inside, outside = last.get("attention/inside_body"), last.get("attention/outside_body")
+        if inside is not None and outside is not None and not math.isnan(outside) and inside <= outside:
+            warnings.append(f"mean attention inside the body ({inside:.3f}) is not above outside it ({outside:.3f})")
+        translation = [row for row in history if "cam/accuracy" in row and not math.isnan(row["cam/accuracy"])]
+        if len(translation) >= 5 and max(row["cam/accuracy"] for row in translation[-3:]) <= 0.6:
+            warnings.append(f"G_AB's CAM classifier is at chance after {len(translation)} epochs "
+                            f"(accuracy {translation[-1]['cam/accuracy']:.2f}): no class signal for the attention")
+        ignored = last.get("teacher/ignored")
+        if ignored is not None and ignored > 0.5:
+            warnings.append(f"the teacher left {100 * ignored:.0f}% of the disease cases' body ignored: few "
+                            f"confident pixels (teacher_confidence {self.teacher_confidence})")
+        return warnings
+
 
 class WeakCycleTrainer_CAM(WeakCycleTrainer):
     """CAM-only baseline: the same run, pseudo-masks from G_AB's class activation map (normalised to [0, 1] per
     image) instead of its attention mask."""
 
     pseudo_source = "cam"
+
+
+class WeakCycleTrainer_ISIC(WeakCycleTrainer):
+    """The original's ISIC loss weights (cycle 5, identity 50, CAM 1400)."""
+
+    cycle_loss_weights = ISIC_LOSS_WEIGHTS
 
 
 WeakCycleTrainer_debug = short_variant(WeakCycleTrainer, "WeakCycleTrainer_debug", **DEBUG_BUDGET)

@@ -1,8 +1,10 @@
 """Weak (image-level) labels in nnU-Net data sets, and the pseudo-masks WeakCycleTrainer derives from them.
 
 Convention (docs/conversion.md, "Weak labels"): a disease case, whose lesion location is unknown, has a label map that
-is entirely the ignore label; a normal case has a label map of all 0; any other case is fully labelled. After nnU-Net's
-preprocessing, 0 outside the non-zero region of the image becomes -1, which counts as background here.
+is the ignore label over the image (0 may mark the outside of the image's non-zero region, as the converters write
+it; an entirely-ignore map is accepted too); a normal case has a label map of all 0; a case with lesion labels is fully
+labelled. After nnU-Net's preprocessing, 0 outside the non-zero region of the image becomes -1, which counts as
+outside the body here.
 
 Pseudo-masks live in the preprocessed (cropped, resampled) space of the cases, one `<case>.npy` (int8, the seg's
 shape: 0 background, 1 lesion, ignore label where unsure) per disease case in the trainer's output folder; the data
@@ -24,6 +26,8 @@ from scipy import ndimage
 from nnunet_ext.evaluation.metrics import overlap_metrics
 from nnunet_ext.fileio import atomic_output_dir, dataset_id_clashes
 
+OUTSIDE = -1  # nnU-Net's mark, in the preprocessed seg, for pixels outside the non-zero region of the image
+
 
 class WeakLabelError(ValueError):
     pass
@@ -36,7 +40,7 @@ class WeakCases:
     full: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        return f"{len(self.disease)} disease (all ignore), {len(self.normal)} normal (all 0), {len(self.full)} fully " \
+        return f"{len(self.disease)} disease (ignore), {len(self.normal)} normal (all 0), {len(self.full)} fully " \
                f"labelled"
 
 
@@ -51,13 +55,12 @@ def load_image(dataset, identifier: str) -> np.ndarray:
 
 
 def case_kind(seg: np.ndarray, ignore_label: int) -> str:
-    """'disease', 'normal' or 'full' for one (preprocessed or raw) label map."""
-    inside = seg[seg != -1]
-    if inside.size == 0 or not inside.any():
-        return "normal"
-    if np.all(inside == ignore_label):
-        return "disease"
-    return "full"
+    """'full' (some label other than 0 and ignore), 'disease' (ignore, with or without 0) or 'normal' (nothing but
+    0) for one (preprocessed or raw) label map."""
+    values = set(np.unique(seg[seg != OUTSIDE]).tolist())
+    if values - {0, ignore_label}:
+        return "full"
+    return "disease" if ignore_label in values else "normal"
 
 
 def classify_cases(dataset, identifiers, ignore_label: int | None, dataset_name: str) -> WeakCases:
@@ -68,7 +71,7 @@ def classify_cases(dataset, identifiers, ignore_label: int | None, dataset_name:
     cases = WeakCases()
     for identifier in identifiers:
         getattr(cases, case_kind(load_seg(dataset, identifier), ignore_label)).append(identifier)
-    for kind, how in (("disease", f"entirely the ignore label {ignore_label}"), ("normal", "all 0")):
+    for kind, how in (("disease", f"the ignore label {ignore_label} over the image"), ("normal", "all 0")):
         if not getattr(cases, kind):
             raise WeakLabelError(f"{dataset_name}: no {kind} cases among the {len(list(identifiers))} training "
                                  f"cases ({cases.describe()}); weak labels need {kind} cases, whose label maps "
@@ -76,15 +79,58 @@ def classify_cases(dataset, identifiers, ignore_label: int | None, dataset_name:
     return cases
 
 
-def foreground_mask(data: np.ndarray) -> np.ndarray:
-    """The body/skin region of a preprocessed case (C x spatial): where any channel differs from its minimum (the
-    value the zero background took on normalisation), holes filled."""
-    flat = data.reshape(data.shape[0], -1)
-    minimum = flat.min(1).reshape((-1,) + (1,) * (data.ndim - 1))
-    inside = np.any(np.abs(data - minimum) > 1e-6, axis=0)
-    if inside.ndim == 3 and inside.shape[0] == 1:  # a 2D image stored as 1 x H x W
-        return ndimage.binary_fill_holes(inside[0])[None]
-    return ndimage.binary_fill_holes(inside)
+def body_mask(seg: np.ndarray, data: np.ndarray | None = None) -> np.ndarray:
+    """The body/skin region of a preprocessed case (spatial shape, bool).
+
+    nnU-Net's cropping marks the outside of the image's non-zero region as -1 in the seg (holes filled), so that is
+    the body wherever it is marked. The normalised image cannot tell: masked z-score normalisation leaves the outside
+    at 0 while body voxels go well below it. Without any -1 (no zero background, as in dermoscopy, or a seg from
+    elsewhere) the fallback is the image itself: the body is where it differs from the value that fills at least
+    half of its border (holes filled); when no value dominates the border, the whole image is body."""
+    seg = np.asarray(seg)
+    spatial = seg.shape[1:] if seg.ndim > 1 and seg.shape[0] == 1 else seg.shape
+    outside = np.asarray(seg).reshape(spatial) == OUTSIDE
+    if outside.any():
+        return ~outside
+    if data is None:
+        return np.ones(spatial, bool)
+    return intensity_body(np.asarray(data, np.float32).reshape((-1,) + spatial))
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
+    if mask.ndim == 3 and mask.shape[0] == 1:  # a 2D image stored as 1 x H x W
+        return ndimage.binary_fill_holes(mask[0])[None]
+    return ndimage.binary_fill_holes(mask)
+
+
+def intensity_body(data: np.ndarray) -> np.ndarray:
+    """Fallback body mask (C x spatial image): differs from the dominant border value in some channel."""
+    inside = np.zeros(data.shape[1:], bool)
+    squeeze = data.ndim == 4 and data.shape[1] == 1
+    for channel in data:
+        image = channel[0] if squeeze else channel
+        border = np.concatenate([np.moveaxis(image, axis, 0)[[0, -1]].ravel() for axis in range(image.ndim)])
+        values, counts = np.unique(border, return_counts=True)
+        if counts.max() * 2 < border.size:
+            return np.ones(data.shape[1:], bool)
+        background = values[np.argmax(counts)]
+        inside |= np.abs(channel - background) > 1e-6
+    return _fill_holes(inside)
+
+
+def normalise_in_body(probability: np.ndarray, body: np.ndarray) -> np.ndarray:
+    """One image's map rescaled to [0, 1] over its body (min to max), 0 outside: an untrained attention lies in a
+    narrow band around 0.5, which no fixed threshold resolves."""
+    out = np.zeros(probability.shape, np.float32)
+    if not body.any():
+        return out
+    values = probability[body]
+    low, high = float(values.min()), float(values.max())
+    if high - low < 1e-12:
+        out[body] = 0.5
+        return out
+    out[body] = (values - low) / (high - low)
+    return out
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -102,15 +148,41 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[1:][np.argmax(between)])
 
 
+def opening(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Morphological opening with a ball of `radius` pixels (0: none), in the image's own dimensionality."""
+    if radius <= 0 or not mask.any():
+        return mask
+    grid = np.indices((2 * radius + 1,) * mask.ndim) - radius
+    ball = (grid ** 2).sum(0) <= radius ** 2
+    return ndimage.binary_opening(mask, structure=ball)
+
+
+def threshold_image(probability: np.ndarray, body: np.ndarray, threshold: float | None = None,
+                    opening_radius: int = 0) -> tuple[np.ndarray, float]:
+    """(lesion mask, threshold used) of one image: its map normalised over the body, cut at `threshold` (None: Otsu
+    of this image's body values, as the original), opened, never outside the body."""
+    normalised = normalise_in_body(probability, body)
+    t = otsu_threshold(normalised[body]) if threshold is None else float(threshold)
+    mask = (normalised >= t) & body
+    return opening(mask, opening_radius) & body, t
+
+
 def best_threshold(probabilities: list[np.ndarray], references: list[np.ndarray],
                    candidates: np.ndarray | None = None) -> tuple[float, float]:
-    """(threshold, mean per-case Dice) that maximises the mean Dice over cases with full masks."""
+    """(threshold, mean per-case Dice) that maximises the mean Dice over cases with full masks; on ties the middle
+    of the best candidates, so a flat score does not drift to an end of the range."""
     candidates = np.round(np.arange(0.05, 0.96, 0.05), 2) if candidates is None else candidates
     # Dice 1 where reference and prediction are both empty (evaluation.metrics' convention)
-    scores = [np.mean([overlap_metrics(r, p >= t)["dice"] for p, r in zip(probabilities, references, strict=True)])
-              for t in candidates]
-    best = int(np.argmax(scores))
-    return float(candidates[best]), float(scores[best])
+    scores = np.array([np.mean([overlap_metrics(r, p >= t)["dice"]
+                                for p, r in zip(probabilities, references, strict=True)]) for t in candidates])
+    best = np.flatnonzero(scores >= scores.max() - 1e-12)
+    pick = int(best[len(best) // 2])
+    return float(candidates[pick]), float(scores[pick])
+
+
+def dice(reference: np.ndarray, prediction: np.ndarray) -> float:
+    """Dice of two boolean masks, 1 when both are empty (evaluation.metrics' convention)."""
+    return float(overlap_metrics(reference, prediction)["dice"])
 
 
 def save_array(array: np.ndarray, filename: Path) -> None:

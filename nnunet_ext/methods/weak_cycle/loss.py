@@ -12,8 +12,12 @@ import torch
 from torch import nn
 from torch.nn.functional import binary_cross_entropy_with_logits, l1_loss, mse_loss
 
-# the original's values (spec: adversarial 1, cycle 5-10, identity 10-50, CAM 1000-1400, reconstruction 10)
-CYCLE_LOSS_WEIGHTS = {"adversarial": 1.0, "cycle": 10.0, "identity": 10.0, "cam": 1000.0, "reconstruction": 10.0}
+# the original's values per data set (spec: adversarial 1, cycle 5-10, identity 10-50, CAM 1000-1400,
+# reconstruction 10); BraTS is the default
+BRATS_LOSS_WEIGHTS = {"adversarial": 1.0, "cycle": 10.0, "identity": 10.0, "cam": 1000.0, "reconstruction": 10.0}
+ISIC_LOSS_WEIGHTS = {"adversarial": 1.0, "cycle": 5.0, "identity": 50.0, "cam": 1400.0, "reconstruction": 10.0}
+CYCLE_LOSS_WEIGHTS = BRATS_LOSS_WEIGHTS
+LOSS_PRESETS = {"brats": BRATS_LOSS_WEIGHTS, "isic": ISIC_LOSS_WEIGHTS}
 
 
 def lsgan(outputs: tuple[torch.Tensor, torch.Tensor], real: bool) -> torch.Tensor:
@@ -27,34 +31,35 @@ def cam_bce(logits: torch.Tensor, is_source: bool) -> torch.Tensor:
     return binary_cross_entropy_with_logits(logits, torch.full_like(logits, 1.0 if is_source else 0.0))
 
 
-def discriminator_loss(discriminators: tuple[nn.Module, ...], real: torch.Tensor, fakes: tuple[torch.Tensor, ...]
-                       ) -> torch.Tensor:
-    """Real images of a domain against the (detached) translated and composited images into it."""
+def discriminator_loss(discriminators: tuple[nn.Module, ...], real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """Real images of a domain against the (detached) translated images into it, as the original: the composite
+    is never shown to a discriminator."""
     loss = real.new_zeros(())
     for d in discriminators:
-        loss = loss + lsgan(d(real), True)
-        for fake in fakes:
-            loss = loss + lsgan(d(fake.detach()), False) / len(fakes)
+        loss = loss + lsgan(d(real), True) + lsgan(d(fake.detach()), False)
     return loss
 
 
 def cycle_generator_losses(g_ab: nn.Module, g_ba: nn.Module, d_a: tuple[nn.Module, ...], d_b: tuple[nn.Module, ...],
                            disease: torch.Tensor, normal: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
-    """Unweighted generator losses by name and the translations (for the discriminator step)."""
+    """Unweighted generator losses by name and the translations (for the discriminator step).
+
+    As the original, every image term acts on the generators' decoder output ("translated"), not on the composite:
+    an L1 on the composite is smallest where the attention is 0, which pushes the mask towards nothing."""
     ab, ba = g_ab(disease), g_ba(normal)  # disease -> normal, normal -> disease
-    aba, bab = g_ba(ab["composite"]), g_ab(ba["composite"])  # cycles
+    aba, bab = g_ba(ab["translated"]), g_ab(ba["translated"])  # cycles
     aa, bb = g_ba(disease), g_ab(normal)  # identities: a generator fed its target domain must leave it alone
-    adversarial = sum(lsgan(d(ab[k]), True) for d in d_b for k in ("translated", "composite")) + \
-        sum(lsgan(d(ba[k]), True) for d in d_a for k in ("translated", "composite"))
+    adversarial = sum(lsgan(d(ab["translated"]), True) for d in d_b) + \
+        sum(lsgan(d(ba["translated"]), True) for d in d_a)
     losses = {
-        "adversarial": adversarial / 2,
-        "cycle": l1_loss(aba["composite"], disease) + l1_loss(bab["composite"], normal),
-        "identity": l1_loss(aa["composite"], disease) + l1_loss(bb["composite"], normal),
+        "adversarial": adversarial,
+        "cycle": l1_loss(aba["translated"], disease) + l1_loss(bab["translated"], normal),
+        "identity": l1_loss(aa["translated"], disease) + l1_loss(bb["translated"], normal),
         "cam": cam_bce(ab["cam_logits"], True) + cam_bce(bb["cam_logits"], False)
         + cam_bce(ba["cam_logits"], True) + cam_bce(aa["cam_logits"], False),
         "reconstruction": l1_loss(ab["reconstruction"], disease) + l1_loss(ba["reconstruction"], normal),
     }
-    return losses, {"ab": ab, "ba": ba}
+    return losses, {"ab": ab, "ba": ba, "bb": bb}
 
 
 def weighted_sum(losses: Mapping[str, torch.Tensor], weights: Mapping[str, float]) -> torch.Tensor:

@@ -2,11 +2,15 @@
 
 The generator turns a disease image into a normal-looking one (or back). Its CAM head classifies the domain of the
 input from globally pooled features and re-weights the feature map by the classifier's weights; a 3x3 convolution
-with a sigmoid on those features is the attention mask: where the translation may change the image. The decoder
-(AdaILN residual blocks, gamma/beta from the pooled features) gives the translated image, a plain decoder on the
-encoder features reconstructs the input, and the output blends them by the mask:
-    translated = decoded * mask + reconstruction * (1 - mask)
-    composite  = translated * mask + input * (1 - mask)
+with a sigmoid on those features is the attention mask: where the translation may change the image. Two streams run
+side by side through the bottleneck, as in the original: the translation stream (AdaILN residual blocks, gamma/beta
+from the pooled CAM features) and a reconstruction stream (residual blocks on the encoder features). After every
+block the translation stream is blended with the reconstruction stream by the attention (at feature resolution):
+    h = block(h) * attention + r * (1 - attention)
+so only attended positions carry translated content into the decoder. Outputs:
+    translated     = decoder(h)                (the translation; the cycle, identity and adversarial losses use it)
+    reconstruction = reconstruction_decoder(r)
+    composite      = translated * mask + input * (1 - mask)
 The discriminators are PatchGAN-style with spectral norm and their own CAM logits; the global one looks at the
 whole patch (more downsampling), the local one at small neighbourhoods.
 
@@ -139,6 +143,7 @@ class WeakCycleGenerator(nn.Module):
         self.gamma = nn.Linear(c, c)
         self.beta = nn.Linear(c, c)
         self.blocks = nn.ModuleList(AdaILNResidualBlock(c, dim) for _ in range(n_blocks))
+        self.reconstruction_blocks = nn.ModuleList(ResidualBlock(c, dim) for _ in range(n_blocks))
         self.decoder = _upsampling_decoder(c, in_channels, n_down, dim)
         self.reconstruction = _upsampling_decoder(c, in_channels, n_down, dim)
 
@@ -149,16 +154,16 @@ class WeakCycleGenerator(nn.Module):
         features, cam_logits, cam_map = self.cam(encoded)
         size = x.shape[2:]
         mode = "bilinear" if self.dim == 2 else "trilinear"
-        mask = nn.functional.interpolate(torch.sigmoid(self.attention(features)), size=size, mode=mode,
-                                         align_corners=False)
+        attention = torch.sigmoid(self.attention(features))
         style = self.mlp(features.mean(_spatial_dims(features)))
         gamma, beta = self.gamma(style), self.beta(style)
-        h = features
-        for block in self.blocks:
-            h = block(h, gamma, beta)
-        decoded = self.decoder(h)
-        reconstruction = self.reconstruction(encoded)
-        translated = decoded * mask + reconstruction * (1 - mask)
+        h, r = features, encoded
+        for block, reconstruction_block in zip(self.blocks, self.reconstruction_blocks, strict=True):
+            r = reconstruction_block(r)
+            h = block(h, gamma, beta) * attention + r * (1 - attention)
+        translated = self.decoder(h)
+        reconstruction = self.reconstruction(r)
+        mask = nn.functional.interpolate(attention, size=size, mode=mode, align_corners=False)
         composite = translated * mask + x * (1 - mask)
         cam_map = nn.functional.interpolate(cam_map, size=size, mode=mode, align_corners=False)
         return {"translated": translated, "composite": composite, "reconstruction": reconstruction, "mask": mask,

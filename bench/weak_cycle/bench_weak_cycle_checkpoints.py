@@ -1,0 +1,202 @@
+"""WeakCycle pseudo-masks through translation, beside four controls scored the same way, and the student's Dice: on
+the distractor phantom (weak2d, bright ridges and dark spots in every image) and on the real BraTS 2018 / ISIC 2018
+samples, through the converters and the stock commands.
+
+    python bench/weak_cycle/bench_weak_cycle_checkpoints.py --dataset phantom --data /tmp/wc_phantom_src \\
+        --work /tmp/wc_phantom --seeds 0 1
+    python bench/weak_cycle/bench_weak_cycle_checkpoints.py --dataset brats --data ../shared/data/BraTS2018_slices \\
+        --work /tmp/wc_brats
+    python bench/weak_cycle/bench_weak_cycle_checkpoints.py --dataset isic --data ../shared/data/ISIC2018_weak \\
+        --work /tmp/wc_isic
+
+--data is the source folder: the real sample, or for the phantom the folder it is generated into (kept there). One
+stock `nnUNetv2_train` per seed with WeakCycleTrainer_ckpt_* (bench/weak_cycle/trainers/
+weak_cycle_checkpoint_trainers.py: quarter-width generators and discriminators) scores at translation checkpoints
+(0/250/500/1000/2000 iterations and the phase switch) the pseudo-masks of the weak training cases: the method
+(attention), the CAM-only baseline (the same generator's CAM), the untrained generator's attention, the image
+intensity (polarity chosen on validation) and keep-all, all with the trainer's body mask, per-image Otsu and
+opening, in the raw geometry against the true masks (which training never sees). The student (the network nnU-Net
+saves) is scored on the phantom's test cases (stock nnUNetv2_predict) or on the real samples' validation cases
+(nnU-Net's own validation). Nothing is selected on the scored cases. Writes <name>.json, <name>.md and merges its
+targets into targets.json in the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from bench_weak_cycle_eval import evaluate
+from bench_weak_cycle_real import DATASETS, convert, sliced_layout
+
+from nnunet_ext import stock
+from nnunet_ext.phantoms import weak2d
+
+HERE = Path(__file__).resolve().parent
+TRAINERS = HERE / "trainers"
+sys.path.insert(0, str(TRAINERS))
+from weak_cycle_checkpoint_trainers import REFERENCE_ENV  # noqa: E402
+
+CONTROLS = ("untrained_attention", "intensity", "keep_all", "cam")
+PHANTOM = {"n_train": 32, "n_val": 4, "n_test": 8, "size": 48}
+
+
+def prepare(dataset: str, data: Path, work: Path, env: dict) -> dict:
+    """The raw + preprocessed data set; where the references and the student's scored cases are."""
+    if dataset == "phantom":
+        dataset_id = weak2d.DISTRACTOR_ID
+        raw = Path(env["nnUNet_raw"]) / f"Dataset{dataset_id}_{weak2d.DISTRACTOR_NAME}"
+        if not raw.exists():
+            source = weak2d.generate(data, seed=0, overwrite=True, distractors=True, **PHANTOM)
+            raw.parent.mkdir(parents=True, exist_ok=True)
+            raw.symlink_to(source.resolve(), target_is_directory=True)
+            stock.plan_and_preprocess(dataset_id, "2d", env)
+        return {"id": dataset_id, "raw": raw, "reference": raw / "referenceTr", "test": (raw / "imagesTs",
+                                                                                       raw / "labelsTs")}
+    _, converter, dataset_id, name, _ = DATASETS[dataset]
+    raw = Path(env["nnUNet_raw"]) / f"Dataset{dataset_id}_{name}"
+    if not raw.exists():
+        sliced_layout(data, work / "src", 5)
+        sliced_layout(data, work / "src_reference", None)
+        convert(converter, work / "src", Path(env["nnUNet_raw"]), env)
+        convert(converter, work / "src_reference", work / "reference", env)
+        stock.plan_and_preprocess(dataset_id, "2d", env)
+    return {"id": dataset_id, "raw": raw, "reference": work / "reference" / raw.name / "labelsTr", "test": None}
+
+
+def translation_cost(rows: list[dict]) -> float | None:
+    """Seconds per translation iteration between the first and last checkpoint (scoring included)."""
+    if len(rows) < 2 or rows[-1]["iterations"] == rows[0]["iterations"]:
+        return None
+    return (rows[-1]["time_s"] - rows[0]["time_s"]) / (rows[-1]["iterations"] - rows[0]["iterations"])
+
+
+def run_seed(dataset: str, setup: dict, trainer: str, seed: int, work: Path, env: dict, out: Path) -> dict:
+    train_env = dict(env, nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1", nnUNet_ext_seed=str(seed),
+                     nnUNet_results=str(work / f"results_{trainer}_seed{seed}"),
+                     **{REFERENCE_ENV: str(setup["reference"])})
+    t = time.time()
+    log = stock.train(setup["id"], "2d", 0, trainer, train_env, log_file=out / f"{dataset}_seed{seed}_train.log")
+    train_s = time.time() - t
+    fold = Path(train_env["nnUNet_results"]) / setup["raw"].name / f"{trainer}__nnUNetPlans__2d" / "fold_0"
+    rows = json.loads((fold / "weak_cycle" / "checkpoints.json").read_text())
+    if setup["test"] is not None:
+        predictions = work / f"predictions_{trainer}_seed{seed}"
+        stock.predict(setup["test"][0], predictions, setup["id"], "2d", trainer, train_env)
+        student = evaluate(setup["test"][1], predictions)
+        student_on = "test cases"
+    else:
+        splits = json.loads((Path(env["nnUNet_preprocessed"]) / setup["raw"].name / "splits_final.json")
+                            .read_text())[0]
+        student = evaluate(setup["reference"], fold / "validation", sorted(splits["val"]))
+        student_on = "validation cases"
+    epoch_times = [float(x) for x in re.findall(r"Epoch time: ([0-9.]+) s", log)]
+    return {"seed": seed, "checkpoints": rows, "student": student, "student_on": student_on,
+            "train_s": round(train_s, 1), "translation_s_per_iteration": translation_cost(rows),
+            "epoch_times_s": epoch_times, "threshold": json.loads((fold / "weak_cycle" / "phase1_pseudo_masks" /
+                                                                  "threshold.json").read_text())}
+
+
+def summarise(dataset: str, runs: list[dict]) -> tuple[dict, list[dict]]:
+    """Means over seeds per checkpoint; the targets this data set is measured against."""
+    by_iterations: dict[int, list[dict]] = {}
+    for run in runs:
+        for row in run["checkpoints"]:
+            by_iterations.setdefault(row["iterations"], []).append(row)
+    table = {it: {k: float(np.mean([r[k] for r in rows])) for k in ("attention", "cam")}
+             for it, rows in sorted(by_iterations.items())}
+    first = [run["checkpoints"][0] for run in runs]
+    controls = {k: float(np.mean([r[k] for r in first])) for k in ("untrained_attention", "intensity", "keep_all")}
+    final = max(table)
+    attention, cam = table[final]["attention"], table[final]["cam"]
+    controls["cam"] = cam
+    student = float(np.mean([run["student"]["dice"] for run in runs])) / 100
+    summary = {"final_iterations": final, "attention": attention, "controls": controls, "student_dice": student,
+               "per_checkpoint": table}
+    targets = []
+    if dataset == "phantom":
+        best = max(controls.values())
+        targets.append({"target": "phantom: attention pseudo-mask Dice >= best control + 0.20",
+                        "measured": round(attention, 3), "goal": round(best + 0.20, 3),
+                        "met": attention >= best + 0.20})
+        targets.append({"target": "phantom: student Dice >= pseudo-mask Dice", "measured": round(student, 3),
+                        "goal": round(attention, 3), "met": student >= attention})
+    else:
+        for control in ("cam", "intensity"):
+            targets.append({"target": f"{dataset}: attention pseudo-masks beat the {control} control",
+                            "measured": round(attention, 3), "goal": round(controls[control], 3),
+                            "met": attention > controls[control]})
+    costs = [run["translation_s_per_iteration"] for run in runs if run["translation_s_per_iteration"]]
+    summary["translation_s_per_iteration"] = float(np.mean(costs)) if costs else None
+    return summary, targets
+
+
+def markdown(dataset: str, args, runs: list[dict], summary: dict, targets: list[dict]) -> str:
+    seeds = ", ".join(str(r["seed"]) for r in runs)
+    lines = [f"# WeakCycle pseudo-masks through translation: {dataset}", "",
+             f"`python bench/weak_cycle/bench_weak_cycle_checkpoints.py --dataset {dataset} ...` (seeds {seeds}; "
+             f"{time.strftime('%Y-%m-%d')}, shared 2-core CPU). Mean Dice of the weak training cases' pseudo-masks "
+             f"(per image, 0-1) against their true masks, which training never sees; every source through the same "
+             f"body mask, per-image Otsu and opening.", "",
+             "| translation iterations | attention (method) | CAM-only |", "|---|---|---|"]
+    for it, row in summary["per_checkpoint"].items():
+        lines.append(f"| {it} | {row['attention']:.3f} | {row['cam']:.3f} |")
+    c = summary["controls"]
+    lines += ["", f"Controls: untrained generator {c['untrained_attention']:.3f}, intensity {c['intensity']:.3f} "
+              f"(polarity {runs[0]['checkpoints'][0]['intensity_polarity']}, chosen on validation), keep-all "
+              f"{c['keep_all']:.3f}, CAM-only at the phase switch {c['cam']:.3f}.",
+              f"Student Dice ({runs[0]['student_on']}): {summary['student_dice']:.3f} "
+              f"(per seed: {', '.join(str(r['student']['dice']) for r in runs)} %).",
+              f"Translation cost: {summary['translation_s_per_iteration']} s per iteration (quarter-width networks, "
+              f"scoring included); training {', '.join(str(r['train_s']) for r in runs)} s per seed.", "",
+              "| target | measured | goal | met |", "|---|---|---|---|"]
+    lines += [f"| {t['target']} | {t['measured']} | {t['goal']} | {t['met']} |" for t in targets]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", choices=("phantom", "brats", "isic"), required=True)
+    p.add_argument("--data", required=True, help="source folder (phantom: where it is generated)")
+    p.add_argument("--work", required=True)
+    p.add_argument("-o", "--output", default=str(HERE.parents[1] / "bench" / "results" / "weak_cycle"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--long", action="store_true", help="phantom: 6000 translation iterations instead of 2000")
+    args = p.parse_args(argv)
+    work, out = Path(args.work), Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    env = stock.work_environment(work / "nnunet", device="cpu")
+    env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(TRAINERS)])
+    setup = prepare(args.dataset, Path(args.data), work, env)
+    trainer = "WeakCycleTrainer_ckpt_phantom" if args.dataset == "phantom" else "WeakCycleTrainer_ckpt_real"
+    if args.long:
+        trainer += "_long"
+    if args.dataset == "isic":
+        trainer += "_isic"  # the original's ISIC loss weights
+    tag = f"{args.dataset}_long" if args.long else args.dataset
+    runs = [run_seed(tag, setup, trainer, seed, work, env, out) for seed in args.seeds]
+    summary, targets = summarise(args.dataset, runs)
+    if args.long:
+        for t in targets:
+            t["target"] = t["target"].replace("phantom:", "phantom (6000 iterations):", 1)
+    name = f"weak_cycle_checkpoints_{tag}"
+    (out / f"{name}.json").write_text(json.dumps({"summary": summary, "runs": runs, "targets": targets}, indent=1,
+                                                 default=str))
+    (out / f"{name}.md").write_text(markdown(args.dataset, args, runs, summary, targets))
+    targets_file = out / "targets.json"
+    previous = json.loads(targets_file.read_text()) if targets_file.is_file() else []
+    prefix = targets[0]["target"].split(":")[0] + ":"
+    merged = [t for t in previous if not t["target"].startswith(prefix)] + targets
+    targets_file.write_text(json.dumps(merged, indent=1))
+    print(json.dumps({"summary": summary, "targets": targets}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+"""The cost target of WeakCycle from a bench harness run (bench/harness/bench_trainers.py with --phase
+WeakCycleTrainer=refinement), merged into targets.json beside the harness results.
+
+    python bench/weak_cycle/cost_targets.py bench/results/weak_cycle/phantom_weak2d_2d_cpu.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+GOAL = 1.2  # refinement-phase step against the stock nnUNetTrainer step
+
+
+def main(argv=None) -> int:
+    results_file = Path((argv or sys.argv[1:])[0])
+    results = json.loads(results_file.read_text())["results"]
+    row = next(r for r in results if r["trainer"].startswith("WeakCycleTrainer")
+               and str(r.get("phase") or "").startswith("refinement"))
+    target = {"target": "refinement-phase step <= 1.2x stock (bench harness)",
+              "measured": round(row["ratio_iteration"], 3), "goal": GOAL, "met": row["ratio_iteration"] <= GOAL}
+    targets_file = results_file.parent / "targets.json"
+    previous = json.loads(targets_file.read_text()) if targets_file.is_file() else []
+    merged = [t for t in previous if not t["target"].startswith("refinement-phase step")] + [target]
+    targets_file.write_text(json.dumps(merged, indent=1))
+    print(json.dumps(target))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

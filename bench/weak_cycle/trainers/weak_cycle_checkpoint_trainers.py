@@ -1,0 +1,131 @@
+"""WeakCycle runs that score their pseudo-masks at translation checkpoints, beside four controls scored the same way,
+for bench_weak_cycle_checkpoints.py.
+
+At the start of every translation epoch whose iteration count is in the checkpoint list (and at the phase switch),
+the trainer makes pseudo-masks of every weak training case from G_AB's attention (the method) and from its CAM (the
+CAM-only baseline), exactly as at the phase switch (body mask, per-image normalisation, per-image Otsu, opening), and
+scores them in the raw images' geometry against the true masks in the folder named by the environment variable
+nnUNet_ext_bench_reference (never seen by training). The controls go through the same thresholding: the attention
+of the untrained generator (checkpoint 0), the image intensity itself (its polarity, bright or dark lesions, chosen
+by Dice on the fully labelled validation cases) and keep-all (the whole body). Results: fold_0/weak_cycle/
+checkpoints.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from nnunet_ext.methods.weak_cycle.data import body_mask, dice
+from nnunet_ext.methods.weak_cycle.loss import ISIC_LOSS_WEIGHTS
+from nnunet_ext.trainers.weak_cycle_trainers import WeakCycleTrainer, load_case_arrays
+from nnunet_ext.training.variants import short_variant
+
+REFERENCE_ENV = "nnUNet_ext_bench_reference"
+CHECKPOINTS = (0, 250, 500, 1000, 2000, 4000, 6000)
+
+
+class WeakCycleTrainer_checkpoints(WeakCycleTrainer):
+    generator_features = 8
+    generator_blocks = 1
+    discriminator_features = 8
+    translation_fraction = 0.8
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.checkpoint_scores: list[dict] = []
+
+    def _reference(self, case: str) -> np.ndarray:
+        return np.asarray(Image.open(Path(os.environ[REFERENCE_ENV]) / f"{case}.png")) == 1
+
+    def _score_raw(self, mask_by_case: dict[str, np.ndarray], dataset) -> float:
+        scores = []
+        for case, mask in mask_by_case.items():
+            _, _, _, properties = dataset.load_case(case)
+            scores.append(dice(self._reference(case), self.raw_geometry(mask, properties) == 1))
+        return float(np.mean(scores))
+
+    def _source_masks(self, dataset, cases, source: str) -> dict[str, np.ndarray]:
+        masks = {}
+        for case in cases:
+            data, seg = load_case_arrays(dataset, case)
+            body = body_mask(seg, data)
+            if source == "keep_all":
+                mask = body
+            elif source.startswith("intensity"):
+                image = data.mean(0) * (1 if source == "intensity_bright" else -1)
+                mask = self.binarise(image * body, body)[0]
+            else:
+                maps = self.generator_maps(self.aux_modules["gen_ab"], data)
+                mask = self.binarise(maps[source] * body, body)[0]
+            masks[case] = self.pseudo_label(mask, body)
+        return masks
+
+    def score_checkpoint(self, iterations: int) -> None:
+        dataset_tr, dataset_val = super(WeakCycleTrainer, self).get_tr_and_val_datasets()
+        row = {"iterations": iterations, "epoch": self.current_epoch, "time_s": time.time()}
+        for source in ("attention", "cam"):
+            row[source] = self._score_raw(self._source_masks(dataset_tr, self.weak_cases.disease, source), dataset_tr)
+            row[f"{source}_validation"] = float(np.mean([
+                dice(r, self.binarise(self.generator_maps(self.aux_modules["gen_ab"], d)[source] * b, b)[0])
+                for d, b, r in self.validation_cases(dataset_val)]))
+        if not self.checkpoint_scores:
+            # controls that do not depend on training, once
+            validation = self.validation_cases(dataset_val)
+            polarity = {}
+            for source in ("intensity_bright", "intensity_dark"):
+                sign = 1 if source == "intensity_bright" else -1
+                polarity[source] = float(np.mean([dice(r, self.binarise(sign * d.mean(0) * b, b)[0])
+                                                  for d, b, r in validation]))
+            chosen = max(polarity, key=polarity.get)
+            row["intensity_polarity"] = chosen
+            row["intensity_validation"] = polarity
+            row["intensity"] = self._score_raw(self._source_masks(dataset_tr, self.weak_cases.disease, chosen),
+                                               dataset_tr)
+            row["keep_all"] = self._score_raw(self._source_masks(dataset_tr, self.weak_cases.disease, "keep_all"),
+                                              dataset_tr)
+            row["untrained_attention"] = row["attention"]
+        self.checkpoint_scores.append(row)
+        self.print_to_log_file(f"Checkpoint scores: {json.dumps(row)}")
+        if self.local_rank == 0:
+            self.weak_folder.mkdir(parents=True, exist_ok=True)
+            (self.weak_folder / "checkpoints.json").write_text(json.dumps(self.checkpoint_scores, indent=1))
+
+    def on_train_epoch_start(self):
+        phase = self.phase_schedule.phase_at(self.current_epoch, self.num_epochs)
+        iterations = (self.current_epoch - phase.start) * self.num_iterations_per_epoch
+        if phase.name == "translation" and iterations in CHECKPOINTS:
+            self.score_checkpoint(iterations)
+        elif phase.name == "refinement" and self.current_epoch == phase.start:
+            translated = phase.start * self.num_iterations_per_epoch  # translation is the first phase
+            if not self.checkpoint_scores or self.checkpoint_scores[-1]["iterations"] != translated:
+                self.score_checkpoint(translated)  # the generator the pseudo-masks come from
+        super().on_train_epoch_start()
+
+
+# phantom: 50 iterations per epoch, 40 translation epochs (2000 iterations), 10 refinement epochs (500 iterations)
+WeakCycleTrainer_ckpt_phantom = short_variant(WeakCycleTrainer_checkpoints, "WeakCycleTrainer_ckpt_phantom",
+                                              epochs=50, iterations=50, val_iterations=2)
+
+# the same phantom for 6000 translation iterations (120 epochs) and 1500 refinement iterations (30 epochs)
+WeakCycleTrainer_ckpt_phantom_long = short_variant(WeakCycleTrainer_checkpoints, "WeakCycleTrainer_ckpt_phantom_long",
+                                                   epochs=150, iterations=50, val_iterations=2)
+
+
+# real samples (160x160 / 256x256 patches): 50 iterations per epoch, 20 translation epochs (1000 iterations), 5
+# refinement epochs (250 iterations)
+WeakCycleTrainer_ckpt_real = short_variant(WeakCycleTrainer_checkpoints, "WeakCycleTrainer_ckpt_real", epochs=25,
+                                           iterations=50, val_iterations=2)
+
+
+class _ISIC(WeakCycleTrainer_checkpoints):
+    cycle_loss_weights = ISIC_LOSS_WEIGHTS  # the original's ISIC weights
+
+
+WeakCycleTrainer_ckpt_real_isic = short_variant(_ISIC, "WeakCycleTrainer_ckpt_real_isic", epochs=25, iterations=50,
+                                                val_iterations=2)
