@@ -376,7 +376,7 @@ def test_focusnet_warns_when_no_organ_would_be_pasted_after_the_snet_phase():
     fake = SimpleNamespace(num_epochs=10, peak_threshold=0.6, phase_schedule=FocusNetV2Trainer.build_phase_schedule(
         SimpleNamespace(phase_fractions=(0.5, 0.1, 0.25), heatmap_weight=2.0, latent_weight=5.0, feature_weight=1.0,
                         mse_weight=1.0)))
-    row = {"peak/chiasm": 0.2, "paste_rate/chiasm": 0.0, "paste_rate/optic_nerve_l": float("nan")}
+    row = {"peak/chiasm": 0.2, "paste_rate/chiasm": 0.0, "paste_rate/optic_nerve_l": None}
     warn = FocusNetV2Trainer.vital_sign_warnings
     assert warn(fake, [{"epoch": 3, **row}]) == []  # still in the snet phase (epochs 0-4)
     (message,) = warn(fake, [{"epoch": 4, **row}])

@@ -415,21 +415,19 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         names = dict(zip(self.selection.labels, self.selection.names, strict=True))
         vitals = {}
         for lab, rows in self._localisation.items():
-            name = names[lab]
-            values = np.asarray(rows, float) if rows else np.full((1, 4), np.nan)
-            vitals[f"peak/{name}"] = float(values[:, 0].mean())
-            vitals[f"error_mm/{name}"] = float(values[:, 1].mean())
-            vitals[f"in_half_box/{name}"] = float(values[:, 2].mean())
-            vitals[f"paste_rate/{name}"] = float(values[:, 3].mean())
+            # None, not NaN, where no validation patch showed the organ: checkpoints of a resumed run compare equal
+            means = np.asarray(rows, float).mean(0).tolist() if rows else [None] * 4
+            for group, value in zip(("peak", "error_mm", "in_half_box", "paste_rate"), means, strict=True):
+                vitals[f"{group}/{names[lab]}"] = value
         return vitals
 
     def vital_sign_warnings(self, history: list[dict]) -> list[str]:
         snet = {r.name: r for r in self.phase_schedule.resolve(self.num_epochs)}["snet"]
         last = history[-1]
-        rates = {k: v for k, v in last.items() if k.startswith("paste_rate/") and not np.isnan(v)}
+        rates = {k: v for k, v in last.items() if k.startswith("paste_rate/") and v is not None}
         if last["epoch"] < snet.end - 1 or not rates or any(v > 0 for v in rates.values()):
             return []
-        peaks = {k.split("/", 1)[1]: round(v, 3) for k, v in last.items() if k.startswith("peak/")}
+        peaks = {k.split("/", 1)[1]: round(v, 3) for k, v in last.items() if k.startswith("peak/") and v is not None}
         return [f"FocusNetV2: no small organ's heatmap peak exceeds peak_threshold {self.peak_threshold} on the "
                 f"validation patches (mean peaks {peaks}): SOS is never pasted and the predictions are S-Net's alone"]
 
