@@ -184,7 +184,7 @@ def run_row(row: str, seed: int, raw: Path, args, env: dict, work: Path) -> dict
                            for organ, metrics in summary["per_class"].items()}}
     if row != "stock":
         os.environ.update(run_env)  # the predictor finds the trainer class through nnUNet_extTrainer
-        loc = localisation(model / "fold_0", raw, args.configuration)
+        loc = localisation(model, raw, args.configuration)
         entry["localisation"] = summarise_localisation(loc, 0.6)
         entry["roi_box"] = loc["box"]
         entry["vital_signs_last_epoch"] = _last_vitals(model / "fold_0" / "checkpoint_final.pth")
