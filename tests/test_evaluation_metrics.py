@@ -268,6 +268,21 @@ def test_lesion_split_in_two_is_one_detection_no_false_positive():
     empty = lesion_detection(np.zeros_like(ref), np.zeros_like(ref), (1.0, 1.0))
     assert empty["lesion_f1"] == 1.0 and math.isnan(empty["lesion_sensitivity"])
 
+    # unequal pieces of a 10 px lesion, 3 and 4 px: IoU with the union of the pieces 7/10; both pieces touch the
+    # detected lesion and count as true positives, though each alone has IoU 0.3 or 0.4
+    ref = np.zeros((3, 12), dtype=bool)
+    ref[1, 0:10] = True
+    pred = np.zeros_like(ref)
+    pred[1, 0:3] = True
+    pred[1, 6:10] = True
+    d = lesion_detection(ref, pred, (1.0, 1.0), iou_threshold=0.5)
+    assert d["lesions"][0]["iou"] == pytest.approx(0.7)
+    assert (d["n_detected"], d["n_pred_lesions"], d["n_true_positive_pred"], d["false_positives"]) == (1, 2, 2, 0)
+    assert d["lesion_sensitivity"] == d["lesion_precision"] == d["lesion_f1"] == 1.0
+    strict = lesion_detection(ref, pred, (1.0, 1.0), iou_threshold=0.8)
+    assert (strict["n_detected"], strict["false_positives"]) == (0, 2)
+    assert strict["lesion_sensitivity"] == strict["lesion_precision"] == strict["lesion_f1"] == 0.0
+
 
 def test_av_protocol_weighted_inside_fov():
     ref = np.array([[1, 1, 2, 2], [3, 0, 0, 0]])
@@ -314,23 +329,6 @@ def test_lesions_touching_at_a_corner_are_one_lesion():
     ref3[2:4, 2:4, 2:4] = False
     ref3[3:5, 3:5, 3:5] = True
     assert lesion_detection(ref3, ref3, (1.0, 1.0, 1.0))["n_ref_lesions"] == 2
-
-
-def test_lesion_split_by_the_prediction_hand_computed():
-    """One lesion of 10 px predicted as pieces of 3 and 4 px: IoU with the union of the pieces 7/10."""
-    ref = np.zeros((3, 12), dtype=bool)
-    ref[1, 0:10] = True
-    pred = np.zeros_like(ref)
-    pred[1, 0:3] = True
-    pred[1, 6:10] = True
-    d = lesion_detection(ref, pred, (1.0, 1.0), iou_threshold=0.5)
-    assert d["lesions"][0]["iou"] == pytest.approx(0.7)
-    # both pieces touch the detected lesion: true positives, though each alone has IoU 0.3 or 0.4
-    assert (d["n_detected"], d["n_pred_lesions"], d["n_true_positive_pred"], d["false_positives"]) == (1, 2, 2, 0)
-    assert d["lesion_sensitivity"] == d["lesion_precision"] == d["lesion_f1"] == 1.0
-    strict = lesion_detection(ref, pred, (1.0, 1.0), iou_threshold=0.8)
-    assert (strict["n_detected"], strict["false_positives"]) == (0, 2)
-    assert strict["lesion_sensitivity"] == strict["lesion_precision"] == strict["lesion_f1"] == 0.0
 
 
 def test_lesions_merged_by_the_prediction_hand_computed():
