@@ -11,13 +11,13 @@ from conftest import TEST_TRAINERS, build_trainer, results_env
 
 from nnunet_ext import stock
 from nnunet_ext.cli import main as cli_main
-from nnunet_ext.methods.freetumor.appearance import DEFAULT_CONTRAST_IN_ORGAN_STD, measure_stats
+from nnunet_ext.methods.freetumor.appearance import ChannelFrame, channel_frames, measure_stats
 from nnunet_ext.methods.freetumor.labels import LabelMappingError, organ_tumour_pairs
 from nnunet_ext.methods.freetumor.quality import BaselineError, accept, load_baseline, tumour_fractions
 from nnunet_ext.methods.freetumor.shape import SIZE_CLASSES_MM, eroded, sample_shape
 from nnunet_ext.methods.freetumor.synthesize import TumourSynthesizer
 from nnunet_ext.phantoms import abdomen3d
-from nnunet_ext.trainers.freetumor_trainers import GENERATOR_ENV
+from nnunet_ext.trainers.freetumor_trainers import GENERATOR_ENV, FreeTumorTrainer
 
 sys.path.insert(0, str(TEST_TRAINERS))
 from freetumor_test_trainers import FreeTumorSynthesisTrainer_small, FreeTumorTrainer_small  # noqa: E402
@@ -110,13 +110,54 @@ def test_appearance_from_measured_statistics_and_the_default():
     assert stats[1].measured and stats[1].difference()[0] == pytest.approx(
         image[0][seg == 1].mean() - image_t[0][seg_t == 2].mean() + image_t[0][seg_t == 1].mean()
         - image[0][seg == 1].mean(), abs=0.05)
-    assert not stats[3].measured
-    assert stats[3].difference()[0] == pytest.approx(DEFAULT_CONTRAST_IN_ORGAN_STD * stats[3].organ_std[0])
+    assert not stats[3].measured and stats[3].difference() is None  # the synthesizer's default range applies
     synthesizer = TumourSynthesizer({1: 2, 3: 4}, spacing, stats, texture_amplitude=0.0, contrast_jitter=(1, 1))
     s = synthesizer.synthesise(image, seg, 1, np.random.default_rng(0), size_class="small")
     core = s.shape.soft > 0.99
     drop = (image[0][s.shape.box] - s.image[0][s.shape.box])[core]
     np.testing.assert_allclose(drop, stats[1].difference()[0], rtol=0.02)
+
+
+def test_default_contrast_in_hu_through_the_ct_normalisation_and_clipped_like_real_intensities():
+    """No real tumour measured: organ minus tumour is drawn from 40-150 HU and converted with the plans' CT scale (std
+    25 HU -> 1.6-6 normalised units); values below the normalisation's clip bound (p0.5) are clipped to it."""
+    plans = {"foreground_intensity_properties_per_channel": {"0": {
+        "mean": 100.0, "std": 25.0, "percentile_00_5": 0.0, "percentile_99_5": 200.0}}}
+    frames = channel_frames(plans, ["CTNormalization"])
+    assert frames == [ChannelFrame(True, 25.0, -4.0, 4.0)]
+    assert channel_frames(plans, ["ZScoreNormalization"]) == [ChannelFrame(False)]
+    image, seg, spacing = _case()
+    image = np.zeros_like(image)  # organ intensity 0 (= 100 HU), so the drop is the difference itself
+    synthesizer = TumourSynthesizer({1: 2}, spacing, texture_amplitude=0.0, contrast_jitter=(1, 1), frames=frames)
+    drawn = [synthesizer.difference(1, image, seg, np.random.default_rng(i))[0] for i in range(200)]
+    assert 40 / 25 <= min(drawn) < 45 / 25 and 145 / 25 < max(drawn) <= 150 / 25
+    s = synthesizer.synthesise(image, seg, 1, np.random.default_rng(3), size_class="small")
+    core = s.shape.soft > 0.99
+    expected = min(s.difference[0], 4.0)  # 100 HU - difference, clipped at 0 HU = -4 normalised
+    np.testing.assert_allclose(-s.image[0][s.shape.box][core], expected, rtol=1e-5)
+    assert s.image.min() >= -4.0
+    hyper = TumourSynthesizer({1: 2}, spacing, frames=frames, contrast_hu=(-150, -40))
+    assert hyper.difference(1, image, seg, np.random.default_rng(0))[0] < -1.5  # brighter than the organ
+    with pytest.raises(ValueError, match="one sign"):
+        TumourSynthesizer({1: 2}, spacing, contrast_hu=(-10, 40))
+
+
+@pytest.mark.mechanism
+def test_freetumor_tumour_never_takes_more_than_half_of_its_organ():
+    """A large tumour drawn in a small organ is redrawn smaller: the organ keeps at least half its voxels in every
+    patch (a tumour covering 99% of a pancreas taught "pancreas = pancreas tumour")."""
+    organ = _organ((24, 24, 24), (1.5, 1.5, 1.5), (14, 10, 12))
+    seg = organ.astype(np.int16)
+    image = np.zeros((1, *seg.shape), np.float32)
+    shares = []
+    for share in (0.5, 1.0):
+        synthesizer = TumourSynthesizer({1: 2}, (1.5, 1.5, 1.5), max_organ_share=share)
+        results = [synthesizer.synthesise(image, seg, 1, np.random.default_rng(i), size_class="large")
+                   for i in range(12)]
+        shares.append([(r.seg == 2).sum() / organ.sum() for r in results if r is not None])
+    capped, uncapped = shares
+    assert len(capped) >= 10 and max(capped) <= 0.5
+    assert max(uncapped) > 0.6  # without the cap, the same draws swallow the organ: the cap is what holds it
 
 
 # ---------------------------------------------------------------------------------------------- quality control
@@ -247,10 +288,10 @@ def test_stock_synthesis_then_segmentation_train_stop_resume_predict(abdomen_pre
     assert {"generator", "discriminator"} == set(checkpoint["nnunet_ext"]["aux_modules"])
     assert checkpoint["nnunet_ext"]["extra"]["generator"]["organs"] == [1, 3, 5]
 
-    name = "FreeTumorTrainer_tiny"
+    name = "FreeTumorTrainer_tiny_auto"
     env = dict(env, **{GENERATOR_ENV: str(synth), "nnUNet_ext_stop_after_epochs": "1"})
     log = stock.train(pre.dataset_id, "3d_fullres", 0, name, env)
-    assert "appearance from generator" in log
+    assert "appearance from generator" in log and "quality control judge nnUNet_ext_freetumor_generator=" in log
     fold = folder / f"{name}__nnUNetPlans__3d_fullres" / "fold_0"
     stopped = torch.load(fold / "checkpoint_latest.pth", weights_only=False)
     history = stopped["nnunet_ext"]["extra"]["synthesis_history"]
@@ -297,3 +338,108 @@ def test_trainer_refuses_unknown_pairs(abdomen_preprocessed, tmp_path, monkeypat
 
     with pytest.raises(LabelMappingError, match=r"Dataset797_PhantomFreeTumor: .*tumour label 9"):
         build_trainer(Wrong, abdomen_preprocessed, tmp_path, monkeypatch, "3d_fullres")
+
+
+# ---------------------------------------------------------------------------------------------- mechanism
+CNR_FLOOR = 2.0  # mean contrast-to-noise of the synthetic tumours against their organ, in the patches trained on
+
+
+def _tumour_cnr(image: np.ndarray, seg: np.ndarray, pairs) -> list[float]:
+    out = []
+    for organ, tumour in pairs.items():
+        t, o = seg == tumour, seg == organ
+        if t.sum() >= 4 and o.sum() >= 8:
+            out.append(float((image[o].mean() - image[t].mean()) / image[o].std()))
+    return out
+
+
+@pytest.mark.mechanism
+def test_freetumor_fresh_run_puts_visible_labelled_tumours_in_the_batches_it_trains_on(abdomen_preprocessed, tmp_path,
+                                                                                         monkeypatch):
+    """Default settings, a fresh run, organ-scarce data (2 of 8 training cases hold tumours): quality control is off
+    with its reason logged (no baseline could see a tumour), synthesis runs in the augmentation workers, and the
+    batches the data loader hands to the network carry synthetic tumours with their labels, a contrast-to-noise of
+    at least CNR_FLOOR against their organ, inside organs that keep at least half their voxels."""
+
+    class Default(FreeTumorTrainer):
+        unet_base_features = 4
+        synthesis_probability = 1.0
+
+    trainer = _trainer(Default, abdomen_preprocessed, tmp_path, monkeypatch)
+    assert trainer.qc_mode == "off" and "only 2 training cases hold a real tumour" in trainer.qc_reason
+    assert trainer.location == "workers"
+    log = (tmp_path / "results").rglob("training_log_*.txt")
+    assert any("quality control off: only 2 training cases" in f.read_text() for f in log)
+    loader = trainer.get_dataloaders()[0]
+    tumour_patches = organ_patches = 0
+    cnrs = []
+    for _ in range(6):
+        batch = next(loader)
+        images, segs = batch["data"][:, 0].numpy(), batch["target"][0][:, 0].numpy()
+        for image, seg in zip(images, segs, strict=True):
+            if not np.isin(seg, [1, 3, 5]).any():
+                continue
+            organ_patches += 1
+            tumour_patches += np.isin(seg, [2, 4, 6]).any()
+            cnrs += _tumour_cnr(image, seg, trainer.pairs)
+            for organ, tumour in trainer.pairs.items():  # tumour share of organ + tumour in the patch
+                assert (seg == tumour).sum() <= (seg == organ).sum() + 0.2 * (seg == tumour).sum() + 8
+    assert organ_patches and tumour_patches / organ_patches > 0.7, (tumour_patches, organ_patches)
+    assert np.mean(cnrs) >= CNR_FLOOR, cnrs
+
+
+@pytest.mark.mechanism
+def test_freetumor_quality_control_keeps_tumours_and_warns_when_the_judge_rejects(abdomen_preprocessed, tmp_path,
+                                                                                  monkeypatch):
+    """A fresh EMA judge (it has seen no tumour) judges every synthetic tumour; what it rejects still trains with the
+    acceptance floor's probability, and the vital signs warn after three epochs of acceptance under 5%. The kept
+    tumours reach the step's batch with their labels and a visible contrast (in-step path)."""
+
+    class FreshEMA(FreeTumorTrainer_small):
+        qc_warmup = 0
+        qc_acceptance_floor = 0.25
+
+    trainer = _trainer(FreshEMA, abdomen_preprocessed, tmp_path, monkeypatch)
+    assert trainer.qc_mode == "ema" and trainer.location == "step"
+    loader = trainer.get_dataloaders()[0]
+    trainer.synthesis_counts.clear()
+    cnrs = []
+    for _ in range(8):
+        out = trainer.synthesise_batch(next(loader))
+        for image, seg in zip(out["data"][:, 0].numpy(), out["target"][0][:, 0].numpy(), strict=True):
+            cnrs += _tumour_cnr(image, seg, trainer.pairs)
+    c = trainer.synthesis_counts
+    assert c["synthesised"] >= 8 and c["accepted"] + c["rejected"] == c["synthesised"]
+    assert c["kept"] == c["accepted"] + c["floor_kept"] > 0
+    if c["rejected"] >= 8:  # the floor keeps about a quarter of what the judge rejects
+        assert 0 < c["floor_kept"] < c["rejected"]
+    assert np.mean(cnrs) >= CNR_FLOOR
+    history = [{"epoch": e, "quality control/acceptance": 0.0, "batch/tumour patches": 0.3} for e in range(3)]
+    assert any("accepted under 5%" in w for w in trainer.vital_sign_warnings(history))
+    assert not trainer.vital_sign_warnings(history[:2])
+    history[1]["quality control/acceptance"] = 0.5
+    assert not trainer.vital_sign_warnings(history)
+
+
+@pytest.mark.mechanism
+def test_freetumor_baseline_judge_is_frozen_after_its_phase_and_accepts_what_it_sees(abdomen_preprocessed, tmp_path,
+                                                                                     monkeypatch):
+    """quality_control 'baseline': no synthesis while the network learns the real tumours (phase 'baseline'), then an
+    exact, frozen copy of the network judges (phase 'synthesis'). That a judge which segments tumours accepts visible
+    synthetic ones and rejects invisible ones: test_quality_control_accepts_visible_and_rejects_invisible_tumours."""
+    from freetumor_test_trainers import FreeTumorTrainer_small_baseline
+
+    trainer = _trainer(FreeTumorTrainer_small_baseline, abdomen_preprocessed, tmp_path, monkeypatch)
+    trainer.num_epochs = 4
+    trainer.phase_schedule.resolve(4)
+    trainer.current_epoch = 0
+    trainer.on_train_epoch_start()
+    assert trainer.current_phase.name == "baseline" and not trainer.synthesis_active()
+    assert trainer.quality_baseline() is None
+    trainer.current_epoch = 1
+    trainer.on_train_epoch_start()
+    assert trainer.current_phase.name == "synthesis" and trainer.judge_frozen_at == 1
+    judge = trainer.aux_modules["judge"]
+    for a, b in zip(judge.parameters(), trainer.network.parameters(), strict=True):
+        assert torch.equal(a, b) and not a.requires_grad
+    assert trainer.quality_baseline() is judge

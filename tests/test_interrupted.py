@@ -113,14 +113,16 @@ def test_weak_cycle_kill_mid_epoch_then_resume_matches_uninterrupted_run(weak_pr
 
 
 def test_freetumor_kill_mid_epoch_then_resume_matches_uninterrupted_run(abdomen_preprocessed, tmp_path):
-    # killed in epoch 2 with the EMA quality control judging (qc_warmup 1): EMA network, synthesis random stream,
-    # intensity statistics, per-epoch synthesis history
+    # killed in epoch 2 with the baseline judge frozen at epoch 1 judging: the judge's weights and when it was frozen,
+    # synthesis random stream, intensity statistics, per-epoch synthesis history
     _, final = assert_resume_matches_straight_run(abdomen_preprocessed, "FreeTumorTrainer_tiny_kill", "3d_fullres",
                                                   tmp_path)
     history = final["nnunet_ext"]["extra"]["synthesis_history"]
     assert [h["epoch"] for h in history] == [0, 1, 2, 3]
     judged = [h for h in history[1:] if h.get("accepted", 0) + h.get("rejected", 0)]
-    assert judged, history  # the EMA did judge synthetic tumours after the warm-up
+    assert judged, history  # the frozen baseline judged synthetic tumours after its phase
+    assert not history[0].get("synthesised", 0)  # epoch 0 trains the judge on the real tumours only
+    assert final["nnunet_ext"]["extra"]["judge_frozen_at"] == 1
 
 
 def test_freetumor_synthesis_kill_mid_epoch_then_resume_matches_uninterrupted_run(abdomen_preprocessed, tmp_path):

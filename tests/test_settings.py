@@ -409,12 +409,28 @@ def tumour_texture_amplitude(t) -> float:
     return round(float(t.synthesizer.sample(seg, 1, np.random.default_rng(0), "small")[1].std()), 3)
 
 
+def _in_step(t, qc_mode: str | None = None):
+    """Synthesis in the train step (the probes' default trainer runs it in the workers, without quality control)."""
+    t.location = "step"
+    if qc_mode is not None:
+        t.qc_mode = qc_mode
+
+
+def _restore(t, location: str, qc_mode: str) -> None:
+    t.location, t.qc_mode = location, qc_mode
+
+
 def synthesised(t) -> int:
-    t.synthesis_rng = np.random.default_rng(0)
-    t.synthesis_counts = Counter()
-    t.current_epoch = 0
-    t.synthesise_batch(ds_batch(t, organ_blob(t, 4)))
-    return t.synthesis_counts["synthesised"]
+    location, qc_mode = t.location, t.qc_mode
+    _in_step(t)
+    try:
+        t.synthesis_rng = np.random.default_rng(0)
+        t.synthesis_counts = Counter()
+        t.current_epoch = 0
+        t.synthesise_batch(ds_batch(t, organ_blob(t, 4)))
+        return t.synthesis_counts["synthesised"]
+    finally:
+        _restore(t, location, qc_mode)
 
 
 class _HalfJudge(nn.Module):
@@ -432,30 +448,62 @@ class _HalfJudge(nn.Module):
         return logits
 
 
-def qc_verdicts(t) -> tuple[int, int]:
+def qc_verdicts(t) -> tuple[int, int, int]:
+    location, qc_mode = t.location, t.qc_mode
+    _in_step(t, "checkpoint")
     t.baseline = _HalfJudge(t.label_manager.num_segmentation_heads)
     try:
         t.synthesis_rng = np.random.default_rng(0)
         t.synthesis_counts = Counter()
-        t.synthesise_batch(ds_batch(t, organ_blob(t, 4)))
+        for _ in range(4):
+            t.synthesise_batch(ds_batch(t, organ_blob(t, 4)))
     finally:
         t.baseline = None
-    return t.synthesis_counts["accepted"], t.synthesis_counts["rejected"]
+        _restore(t, location, qc_mode)
+    return t.synthesis_counts["accepted"], t.synthesis_counts["rejected"], t.synthesis_counts["floor_kept"]
 
 
-def qc_judge_timing(t) -> tuple[int, bool]:
-    t.current_epoch = 3
+def qc_judge_timing(t) -> int:
+    return t.qc_warmup_epochs()
+
+
+def qc_auto_mode(t) -> str:
+    """What quality_control 'auto' chooses on the fixture (2 of 8 training cases hold a real tumour)."""
+    had = "quality_control" in t.__dict__
+    old = t.__dict__.get("quality_control")
+    t.quality_control = "auto"
     try:
-        return t.qc_warmup_epochs(), t.quality_baseline() is not None
+        return t.resolve_quality_control()[0]
     finally:
-        t.current_epoch = 0
+        if had:
+            t.quality_control = old
+        else:
+            del t.quality_control
+
+
+def qc_baseline_phase(t) -> tuple:
+    qc_mode = t.qc_mode
+    t.qc_mode = "baseline"
+    try:
+        return tuple((p.phase.name, p.start, p.end) for p in t.build_phase_schedule().resolve(t.num_epochs))
+    finally:
+        t.qc_mode = qc_mode
 
 
 def freetumor_ema_decay(t) -> float:
+    from nnunet_ext.methods.freetumor.quality import ema_copy
+
+    location, qc_mode = t.location, t.qc_mode
+    _in_step(t, "ema")
+    t.aux_modules["ema"] = ema_copy(unwrap(t.network))
     t.network.train()
     batch = ds_batch(t, organ_blob(t))
     t.synthesis_rng = np.random.default_rng(0)
-    return measured_decay(t.aux_modules["ema"], unwrap(t.network), lambda: t.train_step(batch))
+    try:
+        return measured_decay(t.aux_modules["ema"], unwrap(t.network), lambda: t.train_step(batch))
+    finally:
+        del t.aux_modules["ema"]
+        _restore(t, location, qc_mode)
 
 
 def synthesis_adversarial_weight(t) -> float:
@@ -541,7 +589,15 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     (_FreeTumorBase, "size_probabilities"): Init({"tiny": 1.0}, tumour_size_classes),
     (_FreeTumorBase, "texture_amplitude"): Init(0.1, tumour_texture_amplitude),
     (_FreeTumorBase, "stats_max_cases"): Init(1, lambda t: t.intensity_stats[1].n_organ),
+    (_FreeTumorBase, "procedural_contrast_hu"): Init((10.0, 20.0), lambda t: t.synthesizer.contrast_hu),
+    (_FreeTumorBase, "max_organ_share"): Init(0.25, lambda t: t.synthesizer.max_organ_share),
     (FreeTumorTrainer, "synthesis_probability"): Step(1.0, synthesised),
+    # the probes' base sets quality_control 'off', so 'auto' puts synthesis in the workers
+    (FreeTumorTrainer, "synthesis_location"): Init("step", lambda t: t.location),
+    (FreeTumorTrainer, "quality_control"): Init("ema", lambda t: (t.qc_mode, sorted(t.aux_modules))),
+    (FreeTumorTrainer, "qc_min_tumour_cases"): Init(2, qc_auto_mode),
+    (FreeTumorTrainer, "qc_baseline_fraction"): Init(0.5, qc_baseline_phase),
+    (FreeTumorTrainer, "qc_acceptance_floor"): Step(1.0, qc_verdicts),
     (FreeTumorTrainer, "qc_threshold"): Step(0.3, qc_verdicts),
     (FreeTumorTrainer, "qc_warmup"): Step(3, qc_judge_timing),
     (FreeTumorTrainer, "ema_decay"): Step(0.5, freetumor_ema_decay),
@@ -572,8 +628,8 @@ def _prepare_synthesis(t) -> None:
 
 
 NARROW = {"unet_base_features": 4}
-FREETUMOR = Spec("abdomen_preprocessed", "3d_fullres", NARROW, env=(("nnUNet_ext_seed", "0"),),
-                 prepare=_prepare_synthesis)
+FREETUMOR = Spec("abdomen_preprocessed", "3d_fullres", {**NARROW, "quality_control": "off"},
+                 env=(("nnUNet_ext_seed", "0"),), prepare=_prepare_synthesis)
 SPECS = {
     nnUNetExtTrainer: Spec("av_preprocessed", "2d", NARROW),
     AVFusionTrainer: Spec("av_preprocessed", "2d", NARROW),

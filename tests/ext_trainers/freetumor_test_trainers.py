@@ -11,7 +11,13 @@ from nnunet_ext.training.variants import short_variant
 class FreeTumorTrainer_small(FreeTumorTrainer):
     unet_base_features = 4
     synthesis_probability = 1.0
+    quality_control = "ema"
     qc_warmup = 1  # epoch 0 unchecked, epoch 1 judged by the EMA
+
+
+class FreeTumorTrainer_small_baseline(FreeTumorTrainer_small):
+    quality_control = "baseline"
+    qc_baseline_fraction = 0.25  # of 4 epochs: the judge trains in epoch 0 and is frozen from epoch 1
 
 
 class FreeTumorSynthesisTrainer_small(FreeTumorSynthesisTrainer):
@@ -22,11 +28,19 @@ class FreeTumorSynthesisTrainer_small(FreeTumorSynthesisTrainer):
 
 FreeTumorTrainer_tiny = short_variant(FreeTumorTrainer_small, "FreeTumorTrainer_tiny", epochs=2, iterations=2,
                                       val_iterations=1)
+
+
+class FreeTumorTrainer_small_auto(FreeTumorTrainer_small):
+    quality_control = "auto"  # judged by a given checkpoint; else off on the fixture (2 tumour cases)
+
+
+FreeTumorTrainer_tiny_auto = short_variant(FreeTumorTrainer_small_auto, "FreeTumorTrainer_tiny_auto", epochs=2,
+                                           iterations=2, val_iterations=1)
 FreeTumorSynthesisTrainer_tiny = short_variant(FreeTumorSynthesisTrainer_small, "FreeTumorSynthesisTrainer_tiny",
                                                epochs=2, iterations=2, val_iterations=1)
-# EMA quality control from epoch 1 (qc_warmup 1), so the kill in epoch 2 lands where the EMA judges every synthetic
-# tumour
-FreeTumorTrainer_tiny_kill = kill_variant(FreeTumorTrainer_small, "FreeTumorTrainer_tiny_kill")
+# the baseline judge frozen at epoch 1, so the kill in epoch 2 lands where it judges every synthetic tumour: the
+# resumed run must keep the judge of the checkpoint, not freeze a new one
+FreeTumorTrainer_tiny_kill = kill_variant(FreeTumorTrainer_small_baseline, "FreeTumorTrainer_tiny_kill")
 
 
 class FreeTumorSynthesisTrainer_short_baseline(FreeTumorSynthesisTrainer_small):

@@ -1,23 +1,33 @@
-"""Equal-budget trainers for bench/freetumor/bench_freetumor_phantom.py: stock nnU-Net behaviour and FreeTumorTrainer,
-both with a U-Net of features 8-16-32-64 (the plans' 32-320 is too slow for a CPU comparison) and the same budget. The
-width is a class attribute (unet_base_features), so stock nnUNetv2_predict builds the same small network."""
+"""Equal-budget trainers for bench/freetumor/bench_freetumor_phantom.py: stock nnU-Net behaviour and FreeTumorTrainer
+with the same U-Net (features from 16, capped by the plans: the plans' 32-512 is too slow for a CPU comparison), the
+same epochs x iterations x batch and the same validation. The width is a class attribute (unet_base_features), so
+stock nnUNetv2_predict builds the same network."""
 
 from nnunet_ext.trainers.freetumor_trainers import FreeTumorTrainer
 from nnunet_ext.training.base import nnUNetExtTrainer
 from nnunet_ext.training.variants import short_variant
 
-EPOCHS, ITERATIONS = 8, 10
+EPOCHS, ITERATIONS, VAL_ITERATIONS = 20, 20, 4
 
 
-class _StockSmall(nnUNetExtTrainer):
-    unet_base_features = 8
+class _StockBench(nnUNetExtTrainer):
+    unet_base_features = 16
 
 
-class _FreeTumorSmall(FreeTumorTrainer):
-    unet_base_features = 8
+class _FreeTumorBench(FreeTumorTrainer):
+    unet_base_features = 16
 
 
-nnUNetTrainer_benchsmall = short_variant(_StockSmall, "nnUNetTrainer_benchsmall", epochs=EPOCHS, iterations=ITERATIONS,
-                                         val_iterations=2)
-FreeTumorTrainer_benchsmall = short_variant(_FreeTumorSmall, "FreeTumorTrainer_benchsmall", epochs=EPOCHS,
-                                            iterations=ITERATIONS, val_iterations=2)
+class _FreeTumorBenchInStep(_FreeTumorBench):
+    synthesis_location = "step"  # the cost of synthesis after augmentation, on the batch, without quality control
+
+
+def _variant(base, name):
+    return short_variant(base, name, epochs=EPOCHS, iterations=ITERATIONS, val_iterations=VAL_ITERATIONS)
+
+
+nnUNetTrainer_ftbench = _variant(_StockBench, "nnUNetTrainer_ftbench")
+FreeTumorTrainer_ftbench = _variant(_FreeTumorBench, "FreeTumorTrainer_ftbench")
+# cost only (no scores): a few epochs are enough for the time per iteration
+FreeTumorTrainer_ftbench_instep = short_variant(_FreeTumorBenchInStep, "FreeTumorTrainer_ftbench_instep", epochs=4,
+                                                iterations=ITERATIONS, val_iterations=VAL_ITERATIONS)

@@ -3,9 +3,14 @@
 The difference (organ minus tumour intensity) comes from one of two places:
 - procedural: intensity statistics of real tumours against their organ, measured on the training set in nnU-Net's
   normalised intensity space (the space the patches live in). An organ without enough real tumour voxels gets the
-  documented default: tumour = organ mean - DEFAULT_CONTRAST_IN_ORGAN_STD x organ std (hypodense, as most liver,
-  pancreas and kidney lesions on portal-venous CT).
+  documented default range: 40-150 HU darker than the organ (hypodense, as most liver, pancreas and kidney lesions on
+  portal-venous CT; FreeTumor's own procedural range), converted to normalised units through the plans' CT
+  normalisation. Channels that are not CT-normalised take DEFAULT_CONTRAST_IN_ORGAN_STD x the organ's std instead.
+  A contrast of ~1.5 organ std, the old default, was ~17 HU in a liver: faint next to real lesions (25-150 HU).
 - learned: the difference map of FreeTumorSynthesisTrainer's generator, the channel of the tumour's own organ.
+
+Synthetic intensities are clipped to the range nnU-Net's CT normalisation clips real ones to (the foreground's 0.5
+and 99.5 percentiles): a tumour darker than any preprocessed voxel can be would be trivially easy and unlike a real one.
 
 The texture is a smooth random field made per tumour, in the tumour's box only (FreeTumor crops one precomputed
 420x300x320 volume; holding such a volume in every augmentation worker costs GBs for nothing).
@@ -19,7 +24,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
-DEFAULT_CONTRAST_IN_ORGAN_STD = 1.5
+DEFAULT_CONTRAST_HU = (40.0, 150.0)  # organ minus tumour, drawn per tumour (FreeTumor's procedural range)
+# non-CT channels: the CT range over a typical liver's ~25 HU standard deviation
+DEFAULT_CONTRAST_IN_ORGAN_STD = (1.5, 6.0)
 MIN_TUMOUR_VOXELS = 50  # fewer real tumour voxels than this: the default contrast is used
 TEXTURE_GRAIN_MM = 4.0
 
@@ -40,12 +47,12 @@ class OrganStats:
         """Whether the difference comes from real tumours (else the default contrast)."""
         return self.tumour_mean is not None and self.n_tumour >= MIN_TUMOUR_VOXELS
 
-    def difference(self) -> np.ndarray:
-        """Organ mean minus tumour mean per channel (> 0: the tumour is darker)."""
-        organ = np.asarray(self.organ_mean, float)
-        if self.measured:
-            return organ - np.asarray(self.tumour_mean, float)
-        return DEFAULT_CONTRAST_IN_ORGAN_STD * np.asarray(self.organ_std, float)
+    def difference(self) -> np.ndarray | None:
+        """Organ mean minus tumour mean per channel (> 0: the tumour is darker); None when too few real tumour voxels
+        were measured (the synthesizer's default range applies)."""
+        if not self.measured:
+            return None
+        return np.asarray(self.organ_mean, float) - np.asarray(self.tumour_mean, float)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -87,6 +94,36 @@ def measure_stats(cases: Iterable[tuple[np.ndarray, np.ndarray]], pairs: Mapping
                                   None if t is None else t.mean(1).tolist(), None if t is None else t.std(1).tolist(),
                                   0 if t is None else int(t.shape[1]))
     return stats
+
+
+@dataclass(frozen=True)
+class ChannelFrame:
+    """How nnU-Net normalised one input channel: for CTNormalization the HU scale (std) and the clip bounds, in
+    normalised units; other schemes have no fixed scale (ct False)."""
+
+    ct: bool
+    std: float = 1.0
+    low: float = -np.inf
+    high: float = np.inf
+
+    def hu_to_normalised(self, hu: float) -> float:
+        return hu / self.std
+
+
+def channel_frames(plans: Mapping, normalization_schemes: Sequence[str]) -> list[ChannelFrame]:
+    """One frame per input channel from the plans' foreground intensity properties (the values nnU-Net's
+    CTNormalization uses: (clip(x, p0.5, p99.5) - mean) / std)."""
+    properties = plans.get("foreground_intensity_properties_per_channel", {})
+    frames = []
+    for c, scheme in enumerate(normalization_schemes):
+        p = properties.get(str(c)) or properties.get(c)
+        if scheme != "CTNormalization" or not p:
+            frames.append(ChannelFrame(False))
+            continue
+        std = max(float(p["std"]), 1e-8)
+        frames.append(ChannelFrame(True, std, (float(p["percentile_00_5"]) - float(p["mean"])) / std,
+                                   (float(p["percentile_99_5"]) - float(p["mean"])) / std))
+    return frames
 
 
 def texture(rng: np.random.Generator, shape: Sequence[int], spacing: Sequence[float], amplitude: float,

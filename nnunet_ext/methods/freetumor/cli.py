@@ -43,7 +43,7 @@ def synthesise_file(image_path: Path, mask_path: Path, out: Path, organs: list[s
     import SimpleITK as sitk
 
     from nnunet_ext.fileio import atomic_output_dir
-    from nnunet_ext.methods.freetumor.appearance import DEFAULT_CONTRAST_IN_ORGAN_STD
+    from nnunet_ext.methods.freetumor.appearance import DEFAULT_CONTRAST_HU
     from nnunet_ext.methods.freetumor.synthesize import TumourSynthesizer
 
     image_path, mask_path, out = Path(image_path), Path(mask_path), Path(out)
@@ -87,8 +87,8 @@ def synthesise_file(image_path: Path, mask_path: Path, out: Path, organs: list[s
                             "organ_std_hu": float(current[0][seg == organ_label].std()),
                             "tumour_mean_hu_before": float(current[0][m].mean()),
                             "tumour_mean_hu_after": float(result.image[0][m].mean()),
-                            "difference_hu": None if contrast_hu is None else contrast_hu,
-                            "default_contrast_in_organ_std": DEFAULT_CONTRAST_IN_ORGAN_STD})
+                            "difference_hu": float(result.difference[0]) if contrast_hu is None else contrast_hu,
+                            "default_contrast_hu": list(DEFAULT_CONTRAST_HU)})
             current, seg = result.image, result.seg
     with atomic_output_dir(out, overwrite=overwrite) as tmp:
         new = sitk.GetImageFromArray(np.round(current[0]).astype(sitk.GetArrayViewFromImage(image).dtype))
@@ -157,6 +157,7 @@ def add_synth(sub) -> None:
     p.add_argument("-n", type=int, default=1, help="tumours per organ")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--contrast-hu", type=float, default=None,
-                   help="organ minus tumour in HU (default: 1.5 x the organ's standard deviation in this CT)")
+                   help="organ minus tumour in HU (default: drawn per tumour from 40-150 HU, hypodense, FreeTumor's "
+                   "procedural range)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_synth)

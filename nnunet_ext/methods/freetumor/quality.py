@@ -1,9 +1,9 @@
 """Quality control of synthetic tumours by a baseline segmentor (FreeTumor): keep a synthetic tumour only when the
-baseline labels more than 70% of its voxels as that tumour, else keep the original patch.
+baseline labels more than 70% of its voxels as tumour (any tumour class), else keep the original patch.
 
-The baseline is either a checkpoint of any nnU-Net model trained on the same data set (built with its own trainer
-class, plans and configuration, so a stock nnUNetTrainer, one of ours or a FreeTumorSynthesisTrainer checkpoint all
-work), or an exponential moving average (EMA) of the segmentor being trained.
+The baseline is a checkpoint of any nnU-Net model trained on the same data set (built with its own trainer class,
+plans and configuration, so a stock nnUNetTrainer, one of ours or a FreeTumorSynthesisTrainer checkpoint all work), a
+frozen copy of the segmentor after it trained on the real tumours, or an exponential moving average (EMA) of it.
 """
 
 from __future__ import annotations
@@ -90,14 +90,15 @@ def logits_of(output) -> torch.Tensor:
 @torch.no_grad()
 def tumour_fractions(baseline: nn.Module, images: torch.Tensor, masks: torch.Tensor,
                      tumour_labels: Sequence[int]) -> np.ndarray:
-    """Per sample, the fraction of its synthetic tumour voxels (masks, bool (n, ...)) that the baseline labels as the
-    sample's tumour label (argmax over its outputs)."""
+    """Per sample, the fraction of its synthetic tumour voxels (masks, bool (n, ...)) that the baseline labels as any of
+    tumour_labels (argmax over its outputs): FreeTumor counts any tumour class, so a liver tumour the judge calls a
+    kidney tumour is still a visible tumour."""
     was_training = baseline.training
     baseline.eval()
     prediction = logits_of(baseline(images)).argmax(1)
     baseline.train(was_training)
-    labels = torch.as_tensor(list(tumour_labels), device=prediction.device).view(-1, *([1] * (prediction.ndim - 1)))
-    hits = ((prediction == labels) & masks).flatten(1).sum(1).float()
+    labels = torch.as_tensor(sorted(set(int(t) for t in tumour_labels)), device=prediction.device)
+    hits = (torch.isin(prediction, labels) & masks).flatten(1).sum(1).float()
     return (hits / masks.flatten(1).sum(1).clamp_min(1).float()).cpu().numpy()
 
 
