@@ -237,7 +237,8 @@ def run_benchmark(trainers: list[str], dataset: str, configuration: str, device:
 
 
 def markdown_table(report: dict) -> str:
-    head = (f"Dataset {report['dataset']}, {report['configuration']}, {report['device']} "
+    head = (f"Dataset {report['dataset']}, {report['configuration']}, {report.get('plans', 'nnUNetPlans')}, "
+            f"{report['device']} "
             f"({report['device_name']}, {report['cpu_count']} cores, torch {report['torch']}), "
             f"median of {report['iterations']} after {report['warmup']} warm-up, {report['date']}\n\n"
             "| trainer | s/iteration | x stock | data s/batch | s/predicted case | x stock | RSS over start MB "

@@ -223,3 +223,10 @@ def test_plan_lists_the_presets(capsys):
     out = capsys.readouterr().out
     for name, preset in PRESETS.items():
         assert name in out and f"-p {preset.plans_identifier}" in out
+
+
+def test_demo_refuses_an_unknown_preset_before_writing(tmp_path, capsys):
+    work = tmp_path / "demo"
+    assert main(["demo", "--preset", "gpu9000", "--device", "cpu", "--work-dir", str(work)]) == 2
+    assert "unknown preset 'gpu9000'" in capsys.readouterr().err
+    assert not work.exists()
