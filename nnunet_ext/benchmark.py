@@ -187,8 +187,10 @@ def _measure_prediction(trainer, n_cases: int, dev: torch.device) -> float:
 
 def run_benchmark(trainers: list[str], dataset: str, configuration: str, device: str = "cpu",
                   iterations: int = 10, warmup: int = 3, predict_cases: int = 2, out_dir: Path | None = None,
-                  env: dict | None = None, tag: str | None = None, phases: dict[str, str] | None = None) -> dict:
-    """Measure STOCK first (it draws the shared batches), then every other trainer, each in a fresh process."""
+                  env: dict | None = None, tag: str | None = None, phases: dict[str, str] | None = None,
+                  plans: str = "nnUNetPlans") -> dict:
+    """Measure STOCK first (it draws the shared batches), then every other trainer, each in a fresh process.
+    plans: the plans identifier (e.g. nnUNetPlans_cpu from `nnunet_ext plan --preset cpu`)."""
     order = [STOCK] + [t for t in trainers if t != STOCK]
     env = cpu_friendly(env or os.environ, device)
     if device == "cpu":
@@ -202,7 +204,7 @@ def run_benchmark(trainers: list[str], dataset: str, configuration: str, device:
             argv = [sys.executable, "-m", "nnunet_ext.benchmark", "--child", name, "-d", str(dataset),
                     "-c", configuration, "--device", device, "--iterations", str(iterations), "--warmup",
                     str(warmup), "--predict-cases", str(predict_cases), "--batches", str(batches_file),
-                    "--out", str(out_file)] + (["--draw-batches"] if i == 0 else [])
+                    "--out", str(out_file), "--plans", plans] + (["--draw-batches"] if i == 0 else [])
             if phases and name in phases:
                 argv += ["--phase", phases[name]]
             proc = subprocess.run(argv, env=env, capture_output=True, text=True)
@@ -220,7 +222,7 @@ def run_benchmark(trainers: list[str], dataset: str, configuration: str, device:
         if r["peak_gpu_mb"] is not None:
             r["ratio_peak_gpu"] = r["peak_gpu_mb"] / stock["peak_gpu_mb"]
     report = {
-        "dataset": str(dataset), "configuration": configuration, "device": device,
+        "dataset": str(dataset), "configuration": configuration, "plans": plans, "device": device,
         "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "torch": torch.__version__, "iterations": iterations, "warmup": warmup,
         "date": time.strftime("%Y-%m-%d"), "results": results,
@@ -235,7 +237,8 @@ def run_benchmark(trainers: list[str], dataset: str, configuration: str, device:
 
 
 def markdown_table(report: dict) -> str:
-    head = (f"Dataset {report['dataset']}, {report['configuration']}, {report['device']} "
+    head = (f"Dataset {report['dataset']}, {report['configuration']}, {report.get('plans', 'nnUNetPlans')}, "
+            f"{report['device']} "
             f"({report['device_name']}, {report['cpu_count']} cores, torch {report['torch']}), "
             f"median of {report['iterations']} after {report['warmup']} warm-up, {report['date']}\n\n"
             "| trainer | s/iteration | x stock | data s/batch | s/predicted case | x stock | RSS over start MB "
@@ -267,9 +270,10 @@ def _child_main(argv: list[str]) -> int:
     p.add_argument("--draw-batches", action="store_true")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--phase", default=None)
+    p.add_argument("--plans", default="nnUNetPlans")
     a = p.parse_args(argv)
     result = measure(a.child, a.d, a.c, a.device, a.iterations, a.warmup, a.batches, a.draw_batches,
-                     a.predict_cases, phase=a.phase)
+                     a.predict_cases, plans_identifier=a.plans, phase=a.phase)
     a.out.write_text(json.dumps(result))
     return 0
 

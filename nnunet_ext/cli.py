@@ -37,8 +37,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from nnunet_ext.demo import resolve_demo, run_demo
 
     trainer, phantom, floor = resolve_demo(args.trainer, args.phantom)
+    preset = {"default": "default", "none": None}.get(args.preset, args.preset)
     result = run_demo(args.work_dir, trainer=trainer, phantom=phantom, device=args.device, seed=args.seed,
-                      quiet_commands=args.quiet)
+                      quiet_commands=args.quiet, preset=preset)
     print()
     print(result.report.read_text())
     dice = result.metrics["foreground_mean"]["dice"]
@@ -69,13 +70,52 @@ def _add_demo(sub) -> None:
     p.add_argument("--min-dice", type=float, default=None,
                    help="exit with 1 when the foreground Dice is below (default: the floor measured for the "
                         "trainer's demo on its own phantom, none otherwise)")
+    p.add_argument("--preset", default="default",
+                   help="planner preset (nnunet_ext plan --list), or 'none' for nnU-Net's default plans. Default: "
+                        "cpu for stock nnU-Net trainers on a CPU, the default plans for method demos (their Dice "
+                        "floors were measured there)")
     p.add_argument("--quiet", action="store_true", help="do not echo the stock commands' progress lines")
     p.set_defaults(func=_cmd_demo)
 
 
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from nnunet_ext.plans import PRESETS, check_request, plan_dataset
+
+    if args.list:
+        for preset in PRESETS.values():
+            print(f"{preset.name:<12} -p {preset.plans_identifier:<22} {', '.join(preset.configurations):<24} "
+                  f"{preset.description}")
+        return 0
+    if args.dataset is None or args.preset is None:
+        raise ValueError("give -d DATASET_ID and --preset NAME (or --list)")
+    # every check before anything is written: fingerprint and plans only once the request is known to be valid
+    _, raw, configurations = check_request(args.dataset, args.preset, args.configurations)
+    identifier = plan_dataset(args.dataset, args.preset, configurations, num_processes=args.np, verify=args.verify)
+    print(f"\nPlanned {raw.name} with preset {args.preset!r} ({', '.join(configurations)}). Train and predict with "
+          f"-p {identifier}, e.g.:")
+    print(f"  nnUNetv2_train {args.dataset} {configurations[0]} 0 -p {identifier} [-tr TRAINER] [-device cpu]")
+    print(f"  nnUNetv2_predict -i IN -o OUT -d {args.dataset} -c {configurations[0]} -p {identifier} [-tr TRAINER]")
+    return 0
+
+
+def _add_plan(sub) -> None:
+    p = sub.add_parser("plan", help="plan and preprocess a data set with a planner preset (cpu, lowmem, ...)",
+                       description="Extract the fingerprint (if missing), plan with the preset's planner and "
+                                   "preprocess, writing a plans file beside nnUNetPlans.json; prints the -p to pass "
+                                   "to nnUNetv2_train / nnUNetv2_predict. Uses nnUNet_raw and nnUNet_preprocessed.")
+    p.add_argument("-d", "--dataset", type=int, default=None, help="data set id")
+    p.add_argument("--preset", default=None, help="preset name (see --list)")
+    p.add_argument("-c", "--configurations", nargs="+", default=None,
+                   help="configurations to preprocess (default: all of the preset's that the data set has)")
+    p.add_argument("-np", type=int, default=1, help="processes for fingerprint and preprocessing (default 1)")
+    p.add_argument("--verify", action="store_true", help="verify the data set's integrity first")
+    p.add_argument("--list", action="store_true", help="list the presets and exit")
+    p.set_defaults(func=_cmd_plan)
+
+
 # Each entry adds one subcommand; a module's parser is built only when the command line asks for it would be nicer,
 # but argparse needs all of them for --help, and they import nothing heavy at module level.
-_SUBCOMMANDS = [_add_env, _add_demo, _add_convert, add_evaluate, add_compare, add_synth]
+_SUBCOMMANDS = [_add_env, _add_demo, _add_plan, _add_convert, add_evaluate, add_compare, add_synth]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,8 @@
 """`nnunet_ext demo`: the whole stock nnU-Net pipeline with one of our trainers on an embedded phantom.
 
-phantom -> nnUNetv2_plan_and_preprocess -> nnUNetv2_train (fold 0) -> nnUNetv2_predict (held-out cases)
--> nnunet_ext.evaluation against the held-out labels -> report.md (+ evaluation/ with CSV, JSON, plots).
+phantom -> nnUNetv2_plan_and_preprocess (or `nnunet_ext plan --preset cpu` on a CPU) -> nnUNetv2_train (fold 0)
+-> nnUNetv2_predict (held-out cases) -> nnunet_ext.evaluation against the held-out labels -> report.md
+(+ evaluation/ with CSV, JSON, plots).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from nnunet_ext.evaluation.evaluate import evaluate_folder
 from nnunet_ext.evaluation.report import summary_markdown
 from nnunet_ext.paths import TRAINERS_DIR
 from nnunet_ext.phantoms import PHANTOMS
+from nnunet_ext.plans import PRESETS
 
 # Lines of the stock commands' output worth showing while they run: one per epoch, and the final validation.
 PROGRESS = r"Epoch \d+$|Epoch time|train_loss|Pseudo dice|Mean Validation Dice|Using trainer|Predicting|Traceback"
@@ -65,13 +67,26 @@ class DemoResult:
     seconds: dict
 
 
+def default_preset(trainer: str, device: str) -> str | None:
+    """The planner preset the demo plans with: `cpu` for stock nnU-Net behaviour on a CPU (the 2D demo trains in
+    about half the time of the GPU plans, docs/cpu.md). A method's `_demo` variant keeps nnU-Net's default plans:
+    its Dice floor was measured on them."""
+    return "cpu" if device == "cpu" and trainer.startswith("nnUNetTrainer") else None
+
+
 def run_demo(work_dir: Path, trainer: str = "nnUNetTrainer_demo", phantom: str = "fundus2d",
              device: str | None = None, seed: int = 0, echo: Callable[[str], None] = print,
-             quiet_commands: bool = False) -> DemoResult:
+             quiet_commands: bool = False, preset: str | None = "default") -> DemoResult:
+    """preset: a planner preset (nnunet_ext.plans), None for nnU-Net's default plans, "default" for
+    default_preset(trainer, device)."""
     if phantom not in PHANTOMS:
         raise ValueError(f"unknown phantom {phantom!r}; choose from {sorted(PHANTOMS)}")
     module = PHANTOMS[phantom]
     device = device or stock.default_device()
+    if preset == "default":
+        preset = default_preset(trainer, device)
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)} or none")
     work_dir = Path(work_dir).resolve()
     work_dir.mkdir(parents=True, exist_ok=True)
     env = stock.work_environment(work_dir / "nnunet", device)
@@ -93,21 +108,27 @@ def run_demo(work_dir: Path, trainer: str = "nnUNetTrainer_demo", phantom: str =
     dataset_dir = stage("phantom", f"generating the {phantom} phantom (seed {seed})", lambda: module.generate(
         Path(env["nnUNet_raw"]), module.DEFAULT_ID, seed=seed, overwrite=True))
     dataset_id, configuration = module.DEFAULT_ID, module.CONFIGURATION
-    stage("plan_and_preprocess", f"nnUNetv2_plan_and_preprocess -d {dataset_id} -c {configuration}",
-          lambda: stock.plan_and_preprocess(dataset_id, configuration, env, **run_kw))
-    stage("train", f"nnUNetv2_train {dataset_id} {configuration} 0 -tr {trainer} -device {device}",
-          lambda: stock.train(dataset_id, configuration, 0, trainer, env, device=device, **run_kw))
+    if preset is None:
+        plans = "nnUNetPlans"
+        stage("plan_and_preprocess", f"nnUNetv2_plan_and_preprocess -d {dataset_id} -c {configuration}",
+              lambda: stock.plan_and_preprocess(dataset_id, configuration, env, **run_kw))
+    else:
+        plans = stage("plan_and_preprocess", f"nnunet_ext plan -d {dataset_id} --preset {preset} -c {configuration} "
+                      f"(nnU-Net's planning and preprocessing with the {preset} planner)",
+                      lambda: stock.plan(dataset_id, preset, env, [configuration], **run_kw))
+    stage("train", f"nnUNetv2_train {dataset_id} {configuration} 0 -tr {trainer} -p {plans} -device {device}",
+          lambda: stock.train(dataset_id, configuration, 0, trainer, env, device=device, plans=plans, **run_kw))
     predictions = work_dir / "predictions"
     if predictions.exists():
         shutil.rmtree(predictions)
     stage("predict", f"nnUNetv2_predict on {dataset_dir.name}/imagesTs",
           lambda: stock.predict(dataset_dir / "imagesTs", predictions, dataset_id, configuration, trainer, env,
-                                device=device, **run_kw))
+                                device=device, plans=plans, **run_kw))
     evaluation_dir = work_dir / "evaluation"
     summary = stage("evaluate", f"nnunet_ext evaluate -> {evaluation_dir.name}/", lambda: evaluate_folder(
         str(dataset_dir / "labelsTs"), str(predictions), str(evaluation_dir), str(dataset_dir / "dataset.json"),
         images_dir=str(dataset_dir / "imagesTs"), progress=False))
-    title = f"nnunet-ext demo: {trainer} on the {phantom} phantom ({configuration}, fold 0, {device})"
+    title = f"nnunet-ext demo: {trainer} on the {phantom} phantom ({configuration}, {plans}, fold 0, {device})"
     report = _write_report(work_dir / "report.md", title, summary, seconds)
     return DemoResult(work_dir, dataset_dir, predictions, report, summary, seconds)
 

@@ -101,9 +101,10 @@ def plan_and_preprocess(dataset_id: int, configuration: str, env: Mapping[str, s
 
 
 def train(dataset_id: int, configuration: str, fold: int | str, trainer: str, env: Mapping[str, str],
-          device: str = "cpu", continue_training: bool = False, extra: Sequence[str] = (), **kwargs) -> str:
+          device: str = "cpu", continue_training: bool = False, extra: Sequence[str] = (), plans: str = "nnUNetPlans",
+          **kwargs) -> str:
     argv = [find_command("nnUNetv2_train"), str(dataset_id), configuration, str(fold), "-tr", trainer,
-            "-device", device, *extra]
+            "-p", plans, "-device", device, *extra]
     if continue_training:
         argv.append("--c")
     return run(argv, env, **kwargs)
@@ -111,10 +112,24 @@ def train(dataset_id: int, configuration: str, fold: int | str, trainer: str, en
 
 def predict(input_folder: Path, output_folder: Path, dataset_id: int, configuration: str, trainer: str,
             env: Mapping[str, str], folds: Sequence[int | str] = (0,), device: str = "cpu",
-            save_probabilities: bool = False, checkpoint: str = "checkpoint_final.pth", **kwargs) -> str:
+            save_probabilities: bool = False, checkpoint: str = "checkpoint_final.pth", plans: str = "nnUNetPlans",
+            **kwargs) -> str:
     argv = [find_command("nnUNetv2_predict"), "-i", str(input_folder), "-o", str(output_folder),
-            "-d", str(dataset_id), "-c", configuration, "-tr", trainer, "-f", *[str(f) for f in folds],
+            "-d", str(dataset_id), "-c", configuration, "-tr", trainer, "-p", plans, "-f", *[str(f) for f in folds],
             "-device", device, "-chk", checkpoint, "-npp", "1", "-nps", "1"]
     if save_probabilities:
         argv.append("--save_probabilities")
     return run(argv, env, **kwargs)
+
+
+def plan(dataset_id: int, preset: str, env: Mapping[str, str], configurations: Sequence[str] | None = None,
+         **kwargs) -> str:
+    """`nnunet_ext plan` with a planner preset (nnunet_ext.plans): fingerprint if missing, plans, preprocessing.
+    Returns the plans identifier to pass to nnUNetv2_train / nnUNetv2_predict as -p."""
+    from nnunet_ext.plans import PRESETS
+
+    argv = [find_command("nnunet_ext"), "plan", "-d", str(dataset_id), "--preset", preset]
+    if configurations:
+        argv += ["-c", *configurations]
+    run(argv, env, **kwargs)
+    return PRESETS[preset].plans_identifier

@@ -18,7 +18,9 @@ def test_demo_on_reduced_budget(tmp_path):
     proc = subprocess.run([str(cli), "demo", "--work-dir", str(work), "--trainer", "nnUNetTrainer_debug",
                            "--device", "cpu"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    for step in ("[1/5]", "[2/5] nnUNetv2_plan_and_preprocess", "[3/5] nnUNetv2_train", "[4/5]", "[5/5]"):
+    # on a CPU the stock trainers plan with the cpu preset (nnU-Net's planner sized for a CPU, -p nnUNetPlans_cpu)
+    for step in ("[1/5]", "[2/5] nnunet_ext plan -d 791 --preset cpu", "[3/5] nnUNetv2_train 791 2d 0 -tr "
+                 "nnUNetTrainer_debug -p nnUNetPlans_cpu", "[4/5]", "[5/5]"):
         assert step in proc.stdout
     assert "Using trainer 'nnUNetTrainer_debug'" in proc.stdout  # found through nnUNet_extTrainer
     assert "Epoch time" in proc.stdout  # progress is shown while training
@@ -30,7 +32,7 @@ def test_demo_on_reduced_budget(tmp_path):
     assert 0.0 <= dice <= 1.0
     assert f"Foreground mean Dice on 6 held-out phantom cases: {dice:.3f}" in proc.stdout
     report = (work / "report.md").read_text()
-    assert "| optic_disc |" in report and "nnUNetTrainer_debug" in report
+    assert "| optic_disc |" in report and "nnUNetTrainer_debug" in report and "nnUNetPlans_cpu" in report
     predictions = sorted(p.name for p in (work / "predictions").glob("*.png"))
     assert predictions == sorted(p.name for p in (work / "nnunet/nnUNet_raw/Dataset791_PhantomFundus/labelsTs")
                                  .glob("*.png"))

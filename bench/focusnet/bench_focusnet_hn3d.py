@@ -163,17 +163,18 @@ def run_row(row: str, seed: int, raw: Path, args, env: dict, work: Path) -> dict
     dataset_id = int(raw.name[len("Dataset"):].split("_")[0])
     results = work / f"{row}_seed{seed}"
     run_env = dict(env, nnUNet_ext_seed=str(seed), nnUNet_results=str(results))
-    model = results / raw.name / f"{trainer}__nnUNetPlans__{args.configuration}"
+    model = results / raw.name / f"{trainer}__{args.plans}__{args.configuration}"
     entry_file = work / f"{row}_seed{seed}.json"
     if entry_file.is_file():
         return json.loads(entry_file.read_text())
     t0 = time.time()
-    stock.train(dataset_id, args.configuration, 0, trainer, run_env, log_file=work / f"{row}_seed{seed}.log")
+    stock.train(dataset_id, args.configuration, 0, trainer, run_env, log_file=work / f"{row}_seed{seed}.log",
+                plans=args.plans)
     train_s = time.time() - t0
     pred = work / f"pred_{row}_seed{seed}"
     shutil.rmtree(pred, ignore_errors=True)
     t0 = time.time()
-    stock.predict(raw / "imagesTs", pred, dataset_id, args.configuration, trainer, run_env)
+    stock.predict(raw / "imagesTs", pred, dataset_id, args.configuration, trainer, run_env, plans=args.plans)
     predict_s = time.time() - t0
     subprocess.run([sys.executable, "-m", "nnunet_ext.cli", "evaluate", "-ref", str(raw / "labelsTs"), "-pred",
                     str(pred), "-o", str(pred / "evaluation"), "--no-plots", "-np", "1"], check=True, env=run_env,
@@ -284,16 +285,25 @@ def main() -> int:
     p.add_argument("--n-test", type=int, default=6)
     p.add_argument("--work", type=Path, default=REPO / "bench" / "work" / "focusnet")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "focusnet")
+    p.add_argument("--preset", default=None,
+                   help="plan with this planner preset (nnunet_ext plan --list; e.g. cpu_narrow, whose 8-128 "
+                        "features match the bench trainers' unet_base_features = 8) instead of nnU-Net's default "
+                        "plans, which the committed results used")
     args = p.parse_args()
     env = stock.work_environment(args.work / "nnunet", device="cpu")
     raw = prepare_source(args.source, Path(env["nnUNet_raw"]), args.n_train, args.n_test)
     dataset_id = int(raw.name[len("Dataset"):].split("_")[0])
-    if not (Path(env["nnUNet_preprocessed"]) / raw.name / f"nnUNetPlans_{args.configuration}").is_dir():
-        stock.plan_and_preprocess(dataset_id, args.configuration, env)
+    args.plans = "nnUNetPlans" if args.preset is None else f"nnUNetPlans_{args.preset}"
+    if not (Path(env["nnUNet_preprocessed"]) / raw.name / f"{args.plans}_{args.configuration}").is_dir():
+        if args.preset is None:
+            stock.plan_and_preprocess(dataset_id, args.configuration, env)
+        else:
+            stock.plan(dataset_id, args.preset, env, [args.configuration])
     env.update(nnUNet_n_proc_DA="0", nnUNet_ext_bench_epochs=str(args.epochs),
                nnUNet_ext_bench_iterations=str(args.iterations))
     env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(HERE / "trainers")])
-    work = args.work / f"{raw.name}_{args.configuration}_E{args.epochs}x{args.iterations}"
+    work = args.work / (f"{raw.name}_{args.configuration}_E{args.epochs}x{args.iterations}"
+                        + (f"_{args.preset}" if args.preset else ""))
     work.mkdir(parents=True, exist_ok=True)
     entries = {row: [] for row in args.rows}
     for seed in args.seeds:

@@ -35,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--predict-cases", type=int, default=2)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--tag", default=None, help="results file stem (default: dataset_configuration_device)")
+    p.add_argument("--preset", default=None,
+                   help="with --phantom: plan it with this planner preset (nnunet_ext plan --list) instead of "
+                        "nnU-Net's default plans")
+    p.add_argument("-p", dest="plans", default=None, help="with -d: plans identifier (default nnUNetPlans)")
     p.add_argument("--phase", action="append", default=[], metavar="TRAINER=PHASE|EPOCH",
                    help="time TRAINER's step in PHASE or at EPOCH (default: a phased trainer's last, main phase)")
     a = p.parse_args(argv)
@@ -46,18 +50,23 @@ def main(argv: list[str] | None = None) -> int:
             module = PHANTOMS[a.phantom]
             env = stock.work_environment(Path(tmp), a.device)
             module.generate(Path(env["nnUNet_raw"]), module.DEFAULT_ID)
-            stock.plan_and_preprocess(module.DEFAULT_ID, module.CONFIGURATION, env)
-            dataset, configuration = str(module.DEFAULT_ID), a.c or module.CONFIGURATION
-            tag = a.tag or f"phantom_{a.phantom}_{configuration}_{a.device}"
+            configuration = a.c or module.CONFIGURATION
+            if a.preset is None:
+                stock.plan_and_preprocess(module.DEFAULT_ID, configuration, env)
+                plans = "nnUNetPlans"
+            else:
+                plans = stock.plan(module.DEFAULT_ID, a.preset, env, [configuration])
+            dataset = str(module.DEFAULT_ID)
+            tag = a.tag or f"phantom_{a.phantom}_{configuration}_{a.device}" + (f"_{a.preset}" if a.preset else "")
         else:
             env = stock.cpu_friendly(os.environ, a.device)
             from nnunet_ext.paths import ext_trainer_path
 
             env["nnUNet_extTrainer"] = ext_trainer_path(env.get("nnUNet_extTrainer"))
-            dataset, configuration, tag = a.d, a.c, a.tag
+            dataset, configuration, tag, plans = a.d, a.c, a.tag, a.plans or "nnUNetPlans"
         phases = dict(item.split("=", 1) for item in a.phase)
         report = run_benchmark(a.tr, dataset, configuration, a.device, a.iterations, a.warmup, a.predict_cases,
-                               a.out, env=env, tag=tag, phases=phases)
+                               a.out, env=env, tag=tag, phases=phases, plans=plans)
     from nnunet_ext.benchmark import markdown_table
 
     print(markdown_table(report))
