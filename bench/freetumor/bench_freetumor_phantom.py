@@ -39,7 +39,7 @@ import SimpleITK as sitk
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "trainers"))
-from freetumor_bench_trainers import EPOCHS, ITERATIONS  # noqa: E402
+from freetumor_bench_trainers import EPOCHS, ITERATIONS, LONG_EPOCHS  # noqa: E402
 
 from nnunet_ext import stock  # noqa: E402
 from nnunet_ext.evaluation.evaluate import EvaluationSettings, evaluate_folder  # noqa: E402
@@ -48,6 +48,7 @@ from nnunet_ext.phantoms import abdomen3d  # noqa: E402
 
 RESULTS = HERE.parent / "results" / "freetumor"
 STOCK, FREETUMOR = "nnUNetTrainer_ftbench", "FreeTumorTrainer_ftbench"
+ARMS = ("a_stock", "a_freetumor", "b_stock", "b_freetumor", "b_freetumor_qc", "cost_instep")
 INSTEP = "FreeTumorTrainer_ftbench_instep"
 SETTINGS = {"organ_only": 861, "scarce": 862}
 MEDIUM_AND_LARGE_MM3 = 524.0  # detection size bins: [0, 524) small (radius < 5 mm), then medium, large
@@ -181,11 +182,20 @@ def main(argv=None) -> int:
     p.add_argument("--configuration", default="2d")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--qc-seeds", type=int, nargs="*", default=[0], help="seeds of the (b) arm with a baseline judge")
-    p.add_argument("-o", "--output", default=None, help="default bench/results/freetumor/phantom_<configuration>")
+    p.add_argument("--budget", choices=("short", "long"), default="short",
+                   help=f"epochs: short {EPOCHS}, long {LONG_EPOCHS} (x {ITERATIONS} iterations each)")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    p.add_argument("--later-seed-arms", nargs="+", choices=ARMS, default=None,
+                   help="arms that also run for the seeds after the first (default: all of --arms)")
+    p.add_argument("-o", "--output", default=None,
+                   help="default bench/results/freetumor/phantom_<configuration>[_long]")
     args = p.parse_args(argv)
     CONFIGURATION = args.configuration
+    suffix = "" if args.budget == "short" else "_long"
+    stock_tr, freetumor_tr = STOCK + suffix, FREETUMOR + suffix
+    epochs = EPOCHS if args.budget == "short" else LONG_EPOCHS
     work = Path(args.work).resolve()
-    out = Path(args.output) if args.output else RESULTS / f"phantom_{CONFIGURATION}"
+    out = Path(args.output) if args.output else RESULTS / f"phantom_{CONFIGURATION}{suffix}"
     (out / "logs").mkdir(parents=True, exist_ok=True)
     env = stock.work_environment(work / "nnunet", device="cpu")
     env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(HERE / "trainers")])
@@ -207,37 +217,45 @@ def main(argv=None) -> int:
 
     runs: dict[str, list[dict]] = {}
 
+    later = set(args.arms if args.later_seed_arms is None else args.later_seed_arms)
+
     def arm(key, name, trainer, setting, seed, **kw):
-        runs.setdefault(key, []).append(run_arm(name, trainer, sets[setting], seed, env, work, out, pairs, **kw))
+        if key in args.arms and (seed == args.seeds[0] or key in later):
+            runs.setdefault(key, []).append(run_arm(name + suffix, trainer, sets[setting], seed, env, work, out,
+                                                    pairs, **kw))
 
     for seed in args.seeds:
         if seed == args.seeds[0]:  # stock cannot segment a class it never saw: one seed shows its organ Dice
-            arm("a_stock", "organ_only_stock", STOCK, "organ_only", seed)
-        arm("a_freetumor", "organ_only_freetumor", FREETUMOR, "organ_only", seed)
-        arm("b_stock", "scarce_stock", STOCK, "scarce", seed)
-        arm("b_freetumor", "scarce_freetumor", FREETUMOR, "scarce", seed)
+            arm("a_stock", "organ_only_stock", stock_tr, "organ_only", seed)
+        arm("a_freetumor", "organ_only_freetumor", freetumor_tr, "organ_only", seed)
+        arm("b_stock", "scarce_stock", stock_tr, "scarce", seed)
+        arm("b_freetumor", "scarce_freetumor", freetumor_tr, "scarce", seed)
     for seed in args.qc_seeds:
-        baseline = Path(next(r for r in runs["b_stock"] if r["seed"] == seed)["fold"]) / "checkpoint_final.pth"
-        arm("b_freetumor_qc", "scarce_freetumor_qc", FREETUMOR, "scarce", seed,
-            extra_env={"nnUNet_ext_freetumor_baseline": str(baseline)})
+        stock_runs = [r for r in runs.get("b_stock", []) if r["seed"] == seed]
+        if stock_runs:  # the judge: the stock (b) model of the same seed and budget
+            baseline = Path(stock_runs[0]["fold"]) / "checkpoint_final.pth"
+            arm("b_freetumor_qc", "scarce_freetumor_qc", freetumor_tr, "scarce", seed,
+                extra_env={"nnUNet_ext_freetumor_baseline": str(baseline)})
     arm("cost_instep", "scarce_freetumor_instep", INSTEP, "scarce", args.seeds[0], predict=False)
 
-    stock_it = mean_over(runs["b_stock"], per_iteration)
-    cost = {"stock_s_per_iteration": stock_it,
-            "workers_ratio": mean_over(runs["b_freetumor"], per_iteration) / stock_it,
-            "step_ratio": mean_over(runs["cost_instep"], per_iteration) / stock_it,
-            "step_qc_ratio": mean_over(runs["b_freetumor_qc"], per_iteration) / stock_it,
-            "predict_ratio": mean_over(runs["b_freetumor"], lambda r: r["predict_s"])
-            / mean_over(runs["b_stock"], lambda r: r["predict_s"])}
+    def ratio(key, what=per_iteration, reference="b_stock"):
+        if not runs.get(key) or not runs.get(reference):
+            return float("nan")
+        return mean_over(runs[key], what) / mean_over(runs[reference], what)
+
+    cost = {"stock_s_per_iteration": mean_over(runs.get("b_stock", []), per_iteration),
+            "workers_ratio": ratio("b_freetumor"), "step_ratio": ratio("cost_instep"),
+            "step_qc_ratio": ratio("b_freetumor_qc"),
+            "predict_ratio": ratio("b_freetumor", lambda r: r["predict_s"])}
 
     def per_seed(key, metric):
-        return [r["scores"][metric] for r in runs[key]]
+        return [r["scores"][metric] for r in runs.get(key, [])] or [float("nan")]
 
     a_ml = per_seed("a_freetumor", "medium_large_sensitivity")
     b_gain = [f - s for f, s in zip(per_seed("b_freetumor", "tumour_dice"), per_seed("b_stock", "tumour_dice"),
-                                    strict=True)]
+                                    strict=False)]
     b_organ = [abs(f - s) for f, s in zip(per_seed("b_freetumor", "organ_dice"), per_seed("b_stock", "organ_dice"),
-                                          strict=True)]
+                                          strict=False)]
     targets = [
         {"target": "(a) organ-only: lesion-wise sensitivity for medium and large held-out tumours, FreeTumorTrainer "
                    "(worst seed)", "measured": min(a_ml), "goal": ">= 0.7", "met": bool(min(a_ml) >= 0.7)},
@@ -253,15 +271,20 @@ def main(argv=None) -> int:
         {"target": "(c) in-step synthesis with a baseline QC, time per iteration / stock",
          "measured": cost["step_qc_ratio"], "goal": "<= 1.4", "met": bool(cost["step_qc_ratio"] <= 1.4)},
     ]
-    result = {"configuration": CONFIGURATION, "source": str(source), "epochs": EPOCHS, "iterations": ITERATIONS,
+    for t in targets:  # an arm this run did not train: no verdict, rather than a miss
+        if t["measured"] is None or np.isnan(t["measured"]):
+            t["measured"], t["met"] = None, None
+    result = {"configuration": CONFIGURATION, "source": str(source), "epochs": epochs, "iterations": ITERATIONS,
               "seeds": args.seeds, "sets": {k: {kk: str(vv) if isinstance(vv, Path) else vv for kk, vv in v.items()}
                                             for k, v in sets.items()},
               "runs": runs, "cost": cost, "targets": targets}
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
     (out / "targets.json").write_text(json.dumps(targets, indent=2))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    if out.parent == RESULTS:
-        (RESULTS / "targets.json").write_text(json.dumps(targets, indent=2))
+    if out.parent == RESULTS:  # the method's targets.json: every budget's targets, each named with its run
+        combined = []
+        for f in sorted(RESULTS.glob("phantom_*/targets.json")):
+            combined += [{**t, "target": f"[{f.parent.name}] {t['target']}"} for t in json.loads(f.read_text())]
+        (RESULTS / "targets.json").write_text(json.dumps(combined, indent=2))
     (out / "results.md").write_text(markdown(result))
     print(markdown(result))
     return 0
@@ -285,7 +308,8 @@ def markdown(result: dict) -> str:
                                                  fmt(s["false_positives_per_case"]), bins]
             lines.append(f"| {key} | {r['seed']} | " + " | ".join(cells) + f" | {fmt(per_iteration(r))} |")
     lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
-    lines += [f"| {t['target']} | {fmt(t['measured'])} | {t['goal']} | {t['met']} |" for t in result["targets"]]
+    lines += [f"| {t['target']} | {fmt(t['measured'])} | {t['goal']} | "
+              f"{'not run' if t['met'] is None else t['met']} |" for t in result["targets"]]
     return "\n".join(lines) + "\n"
 
 

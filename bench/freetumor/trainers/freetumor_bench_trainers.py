@@ -8,6 +8,9 @@ from nnunet_ext.training.base import nnUNetExtTrainer
 from nnunet_ext.training.variants import short_variant
 
 EPOCHS, ITERATIONS, VAL_ITERATIONS = 20, 20, 4
+# the long budget: at the short one (400 iterations) neither trainer predicted any tumour and the pancreas was not
+# learnt either (bench/results/freetumor/phantom_2d)
+LONG_EPOCHS = 75
 
 
 class _StockBench(nnUNetExtTrainer):
@@ -28,6 +31,10 @@ def _variant(base, name):
 
 nnUNetTrainer_ftbench = _variant(_StockBench, "nnUNetTrainer_ftbench")
 FreeTumorTrainer_ftbench = _variant(_FreeTumorBench, "FreeTumorTrainer_ftbench")
+nnUNetTrainer_ftbench_long = short_variant(_StockBench, "nnUNetTrainer_ftbench_long", epochs=LONG_EPOCHS,
+                                           iterations=ITERATIONS, val_iterations=VAL_ITERATIONS)
+FreeTumorTrainer_ftbench_long = short_variant(_FreeTumorBench, "FreeTumorTrainer_ftbench_long", epochs=LONG_EPOCHS,
+                                              iterations=ITERATIONS, val_iterations=VAL_ITERATIONS)
 # cost only (no scores): a few epochs are enough for the time per iteration
 FreeTumorTrainer_ftbench_instep = short_variant(_FreeTumorBenchInStep, "FreeTumorTrainer_ftbench_instep", epochs=4,
                                                 iterations=ITERATIONS, val_iterations=VAL_ITERATIONS)
