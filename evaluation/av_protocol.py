@@ -111,14 +111,14 @@ def vessel_segments(reference: np.ndarray, classes: Mapping[str, int] = AV_CLASS
     # a cut pixel's neighbours go too, so that no branch stays attached through a diagonal
     pieces = skeleton & ~ndimage.binary_dilation(cut, EIGHT)
     ids, n = ndimage.label(pieces, EIGHT)
-    labels: dict[int, int] = {}
-    sizes = np.bincount(ids.ravel(), minlength=n + 1)
-    for i in range(1, n + 1):
-        if sizes[i] < min_segment_length:
-            ids[ids == i] = 0
-            continue
-        values = np.bincount(reference[ids == i].astype(np.int64))
-        labels[i] = int(values.argmax())
+    keep = np.bincount(ids.ravel(), minlength=n + 1) >= min_segment_length
+    keep[0] = False
+    ids = np.where(keep[ids], ids, 0)
+    # each segment's reference label: the most frequent one along it (one label after the cuts)
+    n_values = int(reference.max()) + 1
+    votes = np.bincount(ids[ids > 0] * n_values + reference[ids > 0].astype(np.int64),
+                        minlength=(n + 1) * n_values).reshape(n + 1, n_values)
+    labels = {int(i): int(votes[i].argmax()) for i in np.flatnonzero(keep)}
     return ids, labels
 
 
