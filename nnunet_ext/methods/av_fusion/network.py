@@ -9,8 +9,8 @@ G (multi-class), G_A (artery vs rest) and G_V (vein vs rest) are three U-Nets bu
 Fusion modes:
 - "concat" (the paper): [sigmoid(G_A logits), G's last decoder features, sigmoid(G_V logits)] -> 1x1 conv;
 - "mean" (the authors' later code): the mean of the three networks' last decoder features -> 1x1 conv.
-With detach_branches the branch inputs of the fusion are detached, so the fused loss trains G and the head only and
-the branches learn from their binary losses alone.
+With detach_branches (the default, as in both versions of the original) the branch inputs of the fusion are detached,
+so the fused loss trains G and the head only and the branches learn from their binary losses alone.
 """
 
 from __future__ import annotations
