@@ -94,7 +94,9 @@ def add_evaluate(sub) -> None:
     p.add_argument("--iou-threshold", type=float, default=0.1, help="IoU for a lesion to count as detected")
     p.add_argument("--size-bins", type=float, nargs="+", default=None,
                    help="lesion size bin edges in mm^3 (mm^2 for 2D), e.g. 0 524 4189 65450 inf")
-    p.add_argument("--av", action="store_true", help="artery/vein protocol (needs --save_probabilities output)")
+    p.add_argument("--av", action="store_true",
+                   help="artery/vein protocol of Zhou et al. 2021: the paper's mode (hard labels), intra-segment "
+                        "misclassification, and the probability mode when CASE.npz exist (--save_probabilities)")
     p.add_argument("--fov", default=None, help="folder of field-of-view masks CASE.png (A/V protocol)")
     p.add_argument("--av-classes", type=_av_classes, default=None,
                    help="A/V classes as name=label,... (default artery=1,vein=2,uncertain=3)")

@@ -352,14 +352,12 @@ def evaluate_case(pair: CasePair, info: DatasetInfo, settings: EvaluationSetting
 
     av = None
     if settings.av:
-        if probabilities is None:
-            raise FileNotFoundError(f"{pair.case}: the A/V protocol needs {_strip_ending(pair.prediction)}.npz "
-                                    "(nnUNetv2_predict --save_probabilities)")
+        # the paper mode and the segment figures need the label map only; the probability mode needs CASE.npz
         fov = read_fov(settings.fov_dir, pair.case, reference.shape) if settings.fov_dir else None
         try:
             av = av_protocol_case(reference, prediction, probabilities, fov, settings.av_classes)
         except ValueError as e:
-            raise ValueError(f"{pair.probabilities}: {e}") from e
+            raise ValueError(f"{pair.probabilities or pair.prediction}: {e}") from e
 
     return {"case": pair.case, "fold": pair.fold, "reference": pair.reference, "prediction": pair.prediction,
             "spacing": list(spacing), "shape": list(reference.shape),

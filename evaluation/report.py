@@ -2,7 +2,8 @@
 
 Files written to the output folder:
 - `per_case.csv`: one row per case and class (overlap, surface and probability metrics, volumes in mm^3 or mm^2)
-- `lesions.csv`, `detection_per_case.csv` (with lesion classes), `av_per_case.csv` (with the A/V protocol)
+- `lesions.csv`, `detection_per_case.csv` (with lesion classes), `av_per_case.csv` (the A/V protocol's paper mode)
+  and `av_cases.json` (every A/V figure of every case: both modes, intra-segment misclassification)
 - `summary.json`: settings, mean/std/median per class, the foreground mean, the per-organ table, detection and A/V
 - `summary.md`: the same as markdown tables
 - `boxplots.png`, `overlay_{best,median,worst}.png`, `detection_by_size.png` (with lesion classes)
@@ -138,10 +139,25 @@ def summary_markdown(summary: dict) -> str:
             ["class", "lesions", "sensitivity", "precision", "F1", "FP per case", "detected by size"], rows))
     if summary.get("av_protocol"):
         av = summary["av_protocol"]
-        rows = [["weighted"] + [fmt(av["weighted"][m]["mean"], av["weighted"][m]["std"]) for m in AV_METRICS]]
-        rows += [[c] + [fmt(s[m]["mean"], s[m]["std"]) for m in AV_METRICS] for c, s in av["per_class"].items()]
-        parts.append("## A/V protocol (inside the FOV, mean ± std over images)\n\n"
-                     + markdown_table(["class", *AV_METRICS], rows))
+        for mode, title in (("paper", "paper mode: hard labels, as the original's evaluation code"),
+                            ("probability", "probability mode: AUC and MSE of the softmax maps, not the paper's")):
+            if not av.get(mode):
+                continue
+            table = av[mode]
+            rows = [["weighted"] + [fmt(table["weighted"][m]["mean"], table["weighted"][m]["std"])
+                                    for m in AV_METRICS]]
+            rows += [[c] + [fmt(s[m]["mean"], s[m]["std"]) for m in AV_METRICS] for c, s in table["per_class"].items()]
+            parts.append(f"## A/V protocol, {title} (inside the FOV, mean ± std over images)\n\n"
+                         + markdown_table(["class", *AV_METRICS], rows))
+        if av.get("segments"):
+            seg = av["segments"]
+            parts.append("## Intra-segment misclassification (reference skeleton between junctions and crossings)\n\n"
+                         + markdown_table(["mixed A/V segments", "misclassified segment pixels", "segments",
+                                           "missed segments"],
+                                          [[fmt(seg["mixed_fraction"]["mean"], seg["mixed_fraction"]["std"]),
+                                            fmt(seg["misclassified_pixel_fraction"]["mean"],
+                                                seg["misclassified_pixel_fraction"]["std"]),
+                                            seg["pooled"]["n_segments"], seg["pooled"]["n_missed"]]]))
     cases = summary["cases_by_mean_dice"]
     parts.append(f"Cases by mean Dice: best `{cases['best']}`, median `{cases['median']}`, worst `{cases['worst']}`.")
     return "\n\n".join(parts) + "\n"
@@ -172,6 +188,8 @@ def write_report(results: Sequence[dict], summary: dict, output_dir: str, info=N
             rows.append({"case": r["case"], "fold": r["fold"], "class": "weighted", **r["av"]["weighted"]})
             rows += [{"case": r["case"], "fold": r["fold"], "class": c, **m} for c, m in r["av"]["per_class"].items()]
         pd.DataFrame(rows).to_csv(os.path.join(output_dir, "av_per_case.csv"), index=False)
+        write_json([{"case": r["case"], "fold": r["fold"], **r["av"]} for r in results],
+                   os.path.join(output_dir, "av_cases.json"))
     if plots:
         from nnunet_ext.evaluation.plots import plot_boxplots, plot_detection_by_size, plot_overlays
 

@@ -9,12 +9,20 @@ import torch
 from conftest import build_trainer, results_env
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from PIL import Image
+from scipy import ndimage
 
 from nnunet_ext import stock
+from nnunet_ext.evaluation.av_protocol import (
+    av_protocol_case,
+    hard_auc_pr,
+    intra_segment_misclassification,
+    summarise_av,
+    vessel_segments,
+)
 from nnunet_ext.methods.av_fusion.loss import BranchLoss, branch_target, find_av_labels
 from nnunet_ext.methods.av_fusion.network import AVFusionNetwork
 from nnunet_ext.phantoms import av2d
-from nnunet_ext.trainers.av_fusion_trainers import AVFusionTrainer, AVFusionTrainer_GAN
+from nnunet_ext.trainers.av_fusion_trainers import AVFusionTrainer, AVFusionTrainer_attached, AVFusionTrainer_GAN
 
 DRIVE_LABELS = {"background": 0, "artery": 1, "vein": 2, "uncertain": 3}
 
@@ -100,13 +108,17 @@ def test_fusion_network_shapes_2d(fusion):
     rebuilt.load_state_dict(net.state_dict())
 
 
+@pytest.mark.parametrize("fusion", ["concat", "mean"])
 @pytest.mark.parametrize("detach", [False, True])
-def test_detached_branches_learn_only_from_their_own_loss(detach):
-    net = AVFusionNetwork(_unet(4, False), _unet(1, False), _unet(1, False), 4, "concat", detach_branches=detach)
+def test_detached_branches_learn_only_from_their_own_loss(detach, fusion):
+    net = AVFusionNetwork(_unet(4, False), _unet(1, False), _unet(1, False), 4, fusion, detach_branches=detach)
     net(torch.randn(1, 3, 32, 32)).sum().backward()  # a loss on the fused output only
-    reached = [p.grad is not None and p.grad.abs().sum() > 0 for p in net.artery.parameters()]
-    assert any(reached) != detach
+    for branch in (net.artery, net.vein):
+        reached = [p.grad is not None and p.grad.abs().sum() > 0 for p in branch.parameters()]
+        assert any(reached) != detach
     assert all(p.grad is not None for p in net.fusion.parameters())
+    # the original's default
+    assert AVFusionNetwork(_unet(4, False), _unet(1, False), _unet(1, False), 4).detach_branches
 
 
 # ---------------------------------------------------------------------------------------------- phantom + trainer
@@ -189,3 +201,162 @@ def test_gan_train_stop_resume_predict_through_stock_commands(av_preprocessed, t
         probabilities = np.load(out / f"{case}.npz")["probabilities"]
         assert probabilities.shape[0] == 4
         np.testing.assert_allclose(probabilities.sum(0), 1, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------------------------- mechanism
+def _grad_norm(module: torch.nn.Module) -> float:
+    return float(sum(p.grad.pow(2).sum() for p in module.parameters() if p.grad is not None) ** 0.5)
+
+
+@pytest.mark.mechanism
+def test_av_fusion_mechanism_fused_loss_never_trains_the_branches(av_preprocessed, tmp_path, monkeypatch):
+    """The method's idea: G_A and G_V never see the ambiguous 4-class decision. With the default trainer the fused
+    Dice+CE sends no gradient into G_A/G_V (the attached ablation does), the branch loss trains the branches and not
+    G, and the branch targets put a crossing pixel in both vessels."""
+    torch.manual_seed(0)
+    norms = {}
+    for cls in (AVFusionTrainer, AVFusionTrainer_attached):
+        trainer = build_trainer(cls, av_preprocessed, tmp_path / cls.__name__, monkeypatch, "2d")
+        trainer.initialize()
+        trainer.network.train()
+        data, target, full = trainer.batch_to_device(next(trainer.get_dataloaders()[0]))
+        output, artery_logits, vein_logits = trainer.network(data, return_branches=True)
+        trainer.loss(output, target).backward(retain_graph=True)
+        norms[cls] = {name: _grad_norm(getattr(trainer.network, name)) for name in ("artery", "vein", "multi")}
+        if cls is AVFusionTrainer:
+            trainer.network.zero_grad(set_to_none=True)
+            trainer.branch_loss(artery_logits, vein_logits, full).backward()
+            assert _grad_norm(trainer.network.artery) > 0 and _grad_norm(trainer.network.vein) > 0
+            assert _grad_norm(trainer.network.multi) == 0
+            crossing = full == 3
+            assert crossing.any()  # the phantom's batch has crossing pixels
+            assert bool((branch_target(full, trainer.av_labels.artery)[crossing] == 1).all())
+            assert bool((branch_target(full, trainer.av_labels.vein)[crossing] == 1).all())
+    assert norms[AVFusionTrainer]["artery"] == norms[AVFusionTrainer]["vein"] == 0, norms
+    assert norms[AVFusionTrainer]["multi"] > 0
+    assert norms[AVFusionTrainer_attached]["artery"] > 0 and norms[AVFusionTrainer_attached]["vein"] > 0
+
+
+@pytest.mark.mechanism
+def test_av_fusion_gan_per_pixel_discriminators_reach_fused_output_and_branches(av_preprocessed, tmp_path,
+                                                                               monkeypatch):
+    """The original's adversarial training: per-pixel discriminators (a logit per pixel and class), one adversarial
+    term on the fused output (trains G, not the detached branches) and one on the branches (trains G_A/G_V)."""
+    torch.manual_seed(0)
+    trainer = build_trainer(AVFusionTrainer_GAN, av_preprocessed, tmp_path, monkeypatch, "2d")
+    trainer.initialize()
+    trainer.network.train()
+    data, target, full = trainer.batch_to_device(next(trainer.get_dataloaders()[0]))
+    one_hot, valid = trainer._one_hot(full)
+    assert trainer.aux_modules["discriminator"](data, one_hot).shape == one_hot.shape
+    assert trainer.aux_modules["branch_discriminator"](data, valid).shape == valid.shape
+    output, artery_logits, vein_logits = trainer.network(data, return_branches=True)
+    fused_adv, branch_adv, _, _ = trainer.generator_adversarial(data, output[0], artery_logits, vein_logits, valid)
+    fused_adv.backward(retain_graph=True)
+    assert _grad_norm(trainer.network.multi) > 0
+    assert _grad_norm(trainer.network.artery) == _grad_norm(trainer.network.vein) == 0
+    trainer.network.zero_grad(set_to_none=True)
+    branch_adv.backward()
+    assert _grad_norm(trainer.network.artery) > 0 and _grad_norm(trainer.network.vein) > 0
+    assert _grad_norm(trainer.network.multi) == 0
+    # a training step moves both discriminators
+    before = {n: [p.detach().clone() for p in m.parameters()] for n, m in trainer.aux_modules.items()}
+    trainer.on_train_epoch_start()
+    trainer.train_step(next(trainer.get_dataloaders()[0]))
+    for name, module in trainer.aux_modules.items():
+        assert any(not torch.equal(a, b) for a, b in zip(before[name], module.parameters(), strict=True)), name
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+def test_av_protocol_paper_mode_scores_hard_labels_probability_mode_soft_maps():
+    """One image, 10 pixels, no FOV mask. The soft maps rank the pixels well although the hard labels miss most
+    arteries: the paper mode (hard labels) and the probability mode disagree. Values computed by hand."""
+    ref = np.array([1, 1, 1, 1, 2, 2, 2, 2, 0, 0])
+    pred = np.array([1, 2, 2, 2, 2, 2, 2, 2, 0, 0])  # artery: TP 1, FN 3, FP 0, TN 6
+    p_artery = np.array([0.6, 0.45, 0.45, 0.4, 0.3, 0.2, 0.2, 0.1, 0.0, 0.0])
+    p_vein = np.array([0.4, 0.55, 0.55, 0.6, 0.7, 0.8, 0.8, 0.9, 0.0, 0.0])
+    probs = np.stack([1 - p_artery - p_vein, p_artery, p_vein, np.zeros(10)])
+    r = av_protocol_case(ref, pred, probs, classes={"artery": 1, "vein": 2})
+    artery = r["per_class"]["artery"]
+    assert artery["sensitivity"] == pytest.approx(0.25)
+    assert artery["f1"] == pytest.approx(2 / (2 + 0 + 3))
+    assert artery["auc_roc"] == pytest.approx((0.25 + 1.0) / 2)  # (Se + Sp) / 2 of the 0/1 map
+    # PR points (recall, precision): (0, 1), (0.25, 1), (1, 0.4): trapezoids 0.25 + 0.75 * 0.7
+    assert artery["auc_pr"] == pytest.approx(0.25 + 0.75 * 0.7)
+    assert artery["mse"] == pytest.approx(3 / 10)  # 1 - accuracy
+    soft = r["probability"]["per_class"]["artery"]
+    assert soft["auc_roc"] == pytest.approx(1.0)  # every artery above every non-artery
+    assert soft["auc_pr"] == pytest.approx(1.0)
+    assert soft["mse"] == pytest.approx(np.mean((p_artery - (ref == 1)) ** 2))
+    # the weighted figure: artery and vein have 4 reference pixels each
+    vein = r["per_class"]["vein"]  # TP 4, FP 3, FN 0, TN 3
+    assert vein["f1"] == pytest.approx(8 / 11) and vein["auc_roc"] == pytest.approx((1 + 0.5) / 2)
+    assert r["weighted"]["f1"] == pytest.approx((0.4 + 8 / 11) / 2)
+    # a model that calls every vessel a vein: artery sensitivity 0 gives AUC-ROC 0.5 in the paper mode
+    blind = av_protocol_case(ref, np.where(ref > 0, 2, 0), probs, classes={"artery": 1, "vein": 2})
+    assert blind["per_class"]["artery"]["auc_roc"] == 0.5 and blind["per_class"]["artery"]["f1"] == 0
+    assert blind["probability"]["per_class"]["artery"]["auc_roc"] == pytest.approx(1.0)
+    # no prediction of the class: the PR curve is (0, 1) -> (1, prevalence)
+    assert blind["per_class"]["artery"]["auc_pr"] == pytest.approx((1 + 0.4) / 2)
+    assert hard_auc_pr(tp=0, fp=0, fn=0, tn=5) != hard_auc_pr(tp=0, fp=0, fn=0, tn=5)  # NaN without positives
+
+
+def test_av_protocol_uncertain_class_zeroed_when_its_f1_is_undefined():
+    """The original sets every metric of the uncertain class to 0 when it has no true positive, and still weighs it
+    by its pixels: the weighted sensitivity drops."""
+    ref = np.array([[1, 1, 2, 2, 3, 0]])
+    pred = np.array([[1, 1, 2, 2, 2, 0]])  # the crossing pixel called vein
+    r = av_protocol_case(ref, pred)
+    assert r["per_class"]["uncertain"] == {"sensitivity": 0, "f1": 0, "auc_roc": 0, "auc_pr": 0, "mse": 0,
+                                           "n_pixels": 1}
+    assert r["weighted"]["sensitivity"] == pytest.approx((2 * 1 + 2 * 1 + 1 * 0) / 5)
+    assert r["probability"] is None and r["protocol"] == "paper"
+    s = summarise_av([r, r])
+    assert s["weighted"]["sensitivity"]["mean"] == pytest.approx(0.8) and s["std_is_over"] == "images"
+    assert "probability" not in s
+
+
+def _tree() -> np.ndarray:
+    """A hand-made 1-pixel tree: an artery trunk with one artery branch (a junction at (10, 20)), and a vein that
+    crosses the trunk at (10, 30) (labelled uncertain)."""
+    ref = np.zeros((40, 40), dtype=np.uint8)
+    ref[10, 2:38] = 1
+    ref[11:35, 20] = 1
+    ref[2:38, 30] = 2
+    ref[10, 30] = 3
+    return ref
+
+
+def test_reference_tree_split_at_junctions_and_crossings():
+    ids, labels = vessel_segments(_tree())
+    # trunk left of the junction, the branch, the vein below the crossing; the trunk piece between junction and
+    # crossing (8 pixels after the cuts), the trunk's right end and the vein above the crossing are too short (< 10)
+    segments = sorted((labels[i], int((ids == i).sum())) for i in labels)
+    assert segments == [(1, 16), (1, 22), (2, 25)]
+    assert ids[10, 20] == ids[10, 30] == 0  # junction and crossing belong to no segment
+    assert len(vessel_segments(_tree(), min_segment_length=1)[1]) == 6
+
+
+def test_intra_segment_misclassification_on_a_hand_made_tree():
+    ref = _tree()
+    assert intra_segment_misclassification(ref, ref) == {"mixed_fraction": 0.0, "misclassified_pixel_fraction": 0.0,
+                                                         "n_segments": 3, "n_missed": 0, "n_mixed": 0}
+    pred = ref.copy()
+    pred[10, 2:10] = 2  # half of the left trunk segment (columns 2-17 after the cut) called vein
+    r = intra_segment_misclassification(ref, pred)
+    assert r["mixed_fraction"] == pytest.approx(1 / 3) and r["n_mixed"] == 1
+    assert r["misclassified_pixel_fraction"] == pytest.approx(8 / (16 + 22 + 25))
+    # a whole segment swapped is misclassified but not mixed; a segment left as background is missed, not mixed
+    pred = ref.copy()
+    pred[11:35, 20] = 2
+    pred[13:38, 30] = 0
+    r = intra_segment_misclassification(ref, pred)
+    assert (r["mixed_fraction"], r["n_missed"]) == (0.0, 1)
+    assert r["misclassified_pixel_fraction"] == pytest.approx(22 / (16 + 22))
+    # wide vessels: the skeleton is the centre line; the same three segments
+    wide = ndimage.grey_dilation(ref, size=(3, 3))
+    wide[ndimage.binary_dilation(ref == 3, np.ones((3, 3)))] = 3
+    assert len(vessel_segments(wide)[1]) == 3
+    # a PNG read by nnU-Net is 1 x H x W: the protocol squeezes the dummy axis
+    r = av_protocol_case(ref[None], pred[None])
+    assert r["segments"]["n_missed"] == 1

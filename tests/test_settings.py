@@ -526,7 +526,7 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     (nnUNetExtTrainer, "progress_plot"): Step("vital_signs_probe.png", vitals_plot),
     # AV fusion
     (AVFusionTrainer, "fusion_mode"): Structural("mean", _network_params),
-    (AVFusionTrainer, "detach_branches"): Structural(True, av_fused_reaches_branches),
+    (AVFusionTrainer, "detach_branches"): Structural(False, av_fused_reaches_branches),
     (AVFusionTrainer, "allow_3d"): Structural(True, av_refuses_3d),
     (AVFusionTrainer, "branch_loss_weight"): Step(0.25, av_segmentation_loss),
     (AVFusionTrainer_GAN, "adversarial_weight"): Init(0.5, loss_weight("adversarial", "adversarial")),

@@ -1,14 +1,19 @@
-"""AVFusionTrainer vs stock nnU-Net on real DRIVE-AV with a small, equal CPU budget; the A/V protocol on held-out cases.
+"""Stock nnU-Net vs AVFusionTrainer (detached branches) vs AVFusionTrainer_attached on real DRIVE-AV, equal CPU budget.
 
-    python bench/av_fusion/bench_av_drive.py [--source ../shared/data/DRIVE_AV] [--work /tmp/av_drive] [--holdout 4]
+    python bench/av_fusion/bench_av_drive.py SOURCE [--work /tmp/av_drive] [--stage prepare time train evaluate]
+                                             [--seeds 0 1]
 
-DRIVE-AV training images are converted (Dataset711), the last --holdout cases are moved to imagesTs/labelsTs/masksTs
-(the test split: never seen in training or checkpoint choice), the stock 2d plans are planned and a CPU configuration
-`2d_cpu128` (128x128 patches, batch 2, 5 stages of 16-160 features) is added beside them, inheriting the 2d
-preprocessing. Both trainers (bench/av_fusion/trainers: same epochs x iterations, seed 0, fold 0, no final validation)
-are trained with the stock nnUNetv2_train, predict the held-out cases with nnUNetv2_predict --save_probabilities
-(no mirroring, to save CPU time; the same for both) and are scored with `nnunet_ext evaluate --av --fov masksTs`.
-Results: bench/results/av_fusion/av_drive.json and .md, beside the paper's DRIVE-AV row.
+SOURCE is the DRIVE-AV folder (training/ and, when present, the official test/). Stages, each restartable (a
+training with a checkpoint_final, a prediction folder with all cases are not redone):
+- prepare: convert (Dataset711), hold out the test cases (the official test/ split when the source has one, else
+  training images 37-40: never seen in training or in checkpoint choice), stock nnUNetv2_plan_and_preprocess 2d,
+  and the CPU configuration of `cpu_configuration` beside the stock plans (inheriting the 2d preprocessing);
+- time: seconds per training step and per predicted case of stock and AVFusionTrainer on that configuration
+  (bench/harness, same run), for the cost target (AVFusion step <= 1.05 x three stock steps);
+- train: for each seed, the three arms (bench/av_fusion/trainers: same epochs x iterations x batch) with the stock
+  nnUNetv2_train, then nnUNetv2_predict --save_probabilities (no mirroring, the same for all) of the held-out cases;
+- evaluate: `nnunet_ext evaluate --av` (paper protocol, probability protocol, intra-segment misclassification,
+  crossing F1), then bench/results/av_fusion/av_drive.{json,md} and targets.json.
 """
 
 from __future__ import annotations
@@ -20,128 +25,309 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from nnunet_ext import stock
-from nnunet_ext.dataset_conversion.Dataset711_DRIVE_AV import convert
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results" / "av_fusion"
-TRAINERS = ("nnUNetTrainer_drivecpu", "AVFusionTrainer_drivecpu")
-CONFIGURATION = "2d_cpu128"
+DATASET = 711
+CONFIGURATION = "2d_cpu256"
+ARMS = {"stock": "nnUNetTrainer_drivecpu", "AVFusionTrainer": "AVFusionTrainer_drivecpu",
+        "AVFusionTrainer_attached": "AVFusionTrainer_attached_drivecpu"}
+HOLDOUT = ("37_training", "38_training", "39_training", "40_training")
 PAPER = {"sensitivity": 69.83, "auc_roc": 84.2, "f1": 71.26, "auc_pr": 72.41, "mse": 2.92}  # sigmoid version, %
+STAGES = ("prepare", "time", "train", "evaluate")
 
 
-def hold_out(raw: Path, n: int) -> list[str]:
-    """Move the last n training cases to the test folders and fix numTraining."""
-    cases = sorted(p.name[:-len("_0000.png")] for p in (raw / "imagesTr").glob("*_0000.png"))
-    test = cases[-n:]
+def cpu_configuration(plans: dict) -> dict:
+    """THE CPU configuration of this bench (one place, to be replaced by a planner preset): 256x256 patches (a
+    DRIVE image is 565x584; 128-pixel patches lose the optic disc and vessel tracing that tell arteries from veins),
+    batch 2, six stages of 8-16-32-64-128-128 features, the stock 2d preprocessing."""
+    arch = json.loads(json.dumps(plans["configurations"]["2d"]["architecture"]))
+    n = 6
+    arch["arch_kwargs"].update(n_stages=n, features_per_stage=[8, 16, 32, 64, 128, 128], kernel_sizes=[[3, 3]] * n,
+                               strides=[[1, 1]] + [[2, 2]] * (n - 1), n_conv_per_stage=[2] * n,
+                               n_conv_per_stage_decoder=[2] * (n - 1))
+    return {"inherits_from": "2d", "patch_size": [256, 256], "batch_size": 2, "architecture": arch}
+
+
+def hold_out(raw: Path, cases: tuple[str, ...]) -> list[str]:
+    """Move the given training cases to the test folders and fix numTraining."""
+    missing = [c for c in cases if not (raw / "imagesTr" / f"{c}_0000.png").exists()]
+    if missing:
+        raise SystemExit(f"{raw}: held-out cases {missing} are not among the converted training images")
     for kind in ("images", "labels", "masks"):
         (raw / f"{kind}Ts").mkdir(exist_ok=True)
-    for case in test:
+    for case in cases:
         (raw / "imagesTr" / f"{case}_0000.png").rename(raw / "imagesTs" / f"{case}_0000.png")
         for kind in ("labels", "masks"):
             (raw / f"{kind}Tr" / f"{case}.png").rename(raw / f"{kind}Ts" / f"{case}.png")
     dataset_json = json.loads((raw / "dataset.json").read_text())
-    dataset_json["numTraining"] = len(cases) - n
+    dataset_json["numTraining"] = len(list((raw / "imagesTr").glob("*_0000.png")))
     (raw / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    return test
-
-
-def add_cpu_configuration(preprocessed: Path) -> None:
-    """A 128x128, batch-2 configuration inheriting the 2d preprocessing (the stock 2d plans need a GPU)."""
-    plans_file = preprocessed / "nnUNetPlans.json"
-    plans = json.loads(plans_file.read_text())
-    arch = json.loads(json.dumps(plans["configurations"]["2d"]["architecture"]))
-    n = 5
-    arch["arch_kwargs"].update(n_stages=n, features_per_stage=[16, 32, 64, 128, 160], kernel_sizes=[[3, 3]] * n,
-                               strides=[[1, 1]] + [[2, 2]] * (n - 1), n_conv_per_stage=[2] * n,
-                               n_conv_per_stage_decoder=[2] * (n - 1))
-    plans["configurations"][CONFIGURATION] = {"inherits_from": "2d", "patch_size": [128, 128], "batch_size": 2,
-                                              "architecture": arch}
-    plans_file.write_text(json.dumps(plans, indent=2))
+    return list(cases)
 
 
 def write_split(preprocessed: Path, n_val: int = 1) -> None:
+    """Fold 0 trains on all but one case; nnU-Net's per-epoch pseudo-Dice uses that one, nothing is chosen on it."""
     cases = sorted(p.name[:-len(".b2nd")] for p in (preprocessed / "nnUNetPlans_2d").glob("*.b2nd")
                    if not p.name.endswith("_seg.b2nd"))
     (preprocessed / "splits_final.json").write_text(json.dumps([{"train": cases[:-n_val], "val": cases[-n_val:]}]))
 
 
+def prepare(source: Path, env: dict, log: Path) -> dict:
+    from nnunet_ext.dataset_conversion.Dataset711_DRIVE_AV import convert
+
+    raw_root, pre_root = Path(env["nnUNet_raw"]), Path(env["nnUNet_preprocessed"])
+    raw = raw_root / "Dataset711_DRIVE_AV"
+    if not (pre_root / raw.name / "nnUNetPlans.json").exists():
+        raw_root.mkdir(parents=True, exist_ok=True)
+        raw = convert(source, out_root=raw_root, overwrite=True)
+        if any((raw / "imagesTs").glob("*.png")):
+            split = "official DRIVE test split"
+        else:
+            hold_out(raw, HOLDOUT)
+            split = f"training images {', '.join(c.split('_')[0] for c in HOLDOUT)} held out (no test/ in the source)"
+        (raw / "bench_split.txt").write_text(split)
+        stock.plan_and_preprocess(DATASET, "2d", env, log_file=log)
+        write_split(pre_root / raw.name)
+    plans_file = pre_root / raw.name / "nnUNetPlans.json"
+    plans = json.loads(plans_file.read_text())
+    plans["configurations"][CONFIGURATION] = cpu_configuration(plans)
+    plans_file.write_text(json.dumps(plans, indent=2))
+    return {"split": (raw / "bench_split.txt").read_text(),
+            "test_cases": sorted(p.name[:-len(".png")] for p in (raw / "labelsTs").glob("*.png"))}
+
+
+def time_steps(env: dict, out: Path, log: Path) -> dict:
+    """Step and prediction seconds of stock and AVFusionTrainer on the bench configuration, in one process."""
+    stock.run([sys.executable, HERE.parent / "harness" / "bench_trainers.py", "-d", str(DATASET), "-c", CONFIGURATION,
+               "-tr", "AVFusionTrainer", "--device", "cpu", "--iterations", "8", "--warmup", "2",
+               "--predict-cases", "1", "--out", out, "--tag", f"drive_av_{CONFIGURATION}_cpu"], env, log_file=log)
+    report = json.loads((out / f"drive_av_{CONFIGURATION}_cpu.json").read_text())
+    rows = {r["trainer"]: r for r in report["results"]}
+    s, f = rows["nnUNetTrainer"], rows["AVFusionTrainer"]
+    return {"stock_step_s": s["seconds_per_iteration"], "avfusion_step_s": f["seconds_per_iteration"],
+            "step_ratio_to_stock": f["seconds_per_iteration"] / s["seconds_per_iteration"],
+            "step_ratio_to_three_stock": f["seconds_per_iteration"] / (3 * s["seconds_per_iteration"]),
+            "stock_predict_case_s": s["seconds_per_predicted_case"],
+            "avfusion_predict_case_s": f["seconds_per_predicted_case"],
+            "predict_ratio_to_stock": f["seconds_per_predicted_case"] / s["seconds_per_predicted_case"]}
+
+
+def run_dir(work: Path, seed: int) -> Path:
+    return work / f"seed{seed}"
+
+
+def train_arms(work: Path, env: dict, seeds: list[int], arms: list[str], log: Path, state: dict) -> None:
+    raw = Path(env["nnUNet_raw"]) / "Dataset711_DRIVE_AV"
+    n_test = len(list((raw / "imagesTs").glob("*_0000.png")))
+    for seed in seeds:
+        for arm in arms:
+            trainer = ARMS[arm]
+            seed_env = dict(env, nnUNet_results=str(run_dir(work, seed) / "results"), nnUNet_ext_seed=str(seed))
+            fold = (run_dir(work, seed) / "results" / "Dataset711_DRIVE_AV" / f"{trainer}__nnUNetPlans__{CONFIGURATION}"
+                    / "fold_0")
+            key = f"seed {seed} {arm}"
+            if not (fold / "checkpoint_final.pth").exists():
+                t0 = time.perf_counter()
+                stock.train(DATASET, CONFIGURATION, 0, trainer, seed_env, log_file=log)
+                state.setdefault("train_seconds", {})[key] = round(time.perf_counter() - t0, 1)
+                save_state(work, state)
+            pred = run_dir(work, seed) / f"pred_{arm}"
+            if len(list(pred.glob("*.npz"))) < n_test:
+                if pred.exists():
+                    shutil.rmtree(pred)
+                t0 = time.perf_counter()
+                stock.run([stock.find_command("nnUNetv2_predict"), "-i", raw / "imagesTs", "-o", pred, "-d",
+                           str(DATASET), "-c", CONFIGURATION, "-tr", trainer, "-f", "0", "-device", "cpu", "-npp",
+                           "1", "-nps", "1", "--save_probabilities", "--disable_tta"], seed_env, log_file=log)
+                state.setdefault("predict_seconds", {})[key] = round(time.perf_counter() - t0, 1)
+                save_state(work, state)
+
+
+def save_state(work: Path, state: dict) -> None:
+    (work / "bench_state.json").write_text(json.dumps(state, indent=2))
+
+
+def evaluate_arms(work: Path, env: dict, seeds: list[int], arms: list[str], log: Path) -> dict:
+    raw = Path(env["nnUNet_raw"]) / "Dataset711_DRIVE_AV"
+    results: dict = {}
+    for seed in seeds:
+        for arm in arms:
+            pred = run_dir(work, seed) / f"pred_{arm}"
+            if not pred.exists():
+                continue
+            ev = run_dir(work, seed) / f"eval_{arm}"
+            stock.run([stock.find_command("nnunet_ext"), "evaluate", "-ref", raw / "labelsTs", "-pred", pred,
+                       "--images", raw / "imagesTs", "--av", "--fov", raw / "masksTs", "-o", ev], env, log_file=log)
+            summary = json.loads((ev / "summary.json").read_text())
+            per_case = json.loads((ev / "av_cases.json").read_text())
+            results.setdefault(arm, {})[str(seed)] = {"summary": summary["av_protocol"], "cases": per_case}
+    return results
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or x != x else f"{100 * x:.2f}"
+
+
+def write_report(out: Path, work: Path, state: dict, results: dict) -> dict:
+    """JSON with everything, targets.json, and the markdown tables (paper protocol, %)."""
+    sys.path.insert(0, str(HERE / "trainers"))
+    from av_drive_trainers import BUDGET
+
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = cpu_configuration(json.loads((Path(state["preprocessed"]) / "nnUNetPlans.json").read_text()))
+    feats = cfg["architecture"]["arch_kwargs"]["features_per_stage"]
+    budget = (f"{BUDGET['epochs']} epochs x {BUDGET['iterations']} iterations x batch {cfg['batch_size']} for every "
+              f"arm (AVFusion runs three U-Nets per step), {cfg['patch_size'][0]}x{cfg['patch_size'][1]} patches, "
+              f"U-Net features {'-'.join(map(str, feats))}, 2 shared CPU cores, checkpoint_final, prediction "
+              f"without mirroring; test: {state['split']} ({len(state['test_cases'])} images)")
+
+    def seed_value(arm: str, seed: str, group: str, metric: str) -> float:
+        s = results[arm][seed]["summary"][group]
+        return s["weighted"][metric]["mean"] if "weighted" in s else s[metric]["mean"]
+
+    seeds = sorted({s for arm in results.values() for s in arm})
+    table: dict = {}
+    for arm in results:
+        for seed in seeds:
+            if seed not in results[arm]:
+                continue
+            paper = results[arm][seed]["summary"]["paper"]
+            row = {"weighted": {m: paper["weighted"][m]["mean"] for m in PAPER},
+                   "per_class": {c: {m: v["mean"] for m, v in paper["per_class"][c].items() if m in PAPER}
+                                 for c in paper["per_class"]}}
+            seg = results[arm][seed]["summary"]["segments"]
+            row["segments"] = {k: seg[k]["mean"] for k in ("mixed_fraction", "misclassified_pixel_fraction")}
+            row["crossing_f1"] = paper["per_class"]["uncertain"]["f1"]["mean"]
+            row["image_f1"] = {c["case"]: c["weighted"]["f1"] for c in results[arm][seed]["cases"]}
+            row["image_mixed_fraction"] = {c["case"]: c["segments"]["mixed_fraction"]
+                                           for c in results[arm][seed]["cases"]}
+            row["probability_mode_weighted"] = {m: results[arm][seed]["summary"]["probability"]["weighted"][m]["mean"]
+                                                for m in ("auc_roc", "auc_pr", "mse")}
+            table.setdefault(arm, {})[seed] = row
+
+    targets = []
+    for seed in seeds:
+        if not all(seed in table.get(a, {}) for a in ("stock", "AVFusionTrainer")):
+            continue
+        s, f = table["stock"][seed], table["AVFusionTrainer"][seed]
+        targets.append({"target": f"seed {seed}: AVFusionTrainer weighted F1 (paper protocol, held-out) > stock",
+                        "measured": round(100 * f["weighted"]["f1"], 2), "goal": f"> {100 * s['weighted']['f1']:.2f}",
+                        "met": bool(f["weighted"]["f1"] > s["weighted"]["f1"])})
+        targets.append({"target": f"seed {seed}: AVFusionTrainer intra-segment mixed-label fraction < stock",
+                        "measured": round(f["segments"]["mixed_fraction"], 4),
+                        "goal": f"< {s['segments']['mixed_fraction']:.4f}",
+                        "met": bool(f["segments"]["mixed_fraction"] < s["segments"]["mixed_fraction"])})
+        targets.append({"target": f"seed {seed}: stock artery F1 >= 0.5 (the budget separates arteries from veins)",
+                        "measured": round(s["per_class"]["artery"]["f1"], 4), "goal": ">= 0.5",
+                        "met": bool(s["per_class"]["artery"]["f1"] >= 0.5)})
+    cost = state.get("cost")
+    if cost:
+        targets.append({"target": "AVFusionTrainer training step <= 1.05 x three stock steps (same network, same run)",
+                        "measured": round(cost["step_ratio_to_three_stock"], 3), "goal": "<= 1.05",
+                        "met": bool(cost["step_ratio_to_three_stock"] <= 1.05)})
+    report = {"budget": budget, "budget_counted_as": "epochs x iterations x batch, equal for every arm; wall time "
+              "reported beside it", "configuration": cfg, "state": state, "table": table,
+              "results": results, "paper_drive_av_sigmoid": PAPER}
+    (out / "av_drive.json").write_text(json.dumps(report, indent=2))
+    (out / "targets.json").write_text(json.dumps(targets, indent=2))
+
+    metrics = list(PAPER)
+    lines = [f"DRIVE-AV, paper protocol (hard labels inside the FOV; per image, weighted over artery/vein/uncertain "
+             f"by reference pixels; mean over the held-out images, %). Budget: {budget}.", "",
+             "| arm | seed | " + " | ".join(metrics) + " | artery F1 | vein F1 | crossing F1 | mixed segments | "
+             "misclassified segment pixels | train s |", "|---" * (len(metrics) + 8) + "|"]
+    for arm, by_seed in table.items():
+        for seed, row in by_seed.items():
+            pc = row["per_class"]
+            lines.append(f"| {arm} | {seed} | " + " | ".join(_pct(row["weighted"][m]) for m in metrics)
+                         + f" | {_pct(pc['artery']['f1'])} | {_pct(pc['vein']['f1'])} | {_pct(row['crossing_f1'])}"
+                         f" | {_pct(row['segments']['mixed_fraction'])}"
+                         f" | {_pct(row['segments']['misclassified_pixel_fraction'])}"
+                         f" | {state.get('train_seconds', {}).get(f'seed {seed} {arm}', 'n/a')} |")
+    lines.append("| paper (Zhou et al. 2021, full training, mean over runs) | | "
+                 + " | ".join(str(PAPER[m]) for m in metrics) + " | | | | | | |")
+    lines += ["", "Mean +- std over the seeds (the paper's +- is over training runs too):", "",
+              "| arm | " + " | ".join(metrics) + " | mixed segments | misclassified segment pixels |",
+              "|---" * (len(metrics) + 3) + "|"]
+    for arm, by_seed in table.items():
+        rows = list(by_seed.values())
+        cells = [np.array([r["weighted"][m] for r in rows]) for m in metrics]
+        cells += [np.array([r["segments"][k] for r in rows]) for k in ("mixed_fraction",
+                                                                        "misclassified_pixel_fraction")]
+        lines.append(f"| {arm} | " + " | ".join(f"{_pct(c.mean())} +- {_pct(c.std())}" for c in cells) + " |")
+    lines += ["", "Per class (paper protocol, mean over seeds of the mean over images, %):", "",
+              "| arm | class | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 2) + "|"]
+    for arm, by_seed in table.items():
+        for name in next(iter(by_seed.values()))["per_class"]:
+            lines.append(f"| {arm} | {name} | " + " | ".join(
+                _pct(float(np.mean([r["per_class"][name][m] for r in by_seed.values()]))) for m in metrics) + " |")
+    lines += ["", "Probability mode (AUC-ROC / AUC-PR / MSE of the softmax maps, weighted, %; not the paper's "
+              "protocol):", ""]
+    for arm, by_seed in table.items():
+        for seed, row in by_seed.items():
+            p = row["probability_mode_weighted"]
+            lines.append(f"- {arm} seed {seed}: {_pct(p['auc_roc'])} / {_pct(p['auc_pr'])} / {_pct(p['mse'])}")
+    for arm in ("AVFusionTrainer", "AVFusionTrainer_attached"):
+        for seed in seeds:
+            if seed not in table.get(arm, {}) or seed not in table.get("stock", {}):
+                continue
+            a, b = table[arm][seed], table["stock"][seed]
+            f1_wins = sum(a["image_f1"][c] > b["image_f1"][c] for c in a["image_f1"])
+            seg_wins = sum(a["image_mixed_fraction"][c] < b["image_mixed_fraction"][c] for c in a["image_f1"])
+            lines.append(f"- {arm} vs stock, seed {seed}: higher weighted F1 on {f1_wins} of {len(a['image_f1'])} "
+                         f"held-out images, fewer mixed segments on {seg_wins}")
+    if cost:
+        lines += ["", f"Cost ({CONFIGURATION}, same run): stock step {cost['stock_step_s']:.3f} s, AVFusionTrainer "
+                  f"{cost['avfusion_step_s']:.3f} s = {cost['step_ratio_to_stock']:.2f}x stock = "
+                  f"{cost['step_ratio_to_three_stock']:.3f}x three stock steps; prediction per case "
+                  f"{cost['stock_predict_case_s']:.1f} s vs {cost['avfusion_predict_case_s']:.1f} s "
+                  f"({cost['predict_ratio_to_stock']:.2f}x)."]
+    lines += ["", "Targets: " + "; ".join(f"{t['target']}: {t['measured']} ({t['goal']}, "
+                                          f"{'met' if t['met'] else 'MISSED'})" for t in targets), ""]
+    (out / "av_drive.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", type=Path, default=HERE.parents[2] / "shared" / "data" / "DRIVE_AV")
+    p.add_argument("source", type=Path, help="DRIVE-AV folder (training/, optionally test/)")
     p.add_argument("--work", type=Path, default=Path("/tmp/av_drive"))
-    p.add_argument("--holdout", type=int, default=4)
-    p.add_argument("--trainers", nargs="+", default=list(TRAINERS))
+    p.add_argument("--stage", nargs="+", choices=STAGES, default=list(STAGES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
+    if not (a.source / "training").is_dir():
+        print(f"error: {a.source} has no training/ folder (expected the DRIVE-AV layout)", file=sys.stderr)
+        return 2
 
+    a.work.mkdir(parents=True, exist_ok=True)
     env = stock.work_environment(a.work / "nnunet", "cpu")
     env["nnUNet_extTrainer"] = f"{env['nnUNet_extTrainer']}:{HERE / 'trainers'}"
-    raw_root, pre_root = Path(env["nnUNet_raw"]), Path(env["nnUNet_preprocessed"])
+    env["nnUNet_n_proc_DA"] = "0"
     log = a.work / "commands.log"
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    if not (pre_root / "Dataset711_DRIVE_AV" / "nnUNetPlans.json").exists():
-        raw_root.mkdir(parents=True, exist_ok=True)
-        raw = convert(a.source, out_root=raw_root, overwrite=True)  # the sample holds the training split only
-        hold_out(raw, a.holdout)
-        stock.plan_and_preprocess(711, "2d", env, log_file=log)
-        write_split(pre_root / raw.name)
-    raw = raw_root / "Dataset711_DRIVE_AV"
-    add_cpu_configuration(pre_root / raw.name)
-    test_cases = sorted(p.name[:-len(".png")] for p in (raw / "labelsTs").glob("*.png"))
-    seconds["prepare"] = round(time.perf_counter() - t0, 1)
-
-    train_env = dict(env, nnUNet_n_proc_DA="0", nnUNet_ext_seed="0")
-    results = {}
-    previous = a.out / "av_drive.json"
-    if previous.exists():  # a rerun of some trainers keeps the others' rows
-        old = json.loads(previous.read_text())
-        results, seconds = old["results"], {**old["seconds"], **seconds}
-    for trainer in a.trainers:
-        t0 = time.perf_counter()
-        stock.train(711, CONFIGURATION, 0, trainer, train_env, log_file=log)
-        seconds[f"train {trainer}"] = round(time.perf_counter() - t0, 1)
-        pred = a.work / f"pred_{trainer}"
-        if pred.exists():
-            shutil.rmtree(pred)
-        t0 = time.perf_counter()
-        stock.run([stock.find_command("nnUNetv2_predict"), "-i", raw / "imagesTs", "-o", pred, "-d", "711",
-                   "-c", CONFIGURATION, "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
-                   "--save_probabilities", "--disable_tta"], train_env, log_file=log)
-        seconds[f"predict {trainer}"] = round(time.perf_counter() - t0, 1)
-        ev = a.work / f"eval_{trainer}"
-        stock.run([stock.find_command("nnunet_ext"), "evaluate", "-ref", raw / "labelsTs", "-pred", pred,
-                   "--images", raw / "imagesTs", "--av", "--fov", raw / "masksTs", "-o", ev], train_env,
-                  log_file=log)
-        results[trainer] = json.loads((ev / "summary.json").read_text())["av_protocol"]
-        write_report(a.out, results, seconds, test_cases)
+    state_file = a.work / "bench_state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    state.update(prepare(a.source, env, log))
+    state["preprocessed"] = str(Path(env["nnUNet_preprocessed"]) / "Dataset711_DRIVE_AV")
+    save_state(a.work, state)
+    if "time" in a.stage:
+        state["cost"] = time_steps(env, a.out, log)
+        save_state(a.work, state)
+        print(json.dumps(state["cost"], indent=2))
+    if "train" in a.stage:
+        train_arms(a.work, env, a.seeds, a.arms, log, state)
+    if "evaluate" in a.stage:
+        results = evaluate_arms(a.work, env, a.seeds, a.arms, log)
+        write_report(a.out, a.work, state, results)
     return 0
 
 
-def write_report(out: Path, results: dict, seconds: dict, test_cases: list[str]) -> None:
-    """JSON with everything, and a markdown table (weighted over classes, mean +- std over images, %)."""
-    from trainers.av_drive_trainers import BUDGET
-
-    out.mkdir(parents=True, exist_ok=True)
-    budget = (f"{BUDGET['epochs']} epochs x {BUDGET['iterations']} iterations, batch 2, 128x128 patches, U-Net "
-              f"features 16-160 (5 stages), 2 shared CPU cores, seed 0, checkpoint_final; {len(test_cases)} held-out "
-              f"images ({', '.join(test_cases)}), prediction without mirroring")
-    report = {"budget": budget, "seconds": seconds, "test_cases": test_cases, "results": results,
-              "paper_drive_av_sigmoid": PAPER}
-    (out / "av_drive.json").write_text(json.dumps(report, indent=2))
-    metrics = list(PAPER)
-    lines = [f"DRIVE-AV, A/V protocol (weighted over artery/vein/uncertain, inside the FOV, %). Budget: {budget}.",
-             "", "| trainer | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 1) + "|"]
-    for trainer, summary in results.items():
-        w = summary["weighted"]
-        lines.append(f"| {trainer} | " + " | ".join(f"{100 * w[m]['mean']:.2f} +- {100 * w[m]['std']:.2f}"
-                                                   for m in metrics) + " |")
-    lines.append("| paper (Zhou et al. 2021, full training) | " + " | ".join(str(PAPER[m]) for m in metrics) + " |")
-    lines += ["", "Seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()), ""]
-    (out / "av_drive.md").write_text("\n".join(lines))
-    print("\n".join(lines))
-
-
 if __name__ == "__main__":
+    np.seterr(all="ignore")
     sys.exit(main())

@@ -9,8 +9,8 @@ G (multi-class), G_A (artery vs rest) and G_V (vein vs rest) are three U-Nets bu
 Fusion modes:
 - "concat" (the paper): [sigmoid(G_A logits), G's last decoder features, sigmoid(G_V logits)] -> 1x1 conv;
 - "mean" (the authors' later code): the mean of the three networks' last decoder features -> 1x1 conv.
-With detach_branches the branch inputs of the fusion are detached, so the fused loss trains G and the head only and
-the branches learn from their binary losses alone.
+With detach_branches (the default, as in both versions of the original) the branch inputs of the fusion are detached,
+so the fused loss trains G and the head only and the branches learn from their binary losses alone.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class AVFusionNetwork(nn.Module):
     vein logits for the branch losses."""
 
     def __init__(self, multi: nn.Module, artery: nn.Module, vein: nn.Module, num_classes: int,
-                 fusion: str = "concat", detach_branches: bool = False):
+                 fusion: str = "concat", detach_branches: bool = True):
         super().__init__()
         if fusion not in FUSION_MODES:
             raise ValueError(f"unknown fusion mode {fusion!r}; choose from {FUSION_MODES}")
@@ -88,22 +88,19 @@ class AVFusionNetwork(nn.Module):
         return output
 
 
-class AVDiscriminator(nn.Module):
-    """Tells (image, reference one-hot) pairs from (image, predicted probabilities) pairs: strided conv blocks, then
-    a per-image logit (mean over the last feature map), as the original's discriminator on whole images."""
+class PixelDiscriminator(nn.Module):
+    """The original's discriminator: a U-Net that labels every pixel of an (image, maps) pair real or fake, trained
+    against all-ones (reference) and all-zeros (prediction) maps. forward -> per-pixel logits (b, out, ...)."""
 
-    def __init__(self, in_channels: int, dim: int = 2, base_features: int = 32, depth: int = 4):
+    def __init__(self, unet: nn.Module):
         super().__init__()
-        conv = nn.Conv2d if dim == 2 else nn.Conv3d
-        norm = nn.InstanceNorm2d if dim == 2 else nn.InstanceNorm3d
-        layers, c = [], in_channels
-        for d in range(depth):
-            out = base_features * 2 ** min(d, 3)
-            layers += [conv(c, out, 3, 2, 1), norm(out, affine=True) if d > 0 else nn.Identity(),
-                       nn.LeakyReLU(0.2, inplace=True)]
-            c = out
-        self.features = nn.Sequential(*layers)
-        self.head = conv(c, 1, 1)
+        check_unet(unet, "discriminator")
+        if unet.decoder.deep_supervision:
+            raise ValueError("the discriminator U-Net must be built without deep supervision")
+        # its side heads would never run: dropped so that every parameter gets a gradient (DDP)
+        for s in range(len(unet.decoder.seg_layers) - 1):
+            unet.decoder.seg_layers[s] = nn.Identity()
+        self.unet = unet
 
-    def forward(self, image: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(torch.cat((image, probabilities), 1))).flatten(1).mean(1)
+    def forward(self, image: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        return self.unet(torch.cat((image, maps), 1))
