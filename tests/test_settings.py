@@ -468,7 +468,8 @@ def qc_judge_timing(t) -> int:
 
 
 def qc_auto_mode(t) -> str:
-    """What quality_control 'auto' chooses on the fixture (2 of 8 training cases hold a real tumour)."""
+    """What quality_control 'auto' chooses on the fixture (2 of fold 0's 6 training cases hold a real tumour, one of
+    them a liver tumour)."""
     had = "quality_control" in t.__dict__
     old = t.__dict__.get("quality_control")
     t.quality_control = "auto"
@@ -595,7 +596,8 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     # the probes' base sets quality_control 'off', so 'auto' puts synthesis in the workers
     (FreeTumorTrainer, "synthesis_location"): Init("step", lambda t: t.location),
     (FreeTumorTrainer, "quality_control"): Init("ema", lambda t: (t.qc_mode, sorted(t.aux_modules))),
-    (FreeTumorTrainer, "qc_min_tumour_cases"): Init(2, qc_auto_mode),
+    # 1: with the organ_tumour_labels override ({1: 2}) one training case of the fixture holds a liver tumour
+    (FreeTumorTrainer, "qc_min_tumour_cases"): Init(1, qc_auto_mode),
     (FreeTumorTrainer, "qc_baseline_fraction"): Init(0.5, qc_baseline_phase),
     (FreeTumorTrainer, "qc_acceptance_floor"): Step(1.0, qc_verdicts),
     (FreeTumorTrainer, "qc_threshold"): Step(0.3, qc_verdicts),

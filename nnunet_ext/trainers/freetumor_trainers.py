@@ -524,7 +524,9 @@ class FreeTumorTrainer(_FreeTumorBase):
                                                 if c["synthesised"] and self.generator is None else nan),
             })
             values.update({f"kept by size/{s}": float(c[f"kept_{s}"]) for s in SIZE_CLASSES_MM})
-        return values
+        # nothing to measure this epoch (no synthesis while the baseline trains, no QC when it is off): no entry, as
+        # NaN is not equal to itself and a resumed run's history must equal the uninterrupted one's
+        return {k: v for k, v in values.items() if not np.isnan(v)}
 
     def vital_sign_warnings(self, history: list[dict]) -> list[str]:
         recent = history[-WARN_EPOCHS:]
