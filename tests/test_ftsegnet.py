@@ -219,9 +219,9 @@ def test_prior_trains_on_its_own_budget_then_stays_frozen(tumour_preprocessed, t
     unet_before, prior_before = _state(trainer.network.unet), _state(trainer.prior)
     losses = [trainer.train_step_prior(batch)[0] for _ in range(6)]
     assert losses[-1] < losses[0], losses
-    assert trainer.prior_iterations_left() == 500
+    assert trainer.prior_iterations_left() == 1000
     trainer.train_prior(loader_tr, 4)
-    assert trainer.prior_iterations_done == 4 and trainer.prior_iterations_left() == 496
+    assert trainer.prior_iterations_done == 4 and trainer.prior_iterations_left() == 996
     assert 0 <= trainer.prior_accuracy(loader_val) <= 1
     assert all(torch.equal(v, trainer.network.unet.state_dict()[k]) for k, v in unet_before.items())
     assert any(not torch.equal(v, trainer.prior.state_dict()[k]) for k, v in prior_before.items())
@@ -429,7 +429,9 @@ def test_ftsegnet_classification_only_case_changes_prior_not_segmentation_loss(t
     table = json.loads((pre.raw_dir / "classification.json").read_text())
     with pytest.warns(UserWarning, match="No annotated pixels"):
         cls_batch = loader.generate_train_batch()
-    assert all(bool((t == tumor2d.IGNORE).all()) for t in cls_batch["target"])
+    # no tumour anywhere; mostly ignore (augmentation may rotate background padding in at the borders)
+    assert all(not bool((t == 1).any()) and float((t == tumor2d.IGNORE).float().mean()) > 0.5
+               for t in cls_batch["target"])
     assert trainer.prior_targets(cls_batch, cls_batch["target"][0]).tolist() == [table[k] for k in cls_batch["keys"]]
 
     prior_before = _state(trainer.prior)
@@ -445,7 +447,7 @@ def test_ftsegnet_classification_only_case_changes_prior_not_segmentation_loss(t
     masked_loss = trainer.loss(masked_outputs, seg_batch["target"])
     masked_loss.backward()
     # the same outputs for the masked items, one more item for a classification-only case
-    mixed = [torch.cat([s, c[:1]]) for s, c in zip(seg_batch["target"], cls_batch["target"], strict=True)]
+    mixed = [torch.cat([s, torch.full_like(s[:1], tumor2d.IGNORE)]) for s in seg_batch["target"]]
     mixed_outputs = [torch.cat([o.detach(), torch.randn((1, *o.shape[1:]))]).requires_grad_() for o in masked_outputs]
     mixed_loss = trainer.loss(mixed_outputs, mixed)
     mixed_loss.backward()
