@@ -429,8 +429,9 @@ def test_ftsegnet_classification_only_case_changes_prior_not_segmentation_loss(t
     table = json.loads((pre.raw_dir / "classification.json").read_text())
     with pytest.warns(UserWarning, match="No annotated pixels"):
         cls_batch = loader.generate_train_batch()
-    # no tumour anywhere; mostly ignore (augmentation may rotate background padding in at the borders)
-    assert all(not bool((t == 1).any()) and float((t == tumor2d.IGNORE).float().mean()) > 0.5
+    # no tumour anywhere: ignore, and background where augmentation rotated or scaled padding in at the borders (one
+    # reason the segmenter is better off never drawing such cases)
+    assert all(set(torch.unique(t).tolist()) <= {0, tumor2d.IGNORE} and bool((t == tumor2d.IGNORE).any())
                for t in cls_batch["target"])
     assert trainer.prior_targets(cls_batch, cls_batch["target"][0]).tolist() == [table[k] for k in cls_batch["keys"]]
 
