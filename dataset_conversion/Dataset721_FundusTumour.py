@@ -7,6 +7,11 @@ An optional per-case class table (`classification.csv` with columns case,class o
 {case: class}, found in the source or given) is carried into the raw folder as `classification.json`
 {case id: class index}, with the class names in dataset.json (`classification_classes`), for FTSegNet's
 classification prior. Labels 0 background, 1 tumour; RGB images as one _0000.png (JPEGs decoded losslessly to PNG).
+
+Classification-only images (a class, no mask): put them in `classification_only/` (beside `images/`, training split
+only) and give each a class in the class table. They become training cases whose label map is all ignore label
+(dataset.json gains "ignore": 2): FTSegNetTrainer trains its classification prior on them and the segmenter skips
+them; a stock nnU-Net trainer gets no loss from them. The paper's setting: abundant classification data, few masks.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from nnunet_ext.dataset_conversion._common import (
@@ -44,6 +50,8 @@ LABELS = {"background": 0, "tumour": 1}
 IMAGE_FOLDERS = ("images", "imgs", "image")
 MASK_FOLDERS = ("masks", "labels", "mask", "gt")
 MASK_SUFFIXES = ("", "_mask", "_label", "_gt", "_segmentation")
+CLASSIFICATION_ONLY_FOLDER = "classification_only"
+IGNORE = 2  # the whole label map of a classification-only case
 
 
 def read_class_table(path: Path) -> dict[str, str]:
@@ -101,6 +109,23 @@ def convert(source, dataset_id: int = DATASET_ID, out_root=None, overwrite: bool
                 write_png(image, out / f"images{role}" / f"{case}_0000.png")
                 write_png(mask, out / f"labels{role}" / f"{case}.png")
                 n_train += role == "Tr"
+        only_dir = splits["Tr"] / CLASSIFICATION_ONLY_FOLDER
+        only = list_files(only_dir, IMAGE_EXTENSIONS_2D) if only_dir.is_dir() else []
+        if only and classes is None:
+            raise ConversionError(f"{only_dir}: classification-only images need a class table (classification.csv "
+                                  f"or classification.json in {source}, or --class-table)")
+        for image_file in tqdm(only, desc=f"{NAME} {CLASSIFICATION_ONLY_FOLDER}"):
+            stem = image_file.name[: -len(image_file.suffix)]
+            case = safe_case_id(stem)
+            if case in case_of_stem.values():
+                raise ConversionError(f"{image_file}: case name {case} used twice")
+            if stem not in classes:
+                raise ConversionError(f"{image_file}: classification-only image without a class in {class_table}")
+            case_of_stem[stem] = case
+            image = read_rgb(image_file)
+            write_png(image, out / "imagesTr" / f"{case}_0000.png")
+            write_png(np.full(image.shape[:2], IGNORE, np.uint8), out / "labelsTr" / f"{case}.png")
+            n_train += 1
         extra = {}
         if classes is not None:
             unknown = sorted(set(classes) - set(case_of_stem))
@@ -109,14 +134,19 @@ def convert(source, dataset_id: int = DATASET_ID, out_root=None, overwrite: bool
             names = sorted(set(classes.values()), key=lambda c: (not c.isdigit(), int(c) if c.isdigit() else 0, c))
             write_json({case_of_stem[s]: names.index(c) for s, c in classes.items()}, out / "classification.json")
             extra["classification_classes"] = names
-        write_dataset_json(out, {0: "R", 1: "G", 2: "B"}, LABELS, n_train, ".png", dataset_name=NAME,
+        labels = dict(LABELS, ignore=IGNORE) if only else LABELS
+        write_dataset_json(out, {0: "R", 1: "G", 2: "B"}, labels, n_train, ".png", dataset_name=NAME,
                            reference="Deng et al., ISBI 2024 (FTSegNet)", **extra)
     return raw_root(out_root) / dataset_name(dataset_id, NAME)
 
 
 def main(argv=None) -> int:
     p = base_parser(__doc__.splitlines()[0], DATASET_ID)
-    p.add_argument("--class-table", default=None, help="per-case class table (csv: case,class; or json)")
+    p.epilog = (f"Classification-only images (a class, no mask) go in {CLASSIFICATION_ONLY_FOLDER}/ beside images/ "
+                f"and need a class in the class table; they become training cases whose label map is all ignore "
+                f"label ({IGNORE}), for FTSegNetTrainer's classification prior.")
+    p.add_argument("--class-table", default=None, help="per-case class table (csv: case,class; or json); also "
+                   f"gives the classes of the images in {CLASSIFICATION_ONLY_FOLDER}/")
     args = p.parse_args(argv)
     return run_cli(convert, args, class_table=args.class_table)
 

@@ -189,6 +189,25 @@ def test_fundus_tumour(tmp_path):
     verify_dataset_integrity(str(out), num_processes=1)
 
 
+def test_fundus_tumour_classification_only_images(tmp_path):
+    """Images in classification_only/ (a class, no mask) become training cases labelled all ignore, with their
+    class; without a class they are refused."""
+    make_fts(tmp_path / "src")
+    (tmp_path / "src/training/classification_only").mkdir()
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "src/training/classification_only/c1.png")
+    with (tmp_path / "src/classification.csv").open("a") as f:
+        f.write("c1.png,melanoma\n")
+    out = Dataset721_FundusTumour.convert(tmp_path / "src", out_root=tmp_path / "raw")
+    assert values(out / "labelsTr")["c1.png"] == {2}
+    ds = json.loads((out / "dataset.json").read_text())
+    assert ds["labels"] == {"background": 0, "tumour": 1, "ignore": 2} and ds["numTraining"] == 4
+    assert json.loads((out / "classification.json").read_text())["c1"] == 1
+    verify_dataset_integrity(str(out), num_processes=1)
+    Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(tmp_path / "src/training/classification_only/c2.png")
+    with pytest.raises(ConversionError, match=r"c2.png: classification-only image without a class"):
+        Dataset721_FundusTumour.convert(tmp_path / "src", out_root=tmp_path / "raw2")
+
+
 def test_fundus_tumour_bad_mask_values(tmp_path):
     make_fts(tmp_path / "src")
     Image.fromarray(np.full((30, 40), 128, np.uint8)).save(tmp_path / "src/training/masks/a2_mask.png")

@@ -68,7 +68,7 @@ def test_two_process_gloo_training_keeps_ranks_identical(fundus_preprocessed, tm
 METHODS = [
     # trainer, data set fixture, configuration, phases its run goes through
     ("AVFusionTrainer_GAN_tiny", "av_preprocessed", "2d", ["adversarial"]),
-    ("FTSegNetTrainer_tiny", "tumour_preprocessed", "2d", ["prior", "segment"]),
+    ("FTSegNetTrainer_tiny", "tumour_preprocessed", "2d", ["segment"]),
     ("FreeTumorSynthesisTrainer_tiny", "abdomen_preprocessed", "3d_fullres", ["baseline", "synthesis"]),
     ("FreeTumorTrainer_tiny", "abdomen_preprocessed", "3d_fullres", []),
 ]

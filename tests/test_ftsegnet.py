@@ -19,9 +19,11 @@ from nnunet_ext.methods.ftsegnet.network import (
     ClassificationPrior,
     FTSegNetwork,
     TransformerBlock,
+    close_cpb,
     prior_strides,
     reduction_for,
 )
+from nnunet_ext.methods.ftsegnet.optim import SGDAdamW
 from nnunet_ext.methods.ftsegnet.prior import PRIOR_CLASSES_KEY, PRIOR_ENV, prior_state_from_file, read_class_table
 from nnunet_ext.phantoms import tumor2d
 from nnunet_ext.trainers.ftsegnet_trainers import FTSegNetTrainer, FTSegNetTrainer_DiceFocal
@@ -45,10 +47,16 @@ def _ftsegnet(dim: int, deep_supervision: bool, with_prior: bool = True, classes
     return FTSegNetwork(unet, prior, [16, 32, 32][-dim:])
 
 
-def test_cpb_is_the_identity_at_initialisation():
-    """alpha = 0 and a zero gate/class projection: FTSegNet computes exactly the transformer-only network."""
+@pytest.mark.mechanism
+def test_ftsegnet_closed_cpb_gives_the_nocpb_output_exactly():
+    """A trained-looking CPB (alpha, gate and bottleneck projection all non-zero) changes the output; closing it
+    (close_cpb: alpha, gate weights and bias, bottleneck projection to 0) gives exactly the transformer-only network
+    with the same segmenter weights, whatever the prior computes."""
     torch.manual_seed(0)
     net = _ftsegnet(2, False)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # every weight moved, CPB and transformer branches included
     plain = _ftsegnet(2, False, with_prior=False)
     missing, unexpected = plain.load_state_dict(net.state_dict(), strict=False)
     assert missing == [] and unexpected and all(k.startswith(("prior.", "cpb.", "class_to_bottleneck."))
@@ -57,13 +65,28 @@ def test_cpb_is_the_identity_at_initialisation():
     plain.eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
+        assert (net(x) - plain(x)).abs().max() > 1e-3
+        close_cpb(net)
         torch.testing.assert_close(net(x), plain(x), rtol=0, atol=0)
-        # the prior's spatial term switches on with alpha, its channel gate with W_c
+        # each of the three paths alone reopens it
         net.cpb[1].alpha.fill_(0.5)
         assert not torch.allclose(net(x), plain(x))
         net.cpb[1].alpha.zero_()
         net.cpb[2].gate.weight.normal_()
         assert not torch.allclose(net(x), plain(x))
+        close_cpb(net)
+        net.class_to_bottleneck.bias.fill_(1.0)
+        assert not torch.allclose(net(x), plain(x))
+
+
+def test_ftsegnet_new_network_is_the_plans_unet():
+    """Zero-initialised CPB and transformer output layers: at initialisation FTSegNet (and the transformer-only
+    network) compute exactly the plans' U-Net, so the extra parts can only grow in where training finds them useful."""
+    torch.manual_seed(0)
+    net = _ftsegnet(2, False).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net.unet(x), rtol=0, atol=0)
 
 
 def test_residual_encoder_plans_supported():
@@ -169,8 +192,8 @@ def test_tumour_phantom(tumour_preprocessed):
     np.testing.assert_array_equal(again[1], labels["phantomtumor_003"])
 
 
-def _trainer(pre: SimpleNamespace, tmp_path: Path, monkeypatch, cls=FTSegNetTrainer) -> FTSegNetTrainer:
-    trainer = build_trainer(cls, pre, tmp_path, monkeypatch, "2d")
+def _trainer(pre: SimpleNamespace, tmp_path: Path, monkeypatch, cls=FTSegNetTrainer, **kwargs) -> FTSegNetTrainer:
+    trainer = build_trainer(cls, pre, tmp_path, monkeypatch, "2d", **kwargs)
     trainer.num_epochs, trainer.num_iterations_per_epoch = 10, 2
     trainer.initialize()
     return trainer
@@ -180,38 +203,93 @@ def _state(module: torch.nn.Module) -> dict:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def test_prior_trains_first_then_stays_frozen(tumour_preprocessed, tmp_path, monkeypatch):
+def test_prior_trains_on_its_own_budget_then_stays_frozen(tumour_preprocessed, tmp_path, monkeypatch):
+    """P trains its prior_iterations before epoch 0, leaving the segmenter untouched; the segmenter then has every
+    epoch of the budget, with nnU-Net's LR schedule from epoch 0, and P stays frozen."""
     torch.manual_seed(0)
     trainer = _trainer(tumour_preprocessed, tmp_path, monkeypatch)
     # the phantom's class table (found in nnUNet_raw) gives 3 classes, recorded in the plans for prediction
     assert trainer.prior.num_classes == 3
     assert trainer.plans_manager.plans["configurations"]["2d"][PRIOR_CLASSES_KEY] == 3
-    batch = next(trainer.get_dataloaders()[0])
+    loader_tr, loader_val = trainer.prior_dataloaders()
+    batch = next(loader_tr)
     table = json.loads((tumour_preprocessed.raw_dir / "classification.json").read_text())
     assert trainer.prior_targets(batch, batch["target"][0]).tolist() == [table[k] for k in batch["keys"]]
 
-    trainer.current_epoch = 0
-    trainer.on_train_epoch_start()
-    assert trainer.current_phase.name == "prior" and trainer.prior.training
     unet_before, prior_before = _state(trainer.network.unet), _state(trainer.prior)
-    losses = [float(trainer.train_step(batch)["loss"]) for _ in range(6)]
+    losses = [trainer.train_step_prior(batch)[0] for _ in range(6)]
     assert losses[-1] < losses[0], losses
+    assert trainer.prior_iterations_left() == 1000
+    trainer.train_prior(loader_tr, 4)
+    assert trainer.prior_iterations_done == 4 and trainer.prior_iterations_left() == 996
+    assert 0 <= trainer.prior_accuracy(loader_val) <= 1
     assert all(torch.equal(v, trainer.network.unet.state_dict()[k]) for k, v in unet_before.items())
     assert any(not torch.equal(v, trainer.prior.state_dict()[k]) for k, v in prior_before.items())
 
-    trainer.current_epoch = 1
+    trainer.current_epoch = 0
     trainer.on_train_epoch_start()
-    assert trainer.current_phase.name == "segment"
+    assert trainer.current_phase.name == "segment" and trainer.current_phase.start == 0
+    assert trainer.current_phase.end == trainer.num_epochs
     assert not trainer.prior.training and not any(p.requires_grad for p in trainer.prior.parameters())
     prior_frozen = _state(trainer.prior)
-    # the segmenter's poly schedule starts afresh after the prior's epoch
-    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.initial_lr)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [trainer.initial_lr, trainer.transformer_lr]
     seg_losses = [float(trainer.train_step(batch)["loss"]) for _ in range(4)]
     assert seg_losses[-1] < seg_losses[0], seg_losses
     assert all(p.grad is None for p in trainer.prior.parameters())
     for k, v in prior_frozen.items():
         torch.testing.assert_close(trainer.prior.state_dict()[k], v, rtol=0, atol=0)
     assert trainer.network.cpb[0].alpha.item() != 0  # the CPB opened
+    vitals = trainer.epoch_vital_signs()
+    assert set(vitals) >= {"prior/validation accuracy", "alpha/stage 0"}
+    for loader in (loader_tr, loader_val):
+        loader._finish() if hasattr(loader, "_finish") else None
+
+
+def test_optimizer_rules_match_torch():
+    """The 'sgd' rule is torch's Nesterov SGD, the 'adamw' rule torch's AdamW, the warm-up scales AdamW's steps."""
+    torch.manual_seed(0)
+    start = torch.randn(5, 3)
+    grads = [torch.randn(5, 3) for _ in range(3)]
+
+    def run(make):
+        p = torch.nn.Parameter(start.clone())
+        opt = make([p])
+        for g in grads:
+            p.grad = g.clone()
+            opt.step()
+        return p.detach()
+
+    torch.testing.assert_close(
+        run(lambda ps: SGDAdamW([{"params": ps, "rule": "sgd", "lr": 0.1, "weight_decay": 0.01}])),
+        run(lambda ps: torch.optim.SGD(ps, 0.1, momentum=0.99, nesterov=True, weight_decay=0.01)))
+    torch.testing.assert_close(
+        run(lambda ps: SGDAdamW([{"params": ps, "rule": "adamw", "lr": 0.1, "weight_decay": 0.01}])),
+        run(lambda ps: torch.optim.AdamW(ps, 0.1, weight_decay=0.01)))
+    # warm-up over 4 steps: the first step moves by a quarter of AdamW's first step
+    one = [grads[0]]
+    grads[:] = one
+    plain = run(lambda ps: SGDAdamW([{"params": ps, "rule": "adamw", "lr": 0.1, "weight_decay": 0}]))
+    warm = run(lambda ps: SGDAdamW([{"params": ps, "rule": "adamw", "lr": 0.1, "weight_decay": 0, "warmup": 4}]))
+    torch.testing.assert_close(warm - start, (plain - start) / 4)
+    with pytest.raises(ValueError, match="unknown update rule 'lamb'"):
+        SGDAdamW([{"params": [torch.nn.Parameter(start)], "rule": "lamb"}])
+
+
+def test_transformer_blocks_get_their_own_rule(tumour_preprocessed, tmp_path, monkeypatch):
+    """Transformer parameters in an AdamW group at transformer_lr with its decay, everything else (not P) in
+    nnU-Net's SGD group; the poly schedule decays each group from its own initial lr."""
+    trainer = _trainer(tumour_preprocessed, tmp_path, monkeypatch)
+    sgd, adamw = trainer.optimizer.param_groups
+    net = trainer.network
+    assert adamw["rule"] == "adamw" and {id(p) for p in adamw["params"]} == {id(p) for p in
+                                                                             net.transformers.parameters()}
+    assert sgd["rule"] == "sgd" and sgd["lr"] == trainer.initial_lr
+    assert not {id(p) for p in sgd["params"]} & {id(p) for p in net.prior.parameters()}
+    assert len(sgd["params"]) + len(adamw["params"]) + len(list(net.prior.parameters())) == len(list(
+        net.parameters()))
+    trainer.lr_scheduler.step(5)
+    assert adamw["lr"] == pytest.approx(trainer.transformer_lr * 0.5 ** 0.9)
+    assert sgd["lr"] == pytest.approx(trainer.initial_lr * 0.5 ** 0.9)
 
 
 def test_foreground_targets_without_a_class_table(tumour_preprocessed, tmp_path, monkeypatch):
@@ -227,25 +305,29 @@ def test_foreground_targets_without_a_class_table(tumour_preprocessed, tmp_path,
 
 
 def test_train_stop_resume_predict_through_stock_commands(tumour_preprocessed, tmp_path, monkeypatch):
-    """nnUNetv2_train stops after the prior's epoch, `--c` resumes into the segmentation phase with the trained prior
-    (which then stays unchanged), stock nnUNetv2_predict runs the prior inside forward; a new run can take that prior
-    through nnUNet_ext_ftsegnet_prior and skip the prior phase."""
+    """nnUNetv2_train trains the prior before epoch 0 and stops after epoch 0; `--c` does not train the prior again
+    (it stays bit-identical), stock nnUNetv2_predict runs the prior inside forward; a new run can take that prior
+    through nnUNet_ext_ftsegnet_prior and skip the prior's training."""
     pre = tumour_preprocessed
-    name = "FTSegNetTrainer_tiny"  # tests/ext_trainers: 2 epochs x 2 iterations, prior phase = epoch 0
+    name = "FTSegNetTrainer_tiny"  # tests/ext_trainers: 6 prior steps, then 2 epochs x 2 iterations
     env = results_env(pre.env, tmp_path / "results", nnUNet_ext_seed="3", nnUNet_ext_stop_after_epochs="1")
     log = stock.train(pre.dataset_id, "2d", 0, name, env)
-    assert "Phase 'prior'" in log and "patch accuracy" in log
+    assert "validation patch accuracy" in log
+    assert log.index("Training the classification prior: 6 iterations") < log.index("prior iteration 6: loss") \
+        < log.index("Epoch 0")
     output = tmp_path / "results" / pre.raw_dir.name / f"{name}__nnUNetPlans__2d"
     stopped = torch.load(output / "fold_0" / "checkpoint_latest.pth", weights_only=False)
-    assert stopped["current_epoch"] == 1 and stopped["nnunet_ext"]["phase"] == "prior"
-    prior_after_phase = {k: v for k, v in stopped["network_weights"].items() if k.startswith("prior.")}
-    assert prior_after_phase and stopped["nnunet_ext"]["aux_optimizers"]["prior"]["state"]
+    assert stopped["current_epoch"] == 1 and stopped["nnunet_ext"]["phase"] == "segment"
+    assert stopped["nnunet_ext"]["extra"]["prior_iterations_done"] == 6
+    prior_after_training = {k: v for k, v in stopped["network_weights"].items() if k.startswith("prior.")}
+    assert prior_after_training and stopped["nnunet_ext"]["aux_optimizers"]["prior"]["state"]
+    assert (output / "fold_0" / "ftsegnet_progress.png").is_file()
 
     del env["nnUNet_ext_stop_after_epochs"]
     log = stock.train(pre.dataset_id, "2d", 0, name, env, continue_training=True)
-    assert "Phase 'segment'" in log and "Phase 'prior'" not in log
+    assert "Training the classification prior" not in log and "Epoch 1" in log
     final = torch.load(output / "fold_0" / "checkpoint_final.pth", weights_only=False)
-    for k, v in prior_after_phase.items():
+    for k, v in prior_after_training.items():
         torch.testing.assert_close(final["network_weights"][k], v, rtol=0, atol=0)
     assert any(not torch.equal(final["network_weights"][k], stopped["network_weights"][k])
                for k in final["network_weights"] if k.startswith("unet."))
@@ -257,11 +339,11 @@ def test_train_stop_resume_predict_through_stock_commands(tumour_preprocessed, t
         seg = np.asarray(Image.open(out / f"{case}.png"))
         assert seg.shape == (64, 64) and seg.max() <= 1
 
-    # a prior from elsewhere: no prior phase, the given weights, frozen from the first epoch
+    # a prior from elsewhere: no prior training, the given weights, frozen from the first epoch
     monkeypatch.setenv(PRIOR_ENV, str(output / "fold_0" / "checkpoint_final.pth"))
     trainer = _trainer(pre, tmp_path / "second", monkeypatch)
-    assert [p.name for p in trainer.phase_schedule.phases] == ["segment"]
-    for k, v in prior_after_phase.items():
+    assert trainer.prior_iterations_left() == 0
+    for k, v in prior_after_training.items():
         torch.testing.assert_close(trainer.network.state_dict()[k], v)
     trainer.current_epoch = 0
     trainer.on_train_epoch_start()
@@ -292,3 +374,90 @@ def test_3d_trainer_network_from_plans(tumour_preprocessed, tmp_path, monkeypatc
     net.eval()
     with torch.no_grad():
         assert tuple(net(torch.randn(1, 3, 4, 64, 64)).shape) == (1, 2, 4, 64, 64)
+
+
+# ---------------------------------------------------------------------------------------------- classification-only
+CLS_ONLY_ID = 788
+
+
+@pytest.fixture(scope="module")
+def tumour_classification_only(tumour_preprocessed, tmp_path_factory) -> SimpleNamespace:
+    """The tumour fixture's 8 training images again, the last 3 classification-only (label map all ignore, class in
+    classification.json). The images are the same, so the fixture's fingerprint and plans fit: copied, and only
+    nnU-Net's preprocessing runs (planning would cost ~20 s more)."""
+    root = tmp_path_factory.mktemp("tumour_cls_only")
+    env = stock.work_environment(root / "nnunet", device="cpu")
+    raw = tumor2d.generate(Path(env["nnUNet_raw"]), CLS_ONLY_ID, n_train=8, n_test=2, size=64, seed=1,
+                           n_classification_only=3)
+    preprocessed = Path(env["nnUNet_preprocessed"]) / raw.name
+    preprocessed.mkdir(parents=True)
+    for name in ("dataset_fingerprint.json", "nnUNetPlans.json"):
+        content = json.loads((tumour_preprocessed.preprocessed / name).read_text())
+        if "dataset_name" in content:
+            content["dataset_name"] = raw.name
+        (preprocessed / name).write_text(json.dumps(content))
+    (preprocessed / "dataset.json").write_text((raw / "dataset.json").read_text())  # with the ignore label
+    stock.run([stock.find_command("nnUNetv2_preprocess"), "-d", str(CLS_ONLY_ID), "-c", "2d", "-np", "1"],
+              {k: v for k, v in env.items() if k != "nnUNet_n_proc_DA"})
+    return SimpleNamespace(dataset_id=CLS_ONLY_ID, raw_dir=raw, env=env, root=root, configuration="2d",
+                           preprocessed=preprocessed)
+
+
+@pytest.mark.mechanism
+def test_ftsegnet_classification_only_case_changes_prior_not_segmentation_loss(tumour_classification_only, tmp_path,
+                                                                                monkeypatch):
+    """Cases with a class and no mask: found from nnU-Net's preprocessing, kept out of the segmenter's loaders, drawn
+    by the prior's (nnU-Net's sampler copes with a case that has no annotated pixel); a prior step on them moves P,
+    while nnU-Net's Dice+CE with the ignore label gives them no loss and no gradient."""
+    from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+
+    pre = tumour_classification_only
+    torch.manual_seed(0)
+    trainer = _trainer(pre, tmp_path, monkeypatch)
+    only = [f"phantomtumor_{i:03d}" for i in (5, 6, 7)]
+    assert sorted(trainer.classification_only) == only
+    seg_tr, seg_val = trainer.get_tr_and_val_datasets()
+    assert not set(only) & (set(seg_tr.identifiers) | set(seg_val.identifiers))
+    loader_tr, loader_val = trainer.prior_dataloaders()
+    prior_cases = set(loader_tr.data_loader.indices) | set(loader_val.data_loader.indices)
+    assert set(only) <= prior_cases
+
+    patch = trainer.configuration_manager.patch_size
+    loader = nnUNetDataLoader(trainer.dataset_class(trainer.preprocessed_dataset_folder, only), 2, patch, patch,
+                              trainer.label_manager, oversample_foreground_percent=0.5,
+                              transforms=loader_tr.data_loader.transforms)
+    table = json.loads((pre.raw_dir / "classification.json").read_text())
+    with pytest.warns(UserWarning, match="No annotated pixels"):
+        cls_batch = loader.generate_train_batch()
+    # no tumour anywhere: ignore, and background where augmentation rotated or scaled padding in at the borders (one
+    # reason the segmenter is better off never drawing such cases)
+    assert all(set(torch.unique(t).tolist()) <= {0, tumor2d.IGNORE} and bool((t == tumor2d.IGNORE).any())
+               for t in cls_batch["target"])
+    assert trainer.prior_targets(cls_batch, cls_batch["target"][0]).tolist() == [table[k] for k in cls_batch["keys"]]
+
+    prior_before = _state(trainer.prior)
+    trainer.train_step_prior(cls_batch)
+    assert any(not torch.equal(v, trainer.prior.state_dict()[k]) for k, v in prior_before.items())
+
+    seg_batch = next(trainer.get_dataloaders()[0])
+    assert trainer.configuration_manager.batch_dice  # the Dice sums over the batch: the value is comparable too
+    g = torch.Generator().manual_seed(0)
+    heads = trainer.label_manager.num_segmentation_heads
+    n = seg_batch["target"][0].shape[0]
+    masked_outputs = [torch.randn((n, heads, *t.shape[2:]), generator=g).requires_grad_() for t in seg_batch["target"]]
+    masked_loss = trainer.loss(masked_outputs, seg_batch["target"])
+    masked_loss.backward()
+    # the same outputs for the masked items, one more item for a classification-only case
+    mixed = [torch.cat([s, torch.full_like(s[:1], tumor2d.IGNORE)]) for s in seg_batch["target"]]
+    mixed_outputs = [torch.cat([o.detach(), torch.randn((1, *o.shape[1:]))]).requires_grad_() for o in masked_outputs]
+    mixed_loss = trainer.loss(mixed_outputs, mixed)
+    mixed_loss.backward()
+    torch.testing.assert_close(mixed_loss.detach(), masked_loss.detach())
+    for grad, masked_grad in zip([o.grad for o in mixed_outputs], [o.grad for o in masked_outputs], strict=True):
+        if grad is None:  # the lowest deep-supervision output has weight 0, as in nnU-Net
+            assert masked_grad is None
+            continue
+        assert torch.count_nonzero(grad[n:]) == 0
+        torch.testing.assert_close(grad[:n], masked_grad)
+    for loader in (loader_tr, loader_val):
+        loader._finish() if hasattr(loader, "_finish") else None

@@ -538,7 +538,12 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     (FTSegNetTrainer, "transformer_stages"): Structural(1, transformer_blocks),
     (FTSegNetTrainer, "transformer_depth"): Structural(2, transformer_blocks),
     (FTSegNetTrainer, "reduction_ratio"): Structural(1, attention_reductions),
-    (FTSegNetTrainer, "prior_epochs"): Init(5, lambda t: phases(t)["prior"]),
+    (FTSegNetTrainer, "prior_iterations"): Step(7, lambda t: t.prior_iterations_left()),
+    (FTSegNetTrainer, "transformer_optimizer"): Init("sgd", lambda t: t.optimizer.param_groups[1]["rule"]),
+    (FTSegNetTrainer, "transformer_lr"): Init(1e-4, lambda t: t.optimizer.param_groups[1]["initial_lr"]),
+    (FTSegNetTrainer, "transformer_weight_decay"):
+        Init(0.05, lambda t: t.optimizer.param_groups[1]["weight_decay"]),
+    (FTSegNetTrainer, "transformer_warmup"): Init(10, lambda t: t.optimizer.param_groups[1]["warmup"]),
     (FTSegNetTrainer, "prior_lr"): Init(3e-4, aux_lr("prior")),
     (FTSegNetTrainer_DiceFocal, "focal_gamma"): Init(0.5, segmentation_loss_value),
     # FocusNetV2

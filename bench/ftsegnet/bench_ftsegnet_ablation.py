@@ -8,7 +8,8 @@ prior 3 classes), the stock 2d plans. isic: the ISIC 2018 sample's lesion images
 crops (normal/, all-zero masks) converted with Dataset742_ISICWeak (roles val -> full), the last 2 of each held out
 as the test set; no class table, so the prior learns "patch contains lesion"; the AV benchmark's CPU configuration
 `2d_cpu128` of bench/av_fusion/bench_av_drive.py (128x128 patches, batch 2, 5 stages of 16-160 features). Every
-trainer: the budget of bench/ftsegnet/trainers (5 epochs x 16 iterations; FTSegNet spends its first epoch on the
+trainer: the budget of bench/ftsegnet/trainers (5 epochs x 16 iterations; FTSegNet's prior trains its own
+prior_iterations before epoch 0 since issue 20 - the checked-in results predate that and spent epoch 0 on the
 prior), seed 0, fold 0, checkpoint_final, stock nnUNetv2_predict without mirroring, scored with `nnunet_ext evaluate`
 (Dice, HD95 per held-out image). Results: bench/results/ftsegnet/ftsegnet_ablation_<data>.json and .md;
 `--demo-budget`: the _demo variants (24 epochs x 20 iterations) instead, results in ftsegnet_ablation_<data>_demo.json

@@ -7,6 +7,10 @@ About a third of the images have no tumour, as in a screening set.
 
 Beside dataset.json the phantom writes `classification.json`, the per-case class table FTSegNetTrainer trains its
 prior on: 0 = no tumour, 1 = small tumour (radius < 10 % of the image), 2 = large tumour.
+
+`n_classification_only`: the last that many training cases keep their image and class but lose their mask (label
+map all ignore label, dataset.json gains "ignore": 2): the setting of abundant classification data and few masks.
+`balanced_test`: held-out images alternate tumour / no tumour (half tumour-free), for false-positive rates.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from nnunet_ext.phantoms.common import case_rng, fundus_background, save_rgb_cas
 from nnunet_ext.phantoms.fundus2d import _vessel_tree
 
 LABELS = {"background": 0, "tumour": 1}
+IGNORE = 2  # the label of a classification-only case's whole label map
 CONFIGURATION = "2d"
 DEFAULT_ID = 794
 NAME = "PhantomTumor"
@@ -74,7 +79,9 @@ def make_case(rng: np.random.Generator, size: int = 96, tumour_probability: floa
 
 
 def _write(case: tuple, image_dir: Path, label_dir: Path, case_id: str) -> None:
-    rgb, label, case_class = case
+    rgb, label, case_class = case[:3]
+    if len(case) > 3 and case[3]:
+        label = np.full_like(label, IGNORE)  # classification-only: the class stays, the mask goes
     save_rgb_case(rgb, label, image_dir, label_dir, case_id)
     # written inside the data set's temporary folder, so it appears together with the rest
     table_file = image_dir.parent / CLASS_TABLE
@@ -84,10 +91,23 @@ def _write(case: tuple, image_dir: Path, label_dir: Path, case_id: str) -> None:
 
 
 def generate(out_root: Path, dataset_id: int = DEFAULT_ID, n_train: int = 24, n_test: int = 6, size: int = 96,
-             seed: int = 0, overwrite: bool = False) -> Path:
+             seed: int = 0, overwrite: bool = False, n_classification_only: int = 0,
+             balanced_test: bool = False) -> Path:
+    if not 0 <= n_classification_only < n_train:
+        raise ValueError(f"n_classification_only must lie in [0, {n_train - 1}] (some cases keep their mask), "
+                         f"got {n_classification_only}")
+
+    def case(i: int) -> tuple:
+        probability = 0.65
+        if balanced_test and i >= n_train:
+            probability = 1.0 if (i - n_train) % 2 == 0 else 0.0
+        return (*make_case(case_rng(seed, i), size, probability), n_train - n_classification_only <= i < n_train)
+
+    labels = dict(LABELS, ignore=IGNORE) if n_classification_only else LABELS
     return write_dataset(
-        out_root, dataset_id, NAME, lambda i: make_case(case_rng(seed, i), size), _write, n_train, n_test,
-        channel_names={"0": "R", "1": "G", "2": "B"}, labels=LABELS, file_ending=".png",
+        out_root, dataset_id, NAME, case, _write, n_train, n_test,
+        channel_names={"0": "R", "1": "G", "2": "B"}, labels=labels, file_ending=".png",
         description=f"nnunet-ext fundus tumour phantom: {size}x{size} RGB, one dark round tumour or none, "
-                    f"classes in {CLASS_TABLE} ({CLASSES}), seed {seed}",
+                    f"classes in {CLASS_TABLE} ({CLASSES}), seed {seed}, {n_classification_only} classification-only "
+                    f"training cases",
         overwrite=overwrite)

@@ -3,11 +3,11 @@
     nnUNetv2_train 794 2d 0 -tr FTSegNetTrainer
     nnUNetv2_predict -i IN -o OUT -d 794 -c 2d -tr FTSegNetTrainer
 
-One run, two phases: `prior` (the first `prior_epochs` of the budget, default 10 %) trains only the classification
-prior P on image-level targets; `segment` freezes P (eval mode, no gradients) and trains the segmenter with nnU-Net's
-Dice+CE and deep supervision. P lives inside the network (nnunet_ext.methods.ftsegnet.network), so the stock
-predictor and `--c` need nothing else: P's weights are part of `network_weights`, its optimizer part of the
-nnunet_ext checkpoint state, and the phase follows from the epoch counter.
+The classification prior P has its own budget: `prior_iterations` Adam steps on image-level targets, run once before
+segmentation epoch 0 (in on_train_start). The segmenter then trains exactly the epochs and iterations stock nnU-Net
+would, with P frozen (eval mode, no gradients) inside it. P lives inside the network
+(nnunet_ext.methods.ftsegnet.network), so the stock predictor needs nothing else; `--c` finds the prior's progress
+in the checkpoint (a checkpoint is written as soon as the prior is trained) and does not train it again.
 
 Prior targets, in this order:
 - a class table `classification.json` beside dataset.json (nnUNet_preprocessed/DatasetXXX first, then
@@ -16,8 +16,15 @@ Prior targets, in this order:
   `ftsegnet_prior_classes`) so that prediction builds the same network;
 - else "the patch contains foreground" (2 classes), from the segmentation target of each training patch.
 
+Classification-only cases: a training case whose label map is all ignore label (dataset.json must declare "ignore")
+has an image-level class in classification.json and no mask. P trains on it; the segmenter never draws it (it has
+nothing to learn from it: nnU-Net's Dice+CE gives it zero loss), so masks are not diluted by such cases.
+
 A prior trained elsewhere: set `nnUNet_ext_ftsegnet_prior=/path/checkpoint.pth` (an FTSegNet checkpoint, or a file
-holding P's state_dict) and the run skips the prior phase and keeps that P frozen throughout.
+holding P's state_dict) and the run skips the prior's training and keeps that P frozen throughout.
+
+The transformer blocks train with their own update rule (`transformer_optimizer`, AdamW with a warm-up by default)
+in the same optimizer as the rest of the network, which keeps nnU-Net's SGD (nnunet_ext.methods.ftsegnet.optim).
 """
 
 from __future__ import annotations
@@ -26,17 +33,20 @@ import os
 from os.path import isfile, join
 
 import torch
+import torch.distributed as dist
 from nnunetv2.paths import nnUNet_raw
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from torch import nn
 
 from nnunet_ext.methods.ftsegnet.loss import DC_and_Focal_loss
 from nnunet_ext.methods.ftsegnet.network import ClassificationPrior, FTSegNetwork, count_parameters, prior_strides
+from nnunet_ext.methods.ftsegnet.optim import GroupPolyLR, SGDAdamW
 from nnunet_ext.methods.ftsegnet.prior import (
     CLASS_TABLE,
     PRIOR,
     PRIOR_CLASSES_KEY,
     PRIOR_ENV,
+    classification_only_cases,
     prior_state_from_file,
     read_class_table,
 )
@@ -54,9 +64,17 @@ class FTSegNetTrainer(nnUNetExtTrainer):
     transformer_stages = 2  # deepest encoder stages that get transformer blocks
     transformer_depth = 1  # blocks per such stage
     reduction_ratio = 2  # MiT spatial reduction of keys/values, squared per stage above the deepest
-    # prior training
-    prior_epochs: int | float = 0.1  # int: epochs; float: fraction of num_epochs
+    # prior training: its own budget, before segmentation epoch 0 (a prior step costs ~3 % of a segmenter step);
+    # 1000 by the prior sweep on the tumour phantom (validation accuracy 0.70 / 0.85 / 0.58 after 300 / 1000 / 3000)
+    prior_iterations = 1000
     prior_lr = 1e-3
+    # the transformer blocks' update rule ("adamw" or "sgd"), in the network's one optimizer; the rest of the network
+    # keeps nnU-Net's SGD. Chosen by a sweep on training/validation cases (docs/ftsegnet.md)
+    transformer_optimizer = "adamw"
+    transformer_lr = 3e-4
+    transformer_weight_decay = 1e-2
+    transformer_warmup = 50  # iterations of linear warm-up (AdamW only)
+    progress_plot = "ftsegnet_progress.png"
     # `nnunet_ext demo --trainer FTSegNetTrainer`: the tumour phantom, and the Dice its _demo variant reached there
     # (0.988 measured on CPU, phantom seed 0). One false-positive speck on one of the 2 tumour-free held-out images
     # costs ~0.17 (Dice 0 there); background only lands at ~0.33
@@ -69,7 +87,11 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         self.class_table: dict[str, int] | None = None
         self.class_table_file: str | None = None
         self.prior_file: str | None = None
-        self._prior_stats = [0.0, 0, 0]  # loss sum, correct, seen in the current epoch
+        self.classification_only: list[str] | None = None
+        self.prior_iterations_done = 0
+        self.prior_val_accuracy: float | None = None
+        self._with_classification_only = False
+        self._gates: list[list[torch.Tensor]] = []
         if not self.use_cpb:
             return
         self.prior_file = os.environ.get(PRIOR_ENV) or None
@@ -82,12 +104,10 @@ class FTSegNetTrainer(nnUNetExtTrainer):
             self.configuration_manager.configuration[PRIOR_CLASSES_KEY] = classes
 
     def build_phase_schedule(self) -> PhaseSchedule | None:
+        # one phase for the epochs: the network trains, P (inside it) stays frozen; P trains before epoch 0
         if not self.use_cpb:
             return None
-        if self.prior_file is not None:
-            return PhaseSchedule([Phase("segment", None, train=(NETWORK,))])
-        return PhaseSchedule([Phase(PRIOR, self.prior_epochs, train=(PRIOR,)),
-                              Phase("segment", None, train=(NETWORK,))])
+        return PhaseSchedule([Phase("segment", None, train=(NETWORK,))])
 
     def find_class_table(self) -> str | None:
         folders = [self.preprocessed_dataset_folder_base]
@@ -115,14 +135,39 @@ class FTSegNetTrainer(nnUNetExtTrainer):
     def prior(self) -> nn.Module | None:
         return unwrap(self.network).prior
 
+    def do_split(self):
+        """nnU-Net's split without the classification-only cases (they have no mask), unless the prior's loaders
+        are being built and a class table gives those cases a target."""
+        tr_keys, val_keys = super().do_split()
+        if self.classification_only is None:
+            self.classification_only = classification_only_cases(self.preprocessed_dataset_folder,
+                                                                  list(tr_keys) + list(val_keys), self.label_manager)
+        if self._with_classification_only or not self.classification_only:
+            return tr_keys, val_keys
+        only = set(self.classification_only)
+        tr_masked = [k for k in tr_keys if k not in only]
+        if not tr_masked:
+            raise ValueError(f"{self.plans_manager.dataset_name}, fold {self.fold}: every training case is "
+                             f"classification-only (label map all ignore label); the segmenter needs some masks")
+        return tr_masked, [k for k in val_keys if k not in only]
+
     def initialize(self):
         # under DDP the prior's parameters sit in two wrappers, the network's and aux_modules[PRIOR]'s. That is safe:
-        # a DDP wrapper reduces gradients only after its own forward ran with grad enabled, and each phase trains
-        # through exactly one of them (prior: aux_modules[PRIOR]; segment: the network, whose wrapper then excludes
-        # the frozen prior); the network wrapper's forward in the prior phase runs in validation, under no_grad
+        # a DDP wrapper reduces gradients only after its own forward ran with grad enabled; P trains through
+        # aux_modules[PRIOR] before epoch 0, and the network's wrapper is rebuilt without the frozen P when the
+        # segment phase freezes it
         super().initialize()
+        self._with_classification_only = True
+        try:
+            all_training = list(self.do_split()[0])
+        finally:
+            self._with_classification_only = False
         if self.class_table is not None:
-            read_class_table(self.class_table_file, list(self.get_tr_and_val_datasets()[0].identifiers))
+            read_class_table(self.class_table_file, all_training)
+        elif self.use_cpb and self.classification_only and self.prior_file is None:
+            raise ValueError(f"{self.plans_manager.dataset_name}: {len(self.classification_only)} classification-"
+                             f"only case(s) (e.g. {self.classification_only[0]}) but no {CLASS_TABLE} to give "
+                             f"them a class")
         if self.prior_file is not None:
             state = prior_state_from_file(self.prior_file)
             try:
@@ -135,8 +180,24 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         prior_params = count_parameters(net.prior) if net.prior is not None else 0
         self.print_to_log_file(
             f"FTSegNet: {count_parameters(net) - prior_params} segmenter + {prior_params} prior parameters; "
-            f"transformers in the deepest {self.transformer_stages} stages; CPB {'on' if self.use_cpb else 'off'}; "
-            f"prior targets: {self.prior_target_source()}")
+            f"transformers in the deepest {self.transformer_stages} stages ({self.transformer_optimizer}, lr "
+            f"{self.transformer_lr}); CPB {'on' if self.use_cpb else 'off'}; prior targets: "
+            f"{self.prior_target_source()}; {len(self.classification_only or [])} classification-only case(s), not "
+            f"drawn for segmentation")
+
+    def configure_optimizers(self):
+        net = unwrap(self.network)
+        transformer = [p for p in net.transformers.parameters()]
+        apart = {id(p) for p in transformer}
+        if net.prior is not None:
+            apart |= {id(p) for p in net.prior.parameters()}  # P has its own optimizer
+        groups = [{"params": [p for p in net.parameters() if id(p) not in apart], "rule": "sgd",
+                   "lr": self.initial_lr, "weight_decay": self.weight_decay}]
+        if transformer:
+            groups.append({"params": transformer, "rule": self.transformer_optimizer, "lr": self.transformer_lr,
+                           "weight_decay": self.transformer_weight_decay, "warmup": self.transformer_warmup})
+        optimizer = SGDAdamW(groups, momentum=0.99)
+        return optimizer, GroupPolyLR(optimizer, self.num_epochs)
 
     def prior_target_source(self) -> str:
         if not self.use_cpb:
@@ -148,8 +209,8 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         return "patch contains foreground"
 
     def build_aux_modules(self) -> dict[str, nn.Module]:
-        # the same module object as network.prior: the phase machinery freezes/unfreezes it by name, and the
-        # checkpoint keeps its optimizer; its weights travel inside network_weights for the predictor
+        # the same module object as network.prior: the phase machinery freezes it by name, and the checkpoint keeps
+        # its optimizer; its weights travel inside network_weights for the predictor
         return {PRIOR: self.prior} if self.use_cpb else {}
 
     def configure_aux_optimizers(self):
@@ -159,29 +220,74 @@ class FTSegNetTrainer(nnUNetExtTrainer):
 
     def extra_checkpoint_state(self) -> dict:
         return {"prior_classes": self.prior.num_classes if self.use_cpb else None,
-                "prior_targets": self.prior_target_source()}
+                "prior_targets": self.prior_target_source(), "prior_iterations_done": self.prior_iterations_done,
+                "prior_val_accuracy": self.prior_val_accuracy}
 
     def load_extra_checkpoint_state(self, state: dict) -> None:
         if self.use_cpb and state.get("prior_classes") != self.prior.num_classes:
             raise RuntimeError(f"the checkpoint's prior has {state.get('prior_classes')} classes, this run's "
                                f"{self.prior.num_classes} (class table {self.class_table_file})")
+        self.prior_iterations_done = state.get("prior_iterations_done", 0)
+        self.prior_val_accuracy = state.get("prior_val_accuracy")
 
-    # ------------------------------------------------------------------ phases
-    def on_train_epoch_start(self):
-        super().on_train_epoch_start()
-        phase = self.current_phase
-        if phase is not None and phase.name == "segment" and phase.start > 0:
-            # the segmenter's poly schedule spans the epochs it trains, not those the prior took
-            progress = (self.current_epoch - phase.start) / (self.num_epochs - phase.start)
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.initial_lr * (1 - progress) ** 0.9
-        self._prior_stats = [0.0, 0, 0]
+    # ------------------------------------------------------------------ the prior's own budget
+    def prior_iterations_left(self) -> int:
+        if not self.use_cpb or self.prior_file is not None:
+            return 0
+        return max(0, self.prior_iterations - self.prior_iterations_done)
 
-    def on_train_epoch_end(self, train_outputs: list[dict]):
-        super().on_train_epoch_end(train_outputs)
-        loss, correct, seen = self._prior_stats
-        if seen:
-            self.print_to_log_file(f"prior: loss {loss / seen:.4f}, patch accuracy {correct / seen:.3f}")
+    def prior_dataloaders(self):
+        """nnU-Net's loaders (same patches, augmentation and batch size) over the cases P learns from: every
+        training case when a class table gives classification-only cases a target."""
+        self._with_classification_only = self.class_table is not None
+        try:
+            return self.get_dataloaders()
+        finally:
+            self._with_classification_only = False
+
+    def on_train_start(self):
+        super().on_train_start()
+        if not self.use_cpb:
+            return
+        left = self.prior_iterations_left()
+        if left == 0 and self.prior_val_accuracy is not None:
+            return
+        loader_tr, loader_val = self.prior_dataloaders()
+        try:
+            if left:
+                self.train_prior(loader_tr, left)
+            self.prior_val_accuracy = self.prior_accuracy(loader_val)
+            self.print_to_log_file(f"prior: validation patch accuracy {self.prior_val_accuracy:.3f}")
+        finally:
+            for loader in (loader_tr, loader_val):
+                if hasattr(loader, "_finish"):
+                    loader._finish()
+        if left:
+            # the trained prior survives an interruption of the segmenter's first epoch: --c starts from here
+            self.current_epoch -= 1  # save_checkpoint stores current_epoch + 1
+            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+            self.current_epoch += 1
+
+    def train_prior(self, loader, iterations: int) -> None:
+        self.print_to_log_file(f"Training the classification prior: {iterations} iterations (of "
+                               f"{self.prior_iterations}), before segmentation epoch {self.current_epoch}")
+        self.prior.train()
+        for p in self.prior.parameters():
+            p.requires_grad_(True)
+        report = max(1, self.prior_iterations // 5)
+        stats = [0.0, 0, 0]
+        for _ in range(iterations):
+            loss, correct, seen = self.train_step_prior(next(loader))
+            stats = [stats[0] + loss * seen, stats[1] + correct, stats[2] + seen]
+            self.prior_iterations_done += 1
+            if self.prior_iterations_done % report == 0 or self.prior_iterations_done == self.prior_iterations:
+                self.print_to_log_file(f"prior iteration {self.prior_iterations_done}: loss {stats[0] / stats[2]:.4f}, "
+                                       f"patch accuracy {stats[1] / stats[2]:.3f}")
+                stats = [0.0, 0, 0]
+        self.aux_optimizers[PRIOR].zero_grad(set_to_none=True)  # frozen from here: no stale gradients kept
+        self.prior.eval()
+        for p in self.prior.parameters():
+            p.requires_grad_(False)
 
     def prior_targets(self, batch: dict, target: torch.Tensor) -> torch.Tensor:
         if self.class_table is not None:
@@ -191,7 +297,8 @@ class FTSegNetTrainer(nnUNetExtTrainer):
             foreground &= target != self.label_manager.ignore_label
         return foreground.flatten(1).any(1).long()
 
-    def train_step_prior(self, batch: dict) -> dict:
+    def train_step_prior(self, batch: dict) -> tuple[float, int, int]:
+        """One Adam step of P on a batch: (loss, correct, images)."""
         data, _, target = self.batch_to_device(batch)
         labels = self.prior_targets(batch, target)
         optimizer = self.aux_optimizers[PRIOR]
@@ -199,13 +306,73 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         with self.autocast():
             # through the DDP wrapper (when there is one), so the prior's gradients are averaged over the ranks
             logits, _ = self.aux_modules[PRIOR](data)
-            loss = nn.functional.cross_entropy(logits.float(), labels)
+        loss = nn.functional.cross_entropy(logits.float(), labels)
         self.optimizer_step(loss, optimizer, self.prior.parameters())
-        n = labels.shape[0]
-        self._prior_stats[0] += loss.item() * n
-        self._prior_stats[1] += int((logits.argmax(1) == labels).sum())
-        self._prior_stats[2] += n
-        return {"loss": loss.detach().cpu().numpy()}
+        return loss.item(), int((logits.argmax(1) == labels).sum()), labels.shape[0]
+
+    @torch.no_grad()
+    def prior_accuracy(self, loader) -> float:
+        was_training = self.prior.training
+        self.prior.eval()
+        correct = seen = 0
+        # at least 20 batches: a handful of patches makes the accuracy a coin toss (short test budgets)
+        for _ in range(max(20, self.num_val_iterations_per_epoch)):
+            batch = next(loader)
+            data, _, target = self.batch_to_device(batch)
+            labels = self.prior_targets(batch, target)
+            with self.autocast():
+                logits, _ = self.prior(data)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += labels.shape[0]
+        self.prior.train(was_training)
+        if self.is_ddp:
+            # every rank saw its own batches: the accuracy over all of them, the same on every rank
+            counts = torch.tensor([correct, seen], dtype=torch.float64, device=self.device)
+            dist.all_reduce(counts)
+            correct, seen = counts.tolist()
+        return correct / seen
+
+    # ------------------------------------------------------------------ vital signs
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self._gates = []
+
+    def validation_step(self, batch: dict) -> dict:
+        result = super().validation_step(batch)
+        net = unwrap(self.network)
+        if net.cpb is not None and net.cpb[0].last_gate is not None:
+            self._gates.append([block.last_gate.float().cpu() for block in net.cpb])
+        return result
+
+    def epoch_vital_signs(self) -> dict[str, float]:
+        net = unwrap(self.network)
+        if net.cpb is None:
+            return {}
+        values = {"prior/validation accuracy": float("nan") if self.prior_val_accuracy is None
+                  else self.prior_val_accuracy}
+        for s, block in enumerate(net.cpb):
+            values[f"alpha/stage {s}"] = float(block.alpha.detach())
+        if self._gates:
+            for s in range(len(net.cpb)):
+                gates = torch.cat([g[s] for g in self._gates])  # validation images x channels
+                # how differently the gate treats different images; 0 while it ignores the prior
+                values[f"gate spread/stage {s}"] = float(gates.std(0).mean()) if len(gates) > 1 else 0.0
+        return values
+
+    def vital_sign_warnings(self, history: list[dict]) -> list[str]:
+        last = history[-1]
+        warnings = []
+        accuracy = last.get("prior/validation accuracy")
+        if accuracy is not None and accuracy == accuracy and accuracy <= 1 / self.prior.num_classes:
+            warnings.append(f"the prior's validation accuracy {accuracy:.3f} is at chance "
+                            f"({self.prior.num_classes} classes): the CPB has no class evidence to use")
+        if last["epoch"] >= self.num_epochs // 2:
+            alphas = [abs(v) for k, v in last.items() if k.startswith("alpha/")]
+            spreads = [v for k, v in last.items() if k.startswith("gate spread/")]
+            if max(alphas, default=0) < 1e-3 and max(spreads, default=0) < 1e-3:
+                warnings.append("the CPB is still closed (alpha ~0, gate the same for every image): the network "
+                                "behaves as the transformer-only network")
+        return warnings
 
 
 class FTSegNetTrainer_DiceFocal(FTSegNetTrainer):
@@ -223,7 +390,9 @@ class FTSegNetTrainer_DiceFocal(FTSegNetTrainer):
         if self.enable_deep_supervision:
             scales = self._get_deep_supervision_scales()
             weights = [1 / 2 ** i for i in range(len(scales))]
-            weights[-1] = 0  # as nnU-Net: the lowest output does not count
+            # as nnU-Net: the lowest output does not count, but under DDP a weight of 0 leaves parameters without a
+            # gradient, which DDP refuses
+            weights[-1] = 1e-6 if self.is_ddp and not self._do_i_compile() else 0
             total = sum(weights)
             loss = DeepSupervisionWrapper(loss, [w / total for w in weights])
         return loss

@@ -91,6 +91,13 @@ class TransformerBlock(nn.Module):
         self.attention = EfficientSelfAttention(channels, heads, reduction, conv_op)
         self.norm2 = nn.LayerNorm(channels)
         self.mlp = MixFFN(channels, mlp_ratio, conv_op)
+        # both residual branches start at zero (as LayerScale/ReZero do for deep transformers): a new block is the
+        # identity, so the encoder starts as the plans' U-Net and the blocks grow in only as far as they help. With
+        # random output layers, every block perturbed the conv features from the first step and the network
+        # trained worse than the U-Net it extends (measured: docs/ftsegnet.md)
+        for layer in (self.attention.proj, self.mlp.fc2):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape[2:])
@@ -153,12 +160,15 @@ class ClassificationPriorBlock(nn.Module):
         nn.init.zeros_(self.gate.bias)
         self.project = conv_op(prior_channels, channels, 1)
         self.alpha = nn.Parameter(torch.zeros(1))
+        # the gate of the last forward (images x channels), read by the trainer's vital signs
+        self.last_gate: torch.Tensor | None = None
 
     def forward(self, features: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         if prior.shape[2:] != features.shape[2:]:
             # odd input sizes round differently in the two networks' strided convs
             prior = F.interpolate(prior, size=features.shape[2:], mode="nearest")
         gate = 2 * torch.sigmoid(self.gate(prior.flatten(2).mean(2)))
+        self.last_gate = gate.detach()
         gate = gate.view(*gate.shape, *([1] * (features.ndim - 2)))
         return features * gate + self.alpha * self.project(prior)
 
@@ -234,6 +244,20 @@ class FTSegNetwork(nn.Module):
         return output
 
 
+@torch.no_grad()
+def close_cpb(network: FTSegNetwork) -> None:
+    """Put every CPB back to the identity (alpha 0, gate weights and bias 0, class projection 0): the network then
+    computes what the transformer-only network with the same segmenter weights computes. For ablations."""
+    if network.cpb is None:
+        return
+    for block in network.cpb:
+        block.alpha.zero_()
+        block.gate.weight.zero_()
+        block.gate.bias.zero_()
+    network.class_to_bottleneck.weight.zero_()
+    network.class_to_bottleneck.bias.zero_()
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -244,4 +268,4 @@ def prior_strides(encoder: nn.Module) -> list:
 
 
 __all__ = ["ClassificationPrior", "ClassificationPriorBlock", "EfficientSelfAttention", "FTSegNetwork", "MixFFN",
-           "TransformerBlock", "attention_heads", "count_parameters", "prior_strides", "reduction_for"]
+           "TransformerBlock", "attention_heads", "close_cpb", "count_parameters", "prior_strides", "reduction_for"]

@@ -4,9 +4,10 @@ trained elsewhere, read from a checkpoint."""
 from __future__ import annotations
 
 import json
-from os.path import isfile
+from os.path import isfile, join
 
 import torch
+from batchgenerators.utilities.file_and_folder_operations import load_pickle
 
 CLASS_TABLE = "classification.json"
 PRIOR_ENV = "nnUNet_ext_ftsegnet_prior"
@@ -52,3 +53,18 @@ def prior_state_from_file(path: str) -> dict:
         raise ValueError(f"{PRIOR_ENV}={path}: holds no FTSegNet classification prior (no 'prior.head.weight'; "
                          f"written by {checkpoint.get('trainer_name', 'an unknown trainer')})")
     return state
+
+
+def classification_only_cases(preprocessed_folder: str, identifiers, label_manager) -> list[str]:
+    """The cases whose label map is all ignore label: an image-level class and no mask. nnU-Net's preprocessing lists,
+    per case, where the annotated (not ignored) pixels lie (class_locations under the key (-1, *labels)); a case with
+    none has no mask. Without an ignore label every case has a mask."""
+    if label_manager.ignore_label is None:
+        return []
+    annotated = tuple([-1] + list(label_manager.all_labels))
+    found = []
+    for case in identifiers:
+        locations = load_pickle(join(preprocessed_folder, f"{case}.pkl")).get("class_locations", {})
+        if annotated in locations and len(locations[annotated]) == 0:
+            found.append(case)
+    return found
