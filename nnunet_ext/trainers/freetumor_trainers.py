@@ -129,12 +129,10 @@ class _FreeTumorBase(nnUNetExtTrainer):
         return measure_stats(cases(), self.pairs)
 
     def get_dataloaders(self):
-        self.prepare_synthesis()  # the augmentation workers may get the synthesizer
-        return super().get_dataloaders()
-
-    def on_train_start(self):
-        super().on_train_start()
+        # nnU-Net's on_train_start builds the loaders: the synthesizer is ready from there on, and the augmentation
+        # workers may get it
         self.prepare_synthesis()
+        return super().get_dataloaders()
 
     def prepare_synthesis(self) -> None:
         """Measure the statistics (unless a checkpoint brought them) and build the synthesizer (once)."""
