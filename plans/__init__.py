@@ -7,7 +7,15 @@ The nnU-Net folders come from the environment (nnUNet_raw, nnUNet_preprocessed),
 """
 
 from nnunet_ext.plans.api import check_request, plan_dataset
-from nnunet_ext.plans.presets import PRESETS, CPUNarrowPlanner, CPUPlanner, LowMemPlanner, Preset, plain_unet_macs
+from nnunet_ext.plans.presets import (
+    PRESETS,
+    CPUContextPlanner,
+    CPUNarrowPlanner,
+    CPUPlanner,
+    LowMemPlanner,
+    Preset,
+    plain_unet_macs,
+)
 
-__all__ = ["PRESETS", "Preset", "CPUPlanner", "CPUNarrowPlanner", "LowMemPlanner", "check_request", "plan_dataset",
-           "plain_unet_macs"]
+__all__ = ["PRESETS", "Preset", "CPUPlanner", "CPUNarrowPlanner", "CPUContextPlanner", "LowMemPlanner", "check_request",
+           "plan_dataset", "plain_unet_macs"]

@@ -11,6 +11,11 @@ what decides the cost of an iteration:
   a larger batch, as nnU-Net's memory rule does. No 3d_lowres (a cascade doubles the training on a CPU).
 - `cpu_narrow`: `cpu` with 8-base features (8-128): the width the FocusNetV2 and FreeTumor CPU benchmarks used
   through `unet_base_features = 8`; the same budget then buys larger patches.
+- `cpu_context`: 2d only, for methods that need context more than width and run several U-Nets a step (AVFusion's
+  three on DRIVE-AV): `cpu_narrow`'s 8-128 features at a quarter of the `cpu` budget (halving every width quarters
+  the count), and a floor under the patch: never below 256 pixels a side (or the median image where that is
+  smaller), since 128-pixel patches on DRIVE-AV learnt no arteries. Where the floor binds, the batch is nnU-Net's
+  minimum of 2 and the floor's cost goes over the budget.
 - `lowmem`: nnU-Net's default planner with a 4 GB GPU-memory target (its documented knob), for small GPUs.
 
 A preset is applied through nnU-Net's Python API (`plan_experiment_dataset` takes the planner class: nnU-Net finds
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
 
 CPU_CONFIGURATIONS = ("2d", "3d_fullres")
 ALL_CONFIGURATIONS = ("2d", "3d_fullres", "3d_lowres")
@@ -104,6 +110,44 @@ class CPUNarrowPlanner(CPUPlanner):
     max_features = 128
 
 
+class CPUContextPlanner(CPUNarrowPlanner):
+    """cpu_narrow at a quarter of the budget with a minimum 2d patch side (see the module docstring)."""
+
+    preset_name = "cpu_context"
+    macs_per_iteration = CPU_MACS_PER_ITERATION / 4
+    min_patch_2d = 256
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # pool down to 8 px, not nnU-Net's 4: a 256 px patch then gets the six stages measured on DRIVE-AV (a seventh
+        # would run 128-feature convolutions on a 4x4 map, more cost where the floor already went over the budget)
+        self.UNet_featuremap_min_edge_length = 8
+
+    def get_plans_for_configuration(self, spacing, median_shape, data_identifier, approximate_n_voxels_dataset,
+                                    _cache) -> dict:
+        plan = super().get_plans_for_configuration(spacing, median_shape, data_identifier,
+                                                   approximate_n_voxels_dataset, _cache)
+        if len(spacing) != 2:
+            return plan
+        floor = [min(self.min_patch_2d, int(m)) for m in median_shape[-2:]]
+        if all(p >= f for p, f in zip(plan["patch_size"], floor, strict=True)):
+            return plan
+        # nnU-Net's budget loop shrank below the floor: raise the short sides back and rebuild the topology as that
+        # loop does for each patch it tries (get_pool_and_conv_props rounds the patch up to what the poolings divide)
+        wanted = [max(int(p), f) for p, f in zip(plan["patch_size"], floor, strict=True)]
+        _, strides, kernels, patch, _ = get_pool_and_conv_props(spacing, wanted, self.UNet_featuremap_min_edge_length,
+                                                                999999)
+        n = len(strides)
+        plan["architecture"]["arch_kwargs"].update(
+            n_stages=n, kernel_sizes=kernels, strides=strides,
+            features_per_stage=tuple(min(self.max_features, self.base_features * 2 ** i) for i in range(n)),
+            n_conv_per_stage=self.UNet_blocks_per_stage_encoder[:n],
+            n_conv_per_stage_decoder=self.UNet_blocks_per_stage_decoder[:n - 1])
+        plan["patch_size"] = tuple(patch)
+        plan["batch_size"] = self.UNet_min_batch_size
+        return plan
+
+
 class LowMemPlanner(ExperimentPlanner):
     """nnU-Net's default planner for a 4 GB GPU (its `gpu_memory_target_in_gb`, 8 by default)."""
 
@@ -136,6 +180,9 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            f"{CPU_MACS_PER_ITERATION / 1e9:g} GMAC per iteration (~0.5 s on 2 cores)"),
     Preset("cpu_narrow", CPUNarrowPlanner, CPU_CONFIGURATIONS,
            "cpu with 8-128 features (the FocusNetV2/FreeTumor CPU benchmark width): larger patches, same budget"),
+    Preset("cpu_context", CPUContextPlanner, ("2d",),
+           "2d, several U-Nets a step (AVFusion): 8-128 features, a quarter of the cpu budget, patch never below "
+           f"{CPUContextPlanner.min_patch_2d} px a side (or the image): the context A/V needs"),
     Preset("lowmem", LowMemPlanner, ALL_CONFIGURATIONS,
            "small GPUs: nnU-Net's default planner with a 4 GB GPU-memory target"),
 )}

@@ -132,6 +132,41 @@ def test_cpu_preset_plans_a_drive_sized_and_a_ct_sized_data_set(fake_root):
         stock["configurations"]["3d_fullres"]["patch_size"])
 
 
+
+def test_cpu_context_preset_keeps_its_2d_patch_floor(fake_root):
+    """cpu_context promises: 8-128 features, a 2d patch never below min_patch_2d a side (or the image, where smaller),
+    batch 2 where that floor binds, pooling down to >= 8 px, and a quarter of the cpu budget where it does not."""
+    planner = PRESETS["cpu_context"].planner
+    floor, budget = planner.min_patch_2d, CPU_MACS_PER_ITERATION / 4
+
+    class NoFloor(planner):
+        min_patch_2d = 0
+
+    # DRIVE-sized RGB images: the budget alone leaves a side under the floor, the preset lifts it
+    _fake_dataset(fake_root, 905, (1, 584, 565), (999, 1, 1), 20, channels=3)
+    free = plan_experiment_dataset(905, NoFloor)[0]["configurations"]["2d"]
+    assert min(free["patch_size"]) < floor
+    plans, identifier = plan_experiment_dataset(905, planner)
+    assert identifier == "nnUNetPlans_cpu_context"
+    c = plans["configurations"]["2d"]
+    arch = c["architecture"]["arch_kwargs"]
+    assert min(c["patch_size"]) >= floor and c["batch_size"] == 2
+    assert arch["features_per_stage"][0] == 8 and max(arch["features_per_stage"]) == 128
+    assert len(arch["features_per_stage"]) == len(arch["strides"]) == arch["n_stages"]
+    bottom = np.array(c["patch_size"]) / np.prod(np.array(arch["strides"]), axis=0)
+    assert np.array_equal(bottom, np.round(bottom)) and bottom.min() >= 8  # the poolings divide the patch
+    net = PlainConvUNet(3, arch["n_stages"], arch["features_per_stage"], nn.Conv2d, arch["kernel_sizes"],
+                        arch["strides"], arch["n_conv_per_stage"], 4, arch["n_conv_per_stage_decoder"],
+                        deep_supervision=False)
+    with torch.no_grad():
+        assert tuple(net(torch.zeros(1, 3, *c["patch_size"])).shape) == (1, 4, *c["patch_size"])
+
+    # images smaller than the floor: one patch holds the whole image, within the budget
+    _fake_dataset(fake_root, 906, (1, 120, 200), (999, 1, 1), 20)
+    c = plan_experiment_dataset(906, planner)[0]["configurations"]["2d"]
+    assert c["patch_size"][0] >= 120 and c["patch_size"][1] >= 200
+    assert c["batch_size"] * plain_unet_macs(c["patch_size"], 1, 4, c["architecture"]["arch_kwargs"]) <= budget
+
 def _our_trainers() -> list[type]:
     found = []
     for module in (nnunet_ext.trainers.baseline_trainers, nnunet_ext.trainers.av_fusion_trainers,
@@ -204,6 +239,7 @@ def fundus_raw(tmp_path, monkeypatch) -> Path:
     (["--preset", "gpu9000"], "unknown preset 'gpu9000'"),
     (["--preset", "cpu", "-c", "3d_lowres"], "preset 'cpu' has no configuration '3d_lowres'"),
     (["--preset", "cpu", "-c", "3d_fullres"], "2D images: configuration '3d_fullres' needs volumes"),
+    (["--preset", "cpu_context", "-c", "3d_fullres"], "preset 'cpu_context' has no configuration '3d_fullres'"),
 ])
 def test_plan_refuses_bad_requests_and_writes_nothing(fundus_raw, capsys, argv, message):
     assert main(["plan", "-d", str(fundus2d.DEFAULT_ID), *argv]) == 2

@@ -6,9 +6,10 @@
 SOURCE is the DRIVE-AV folder (training/ and, when present, the official test/). Stages, each restartable (a
 training with a checkpoint_final, a prediction folder with all cases are not redone):
 - prepare: convert (Dataset711), hold out the test cases (the official test/ split when the source has one, else
-  training images 37-40: never seen in training or in checkpoint choice), stock nnUNetv2_plan_and_preprocess 2d,
-  and the CPU configuration of `cpu_configuration` beside the stock plans (inheriting the 2d preprocessing);
-- time: seconds per training step and per predicted case of stock and AVFusionTrainer on that configuration
+  training images 37-40: never seen in training or in checkpoint choice), `nnunet_ext plan --preset cpu_context -c
+  2d` (plans/presets.py: 8-128 features, patch never below 256 px a side; on DRIVE-AV 256x256, batch 2; 128-pixel
+  patches lose the optic disc and vessel tracing that tell arteries from veins);
+- time: seconds per training step and per predicted case of stock and AVFusionTrainer on those plans
   (bench/harness, same run), for the cost target (AVFusion step <= 1.05 x three stock steps);
 - train: for each seed, the three arms (bench/av_fusion/trainers: same epochs x iterations x batch) with the stock
   nnUNetv2_train, then nnUNetv2_predict --save_probabilities (no mirroring, the same for all) of the held-out cases;
@@ -28,28 +29,19 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_ext import stock
+from nnunet_ext.plans import PRESETS
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE.parent / "results" / "av_fusion"
 DATASET = 711
-CONFIGURATION = "2d_cpu256"
+PRESET = "cpu_context"
+PLANS = PRESETS[PRESET].plans_identifier
+CONFIGURATION = "2d"
 ARMS = {"stock": "nnUNetTrainer_drivecpu", "AVFusionTrainer": "AVFusionTrainer_drivecpu",
         "AVFusionTrainer_attached": "AVFusionTrainer_attached_drivecpu"}
 HOLDOUT = ("37_training", "38_training", "39_training", "40_training")
 PAPER = {"sensitivity": 69.83, "auc_roc": 84.2, "f1": 71.26, "auc_pr": 72.41, "mse": 2.92}  # sigmoid version, %
 STAGES = ("prepare", "time", "train", "evaluate")
-
-
-def cpu_configuration(plans: dict) -> dict:
-    """THE CPU configuration of this bench (one place, to be replaced by a planner preset): 256x256 patches (a
-    DRIVE image is 565x584; 128-pixel patches lose the optic disc and vessel tracing that tell arteries from veins),
-    batch 2, six stages of 8-16-32-64-128-128 features, the stock 2d preprocessing."""
-    arch = json.loads(json.dumps(plans["configurations"]["2d"]["architecture"]))
-    n = 6
-    arch["arch_kwargs"].update(n_stages=n, features_per_stage=[8, 16, 32, 64, 128, 128], kernel_sizes=[[3, 3]] * n,
-                               strides=[[1, 1]] + [[2, 2]] * (n - 1), n_conv_per_stage=[2] * n,
-                               n_conv_per_stage_decoder=[2] * (n - 1))
-    return {"inherits_from": "2d", "patch_size": [256, 256], "batch_size": 2, "architecture": arch}
 
 
 def hold_out(raw: Path, cases: tuple[str, ...]) -> list[str]:
@@ -71,7 +63,7 @@ def hold_out(raw: Path, cases: tuple[str, ...]) -> list[str]:
 
 def write_split(preprocessed: Path, n_val: int = 1) -> None:
     """Fold 0 trains on all but one case; nnU-Net's per-epoch pseudo-Dice uses that one, nothing is chosen on it."""
-    cases = sorted(p.name[:-len(".b2nd")] for p in (preprocessed / "nnUNetPlans_2d").glob("*.b2nd")
+    cases = sorted(p.name[:-len(".b2nd")] for p in (preprocessed / f"{PLANS}_{CONFIGURATION}").glob("*.b2nd")
                    if not p.name.endswith("_seg.b2nd"))
     (preprocessed / "splits_final.json").write_text(json.dumps([{"train": cases[:-n_val], "val": cases[-n_val:]}]))
 
@@ -81,7 +73,7 @@ def prepare(source: Path, env: dict, log: Path) -> dict:
 
     raw_root, pre_root = Path(env["nnUNet_raw"]), Path(env["nnUNet_preprocessed"])
     raw = raw_root / "Dataset711_DRIVE_AV"
-    if not (pre_root / raw.name / "nnUNetPlans.json").exists():
+    if not (pre_root / raw.name / f"{PLANS}.json").exists():
         raw_root.mkdir(parents=True, exist_ok=True)
         raw = convert(source, out_root=raw_root, overwrite=True)
         if any((raw / "imagesTs").glob("*.png")):
@@ -90,22 +82,19 @@ def prepare(source: Path, env: dict, log: Path) -> dict:
             hold_out(raw, HOLDOUT)
             split = f"training images {', '.join(c.split('_')[0] for c in HOLDOUT)} held out (no test/ in the source)"
         (raw / "bench_split.txt").write_text(split)
-        stock.plan_and_preprocess(DATASET, "2d", env, log_file=log)
+        stock.plan(DATASET, PRESET, env, [CONFIGURATION], log_file=log)
         write_split(pre_root / raw.name)
-    plans_file = pre_root / raw.name / "nnUNetPlans.json"
-    plans = json.loads(plans_file.read_text())
-    plans["configurations"][CONFIGURATION] = cpu_configuration(plans)
-    plans_file.write_text(json.dumps(plans, indent=2))
     return {"split": (raw / "bench_split.txt").read_text(),
             "test_cases": sorted(p.name[:-len(".png")] for p in (raw / "labelsTs").glob("*.png"))}
 
 
 def time_steps(env: dict, out: Path, log: Path) -> dict:
-    """Step and prediction seconds of stock and AVFusionTrainer on the bench configuration, in one process."""
+    """Step and prediction seconds of stock and AVFusionTrainer on the bench plans, in one process."""
+    tag = f"drive_av_{CONFIGURATION}_{PRESET}_cpu"
     stock.run([sys.executable, HERE.parent / "harness" / "bench_trainers.py", "-d", str(DATASET), "-c", CONFIGURATION,
-               "-tr", "AVFusionTrainer", "--device", "cpu", "--iterations", "8", "--warmup", "2",
-               "--predict-cases", "1", "--out", out, "--tag", f"drive_av_{CONFIGURATION}_cpu"], env, log_file=log)
-    report = json.loads((out / f"drive_av_{CONFIGURATION}_cpu.json").read_text())
+               "-p", PLANS, "-tr", "AVFusionTrainer", "--device", "cpu", "--iterations", "8", "--warmup", "2",
+               "--predict-cases", "1", "--out", out, "--tag", tag], env, log_file=log)
+    report = json.loads((out / f"{tag}.json").read_text())
     rows = {r["trainer"]: r for r in report["results"]}
     s, f = rows["nnUNetTrainer"], rows["AVFusionTrainer"]
     return {"stock_step_s": s["seconds_per_iteration"], "avfusion_step_s": f["seconds_per_iteration"],
@@ -127,12 +116,12 @@ def train_arms(work: Path, env: dict, seeds: list[int], arms: list[str], log: Pa
         for arm in arms:
             trainer = ARMS[arm]
             seed_env = dict(env, nnUNet_results=str(run_dir(work, seed) / "results"), nnUNet_ext_seed=str(seed))
-            fold = (run_dir(work, seed) / "results" / "Dataset711_DRIVE_AV" / f"{trainer}__nnUNetPlans__{CONFIGURATION}"
+            fold = (run_dir(work, seed) / "results" / "Dataset711_DRIVE_AV" / f"{trainer}__{PLANS}__{CONFIGURATION}"
                     / "fold_0")
             key = f"seed {seed} {arm}"
             if not (fold / "checkpoint_final.pth").exists():
                 t0 = time.perf_counter()
-                stock.train(DATASET, CONFIGURATION, 0, trainer, seed_env, log_file=log)
+                stock.train(DATASET, CONFIGURATION, 0, trainer, seed_env, plans=PLANS, log_file=log)
                 state.setdefault("train_seconds", {})[key] = round(time.perf_counter() - t0, 1)
                 save_state(work, state)
             pred = run_dir(work, seed) / f"pred_{arm}"
@@ -141,8 +130,9 @@ def train_arms(work: Path, env: dict, seeds: list[int], arms: list[str], log: Pa
                     shutil.rmtree(pred)
                 t0 = time.perf_counter()
                 stock.run([stock.find_command("nnUNetv2_predict"), "-i", raw / "imagesTs", "-o", pred, "-d",
-                           str(DATASET), "-c", CONFIGURATION, "-tr", trainer, "-f", "0", "-device", "cpu", "-npp",
-                           "1", "-nps", "1", "--save_probabilities", "--disable_tta"], seed_env, log_file=log)
+                           str(DATASET), "-c", CONFIGURATION, "-p", PLANS, "-tr", trainer, "-f", "0", "-device",
+                           "cpu", "-npp", "1", "-nps", "1", "--save_probabilities", "--disable_tta"], seed_env,
+                          log_file=log)
                 state.setdefault("predict_seconds", {})[key] = round(time.perf_counter() - t0, 1)
                 save_state(work, state)
 
@@ -178,12 +168,12 @@ def write_report(out: Path, work: Path, state: dict, results: dict) -> dict:
     from av_drive_trainers import BUDGET
 
     out.mkdir(parents=True, exist_ok=True)
-    cfg = cpu_configuration(json.loads((Path(state["preprocessed"]) / "nnUNetPlans.json").read_text()))
+    cfg = json.loads((Path(state["preprocessed"]) / f"{PLANS}.json").read_text())["configurations"][CONFIGURATION]
     feats = cfg["architecture"]["arch_kwargs"]["features_per_stage"]
     budget = (f"{BUDGET['epochs']} epochs x {BUDGET['iterations']} iterations x batch {cfg['batch_size']} for every "
               f"arm (AVFusion runs three U-Nets per step), {cfg['patch_size'][0]}x{cfg['patch_size'][1]} patches, "
-              f"U-Net features {'-'.join(map(str, feats))}, 2 shared CPU cores, checkpoint_final, prediction "
-              f"without mirroring; test: {state['split']} ({len(state['test_cases'])} images)")
+              f"U-Net features {'-'.join(map(str, feats))} (plans {PLANS}), 2 shared CPU cores, checkpoint_final, "
+              f"prediction without mirroring; test: {state['split']} ({len(state['test_cases'])} images)")
 
     def seed_value(arm: str, seed: str, group: str, metric: str) -> float:
         s = results[arm][seed]["summary"][group]
@@ -230,7 +220,7 @@ def write_report(out: Path, work: Path, state: dict, results: dict) -> dict:
                         "measured": round(cost["step_ratio_to_three_stock"], 3), "goal": "<= 1.05",
                         "met": bool(cost["step_ratio_to_three_stock"] <= 1.05)})
     report = {"budget": budget, "budget_counted_as": "epochs x iterations x batch, equal for every arm; wall time "
-              "reported beside it", "configuration": cfg, "state": state, "table": table,
+              "reported beside it", "plans": PLANS, "configuration": cfg, "state": state, "table": table,
               "results": results, "paper_drive_av_sigmoid": PAPER}
     (out / "av_drive.json").write_text(json.dumps(report, indent=2))
     (out / "targets.json").write_text(json.dumps(targets, indent=2))
@@ -281,8 +271,8 @@ def write_report(out: Path, work: Path, state: dict, results: dict) -> dict:
             lines.append(f"- {arm} vs stock, seed {seed}: higher weighted F1 on {f1_wins} of {len(a['image_f1'])} "
                          f"held-out images, fewer mixed segments on {seg_wins}")
     if cost:
-        lines += ["", f"Cost ({CONFIGURATION}, same run): stock step {cost['stock_step_s']:.3f} s, AVFusionTrainer "
-                  f"{cost['avfusion_step_s']:.3f} s = {cost['step_ratio_to_stock']:.2f}x stock = "
+        lines += ["", f"Cost ({PLANS} {CONFIGURATION}, same run): stock step {cost['stock_step_s']:.3f} s, "
+                  f"AVFusionTrainer {cost['avfusion_step_s']:.3f} s = {cost['step_ratio_to_stock']:.2f}x stock = "
                   f"{cost['step_ratio_to_three_stock']:.3f}x three stock steps; prediction per case "
                   f"{cost['stock_predict_case_s']:.1f} s vs {cost['avfusion_predict_case_s']:.1f} s "
                   f"({cost['predict_ratio_to_stock']:.2f}x)."]
