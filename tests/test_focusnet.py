@@ -164,6 +164,20 @@ def test_gradients_stop_at_the_roi_and_shape_autoencoder_keeps_the_box():
     assert recon.shape == (3, 1, 4, 8, 8) and len(feats) == 2 and latent.shape[0] == 3
 
 
+@pytest.mark.mechanism
+@pytest.mark.parametrize("detached", [True, False])
+def test_focusnet_heatmap_loss_reaches_snet_only_when_sol_is_attached(detached):
+    """sol_detach_features: the heatmap gradient trains the SOL head alone; attached it also moves S-Net's decoder
+    (the behaviour that cost the large organs Dice in the bench)."""
+    net = FocusNetV2Network(_snet(3, 4, deep_supervision=True), 1, sos_features=4)
+    net.configure([1], (4, 8, 8))
+    net.sol_detached = detached
+    net.snet_forward(torch.randn(1, 1, 8, 16, 16)).heat_logits.sum().backward()
+    decoder_grads = [p.grad for p in net.snet.decoder.stages.parameters()]
+    assert all(g is None for g in decoder_grads) == detached
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.sol.parameters())
+
+
 # ---------------------------------------------------------------------------------------------- missing organs
 def test_missing_organ_gives_no_heatmap_target_and_no_sos_crop():
     seg = torch.zeros(3, 1, 8, 20, 20)
@@ -298,7 +312,7 @@ def test_focusnet_heatmap_head_localises_a_case_it_can_overfit(hn_preprocessed, 
         assert (offset < np.asarray(t.box) / 2).all(), f"organ {lab}: peak {index} vs centroid, box {t.box}"
 
 
-STEPS_TO_LOCALISE = 40  # all three organs' peaks pass 0.85 within 25 steps (measured, seed 0)
+STEPS_TO_LOCALISE = 80  # peaks 0.69-0.74, all inside half the box, at 80 steps (0.59-0.60 at 50; measured, seed 0)
 
 
 @pytest.mark.mechanism
@@ -359,9 +373,14 @@ def test_focusnet_sos_trains_a_crop_without_its_organ_towards_empty(hn_preproces
             return float(torch.sigmoid(net.sos[chiasm](net.sos_input(batch["data"], out, chiasm, b, start))).mean())
 
     trace = [organ_probability()]
+    snet_before = [p.detach().clone() for p in net.snet.parameters()]
+    sol_before = [p.detach().clone() for p in net.sol.parameters()]
     for _ in range(40):
         t.train_step(batch)
         trace.append(organ_probability())
+    # S-Net is frozen in this phase; the SOL head keeps fitting its features (sol_phases, the heatmap-only stage)
+    assert all(torch.equal(a, p) for a, p in zip(snet_before, net.snet.parameters(), strict=True))
+    assert not all(torch.equal(a, p) for a, p in zip(sol_before, net.sol.parameters(), strict=True))
     assert all(later < earlier for earlier, later in zip(trace, trace[1:], strict=False)), trace
     assert trace[-1] < trace[0] - 0.04, trace  # ~0.5 -> ~0.45 in 40 Adam steps at lr 1e-3 (measured)
 

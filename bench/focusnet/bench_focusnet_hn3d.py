@@ -13,7 +13,9 @@ Rows (bench/focusnet/trainers; all with the same narrow S-Net, features 8-64), p
   adversarial) - the same number of training iterations as stock;
 - focusnet_same_snet: FocusNetV2Trainer, 2E epochs, S-Net in the first E: S-Net gets exactly stock's budget and the
   SOS phases come on top (the paper's setting);
-- focusnet_mse: as focusnet_same_snet with the original's voxel-mean MSE heatmap loss (the ablation of the fix).
+- focusnet_mse: as focusnet_same_snet with the original's voxel-mean MSE heatmap loss (the ablation of the fix);
+- focusnet_attached: as focusnet_same_snet with the heatmap loss back-propagating into S-Net's decoder features
+  (sol_detach_features = False; the ablation of the detach).
 How budget is counted: iterations of the segmentation network (S-Net) for "same S-Net budget", all training
 iterations for "equal total"; wall-clock ratios against stock's run on the same machine in the same script.
 
@@ -47,7 +49,9 @@ from nnunet_ext.phantoms import hn3d
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 ROWS = {"stock": "nnUNetTrainer_hnbench", "focusnet_equal_total": "FocusNetV2Trainer_hnbench",
-        "focusnet_same_snet": "FocusNetV2Trainer_hnbench_fullsnet", "focusnet_mse": "FocusNetV2Trainer_hnbench_mse"}
+        "focusnet_same_snet": "FocusNetV2Trainer_hnbench_fullsnet", "focusnet_mse": "FocusNetV2Trainer_hnbench_mse",
+        "focusnet_attached": "FocusNetV2Trainer_hnbench_attached"}
+ABLATIONS = ("focusnet_mse", "focusnet_attached")
 THRESHOLDS = (0.3, 0.45, 0.6, 0.75, 0.9)
 
 
@@ -248,7 +252,8 @@ def markdown(report: dict, small: list[str], large: list[str]) -> str:
     organs = large + small
     lines = [f"# Stock vs FocusNetV2 on {s['dataset']} ({s['configuration']}, CPU)", "",
              f"Narrow S-Net (features 8-64) for every row; E = {s['epochs']} epochs x {s['iterations']} iterations; "
-             f"seeds {s['seeds']}; fold 0; {s['n_test']} held-out cases. Written by bench/focusnet/"
+             f"seeds {s['seeds']} (ablation rows: {s.get('ablation_seeds', s['seeds'])}); fold 0; {s['n_test']} "
+             "held-out cases. Written by bench/focusnet/"
              f"bench_focusnet_hn3d.py; cells are means over the seeds (Dice / HD95 mm).", "",
              "| row | " + " | ".join(organs) + " | small-organ mean Dice (per seed) | train s | predict s |",
              "|---" * (len(organs) + 4) + "|"]
@@ -281,6 +286,8 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=25)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--ablation-seeds", type=int, nargs="+", default=None,
+                   help=f"run the ablation rows ({', '.join(ABLATIONS)}) for these seeds only (default: --seeds)")
     p.add_argument("--n-train", type=int, default=16)
     p.add_argument("--n-test", type=int, default=6)
     p.add_argument("--work", type=Path, default=REPO / "bench" / "work" / "focusnet")
@@ -306,8 +313,11 @@ def main() -> int:
                         + (f"_{args.preset}" if args.preset else ""))
     work.mkdir(parents=True, exist_ok=True)
     entries = {row: [] for row in args.rows}
+    ablation_seeds = args.seeds if args.ablation_seeds is None else args.ablation_seeds
     for seed in args.seeds:
         for row in args.rows:
+            if row in ABLATIONS and seed not in ablation_seeds:
+                continue
             entry = run_row(row, seed, raw, args, env, work)
             entries[row].append(entry)
             print(row, seed, json.dumps({k: entry[k] for k in ("train_s", "predict_s")}), flush=True)
@@ -316,7 +326,8 @@ def main() -> int:
     small = list(focus["localisation"]) if focus else list(hn3d.SMALL)
     large = [o for o in labels if o != "background" and o not in small]
     report = {"setting": {"dataset": raw.name, "configuration": args.configuration, "epochs": args.epochs,
-                          "iterations": args.iterations, "seeds": args.seeds, "n_test": len(list(
+                          "iterations": args.iterations, "seeds": args.seeds,
+                          "ablation_seeds": ablation_seeds, "n_test": len(list(
                               (raw / "labelsTs").iterdir())), "device": "cpu", "small_organs": small},
               "summary": {row: mean_over_seeds(e, small) for row, e in entries.items()},
               "runs": entries}
@@ -325,7 +336,7 @@ def main() -> int:
     else:
         report["targets"] = []
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"focusnet_{raw.name}_{args.configuration}"
+    stem = f"focusnet_{raw.name}_{args.configuration}_E{args.epochs}x{args.iterations}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
     (args.out / f"{stem}.md").write_text(markdown(report, small, large))
     (args.out / "targets.json").write_text(json.dumps(report["targets"], indent=1))

@@ -34,9 +34,11 @@ def check_unet(unet: nn.Module, role: str) -> None:
                         f"or ResidualEncoderUNet); got a {type(unet).__name__}")
 
 
-def decode(unet: nn.Module, x: torch.Tensor, side_outputs: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Run an nnU-Net U-Net and return the features of its last decoder stage (before the 1x1 segmentation layer)
-    and, when asked, the logits of the lower-resolution deep-supervision outputs, highest resolution first.
+def decode_stages(unet: nn.Module, x: torch.Tensor, side_outputs: bool) -> tuple[list[torch.Tensor],
+                                                                                  list[torch.Tensor]]:
+    """Run an nnU-Net U-Net and return the output features of every decoder stage, coarsest first (the last one is
+    what the 1x1 segmentation layer reads) and, when asked, the logits of the lower-resolution deep-supervision
+    outputs, highest resolution first.
 
     The stock decoder only returns logits; heads that need the features walk the decoder's stages here with its own
     modules (same parameters, same state_dict keys).
@@ -44,10 +46,17 @@ def decode(unet: nn.Module, x: torch.Tensor, side_outputs: bool) -> tuple[torch.
     skips = unet.encoder(x)
     decoder = unet.decoder
     below = skips[-1]
-    side = []
+    stages, side = [], []
     last = len(decoder.stages) - 1
     for s in range(len(decoder.stages)):
         below = decoder.stages[s](torch.cat((decoder.transpconvs[s](below), skips[-(s + 2)]), 1))
+        stages.append(below)
         if side_outputs and s < last:
             side.append(decoder.seg_layers[s](below))
-    return below, side[::-1]
+    return stages, side[::-1]
+
+
+def decode(unet: nn.Module, x: torch.Tensor, side_outputs: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """decode_stages with the last decoder stage's features only."""
+    stages, side = decode_stages(unet, x, side_outputs)
+    return stages[-1], side

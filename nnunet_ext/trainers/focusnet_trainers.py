@@ -50,6 +50,7 @@ __all__ = ["FocusNetV2Trainer", "FocusNetV2Trainer_debug", "FocusNetV2Trainer_de
 SMALL_ORGANS_ENV = "nnUNet_ext_focusnet_small_organs"
 SELECTION_FILE = "focusnet_small_organs.json"
 HEATMAP_LOSSES = {"focal": fl.heatmap_focal_loss, "mse": fl.heatmap_loss}
+SOL_INPUTS = ("context", "last")
 
 
 class FocusNetV2Trainer(nnUNetExtTrainer):
@@ -72,6 +73,18 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
     heatmap_loss = "focal"  # "focal": penalty-reduced focal (localises); "mse": the original's (collapses, ablation)
     heatmap_weight = 2.0
     sol_lr = 4e-4  # the SOL head's own Adam (the original's), poly-annealed over the snet phase
+    # SOL reads S-Net's decoder features without back-propagating into them: with the heatmap gradient flowing into
+    # S-Net, the large organs lost up to 0.22 Dice at the bench budget, even at heatmap_weight 0.2 (docs/focusnet.md)
+    sol_detach_features = True
+    # "context": SOL reads every decoder stage (coarse ones interpolated to full resolution); "last": the last stage
+    # only (the spec's head; on detached features it did not localise, docs/focusnet.md)
+    sol_input = "context"
+    # the SOL head's width (None: S-Net's last decoder stage's); a narrow S-Net's 8 channels were too few for a
+    # detached head to localise (docs/focusnet.md)
+    sol_features = 32
+    # phases in which the SOL head trains ("snet" always): in "sos" S-Net is frozen and the head keeps fitting its
+    # features, as the original's heatmap-only stage; its poly schedule spans these phases
+    sol_phases = ("snet", "sos")
     latent_weight = 5.0
     feature_weight = 1.0
     mse_weight = 1.0
@@ -190,14 +203,24 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
             raise ValueError(f"{self.__class__.__name__}.heatmap_loss must be one of {sorted(HEATMAP_LOSSES)}, got "
                              f"{self.heatmap_loss!r}")
         net = self.focus_network
-        net.configure(self.selection.labels, self.box)
+        if self.sol_input not in SOL_INPUTS:
+            raise ValueError(f"{self.__class__.__name__}.sol_input must be one of {SOL_INPUTS}, got {self.sol_input!r}")
+        net.configure(self.selection.labels, self.box, sol_context=self.sol_input == "context",
+                      sol_features=self.sol_features)
+        net.sol_detached = bool(self.sol_detach_features)
         snet = {r.name: r for r in self.phase_schedule.resolve(self.num_epochs)}["snet"]
         # S-Net keeps nnU-Net's SGD; its poly schedule spans the epochs it trains, so it anneals as a stock run would
         optimizer = torch.optim.SGD(net.snet.parameters(), self.initial_lr, weight_decay=self.weight_decay,
                                     momentum=0.99, nesterov=True)
         # the heatmap head gets its own Adam (the original's): under S-Net's SGD it collapsed to all-zero maps
+        unknown = set(self.sol_phases) - {"snet", "sos"}
+        if "snet" not in self.sol_phases or unknown:
+            raise ValueError(f"{self.__class__.__name__}.sol_phases must hold 'snet' and may add 'sos', got "
+                             f"{self.sol_phases!r}")
+        last = {r.name: r for r in self.phase_schedule.resolve(self.num_epochs)}["sos" if "sos" in self.sol_phases
+                                                                                 else "snet"]
         self.sol_optimizer = torch.optim.Adam(net.sol.parameters(), lr=self.sol_lr)
-        self.sol_scheduler = PhasePolyLRScheduler(self.sol_optimizer, self.sol_lr, snet.start, snet.end)
+        self.sol_scheduler = PhasePolyLRScheduler(self.sol_optimizer, self.sol_lr, snet.start, last.end)
         self.sos_optimizer = torch.optim.Adam(net.sos.parameters(), lr=self.sos_lr)
         return optimizer, PhasePolyLRScheduler(optimizer, self.initial_lr, snet.start, snet.end)
 
@@ -326,11 +349,16 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
             self._step(loss, opt, ae.parameters())
         return {"loss": np.array(0.0) if loss is None else loss.detach().cpu().numpy()}
 
-    def _sos_predictions(self, data: torch.Tensor, full: torch.Tensor, keys):
-        """(organ index, SOS logits, reference crops) per organ over its sos_crops; S-Net runs without grad."""
+    def _sos_predictions(self, data: torch.Tensor, full: torch.Tensor, keys, train_sol: bool = False):
+        """(organ index, SOS logits, reference crops) per organ over its sos_crops; S-Net runs without grad. With
+        train_sol the SOL head's heatmap loss on S-Net's (frozen) features is stepped here too."""
         net = self.focus_network
         with torch.no_grad():
             out = net.snet_forward(data)
+        if train_sol:
+            self.sol_optimizer.zero_grad(set_to_none=True)
+            heat_loss = self.heatmap_loss_value(net.sol(out.stages), full, keys)
+            self._step(heat_loss, self.sol_optimizer, net.sol.parameters())
         results = []
         for k, lab in enumerate(self.selection.labels):
             crops = self.sos_crops(full, out.heat_logits, k, keys)
@@ -345,7 +373,7 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         data, _, full, keys = self._batch(batch)
         self.sos_optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            results = self._sos_predictions(data, full, keys)
+            results = self._sos_predictions(data, full, keys, train_sol="sos" in self.sol_phases)
             loss = torch.stack([fl.sos_loss(logits, ref) for _, logits, ref in results]).mean() if results else None
         if self.any_rank(loss is not None):
             self._step(loss, self.sos_optimizer, self.focus_network.sos.parameters())

@@ -7,6 +7,8 @@ sets: nnUNet_ext_bench_epochs (E) x nnUNet_ext_bench_iterations; this folder goe
 - FocusNetV2Trainer_hnbench_fullsnet: 2E epochs in all, S-Net in the first E (the stock budget), then the SOS phases
   (the paper's setting: SOS added on top of a trained S-Net).
 - FocusNetV2Trainer_hnbench_mse: as _fullsnet with the original's MSE heatmap loss (the ablation).
+- FocusNetV2Trainer_hnbench_attached: as _fullsnet with the SOL head as before issue 16's second round: on the last
+  decoder stage only, its loss back-propagating into S-Net's features (the ablation of sol_input and the detach).
 
 The width is a class attribute (unet_base_features), so stock nnUNetv2_predict builds the same narrow network."""
 
@@ -45,6 +47,11 @@ class FocusNetV2Trainer_hnbench_fullsnet(FocusNetV2Trainer_hnbench):
 
 class FocusNetV2Trainer_hnbench_mse(FocusNetV2Trainer_hnbench_fullsnet):
     heatmap_loss = "mse"
+
+
+class FocusNetV2Trainer_hnbench_attached(FocusNetV2Trainer_hnbench_fullsnet):
+    sol_detach_features = False
+    sol_input = "last"
 
 
 class _FocusNetV2CostProbe(FocusNetV2Trainer):

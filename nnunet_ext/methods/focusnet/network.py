@@ -1,8 +1,9 @@
 """FocusNetV2 (Gao et al., MedIA 2021) as one nn.Module built from the nnU-Net plans.
 
 - S-Net: the plans' U-Net, all classes (its deep-supervision outputs unchanged).
-- SOL-Net: a heatmap head on S-Net's last (full-resolution) decoder features, conv-norm-ReLU twice then a 1x1 conv,
-  one channel per small organ; sigmoid gives the heatmap.
+- SOL-Net: a heatmap head on S-Net's decoder features, conv-norm-ReLU twice then a 1x1 conv, one channel per small
+  organ; sigmoid gives the heatmap. By default it reads every decoder stage (summed at full resolution) from detached
+  features (SOLHead, FocusNetV2Trainer.sol_input / sol_detach_features).
 - ROI pooling: a fixed box (from the training labels, nnunet_ext.methods.focusnet.organs) centred on each heatmap
   peak and shifted to lie inside the patch. The crop takes the image, S-Net's last decoder features and S-Net's
   probability of the organ, all detached: no gradient flows from SOS into S-Net.
@@ -31,7 +32,7 @@ from torch import nn
 
 from nnunet_ext.methods.focusnet.organs import MAX_POOL, pooling_per_axis
 from nnunet_ext.methods.focusnet.roi import crop, paste, peak, place_box
-from nnunet_ext.methods.unet import check_unet, decode
+from nnunet_ext.methods.unet import check_unet, decode_stages
 
 
 @dataclass
@@ -40,6 +41,7 @@ class SNetOutput:
     logits: torch.Tensor  # S-Net's full-resolution logits
     side: list[torch.Tensor]  # deep-supervision outputs (empty when deep supervision is off)
     heat_logits: torch.Tensor | None  # SOL-Net, one channel per small organ (None before configure)
+    stages: list[torch.Tensor]  # every decoder stage's features, coarsest first (what SOL reads)
 
 
 def _ops(dim: int):
@@ -56,19 +58,40 @@ def stage_strides(box: Sequence[int]) -> list[list[int]]:
 
 
 class SOLHead(nn.Module):
-    def __init__(self, channels: int, organs: int, dim: int, prior: float = 0.01):
+    """Heatmap head: conv-norm-ReLU twice, then a 1x1 conv, one channel per small organ.
+
+    With `context` it reads every decoder stage of S-Net, not only the last: each stage goes through a 1x1 conv to the
+    last stage's width, is interpolated to full resolution and summed before the body. On detached features the last
+    stage alone (8-32 channels, two 3x3 convs on top: a 5-voxel receptive field) cannot tell one optic nerve from
+    another spot of the same intensity; the coarse stages carry where the mandible and brainstem are (docs/focusnet.md).
+    """
+
+    def __init__(self, stage_channels: Sequence[int], organs: int, dim: int, context: bool = True,
+                 features: int | None = None, prior: float = 0.01):
         super().__init__()
         conv, _, norm = _ops(dim)
-        self.body = nn.Sequential(conv(channels, channels, 3, 1, 1), norm(channels, affine=True), nn.ReLU(inplace=True),
-                                  conv(channels, channels, 3, 1, 1), norm(channels, affine=True), nn.ReLU(inplace=True),
-                                  conv(channels, organs, 1))
-        self.body.apply(InitWeights_He(1e-2))
+        width = features or stage_channels[-1]
+        self.context = context
+        # with context every stage is mapped to the head's width; without, the first 3x3 conv does it
+        self.lateral = nn.ModuleList(conv(c, width, 1) for c in stage_channels) if context else None
+        first = width if context else stage_channels[-1]
+        self.body = nn.Sequential(conv(first, width, 3, 1, 1), norm(width, affine=True), nn.ReLU(inplace=True),
+                                  conv(width, width, 3, 1, 1), norm(width, affine=True), nn.ReLU(inplace=True),
+                                  conv(width, organs, 1))
+        self.apply(InitWeights_He(1e-2))
         # start every voxel at heatmap value `prior` (as CenterNet / RetinaNet heads): a head that starts at 0.5
         # spends its first steps learning the background and its focal loss starts huge
         nn.init.constant_(self.body[-1].bias, math.log(prior / (1 - prior)))
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.body(features)
+    def forward(self, stages: Sequence[torch.Tensor]) -> torch.Tensor:
+        if not self.context:
+            return self.body(stages[-1])
+        size = stages[-1].shape[2:]
+        mode = "bilinear" if len(size) == 2 else "trilinear"
+        x = self.lateral[-1](stages[-1])
+        for lateral, stage in zip(self.lateral[:-1], stages[:-1], strict=True):
+            x = x + nn.functional.interpolate(lateral(stage), size=size, mode=mode, align_corners=False)
+        return self.body(x)
 
 
 def sos_net(in_channels: int, box: Sequence[int], features: int) -> nn.Module:
@@ -115,6 +138,9 @@ class FocusNetV2Network(nn.Module):
         # signs come from the pass nnU-Net's validation makes anyway
         self.keep_last_output = False
         self.last_output: SNetOutput | None = None
+        # set by the trainer (sol_detach_features): the heatmap loss then trains the SOL head only and cannot pull
+        # S-Net's decoder features away from segmentation
+        self.sol_detached = False
 
     # ------------------------------------------------------------------ structure
     @property
@@ -134,32 +160,47 @@ class FocusNetV2Network(nn.Module):
     def feature_channels(self) -> int:
         return self.snet.decoder.stages[-1].output_channels
 
-    def configure(self, labels: Sequence[int], box: Sequence[int]) -> None:
-        """Build the SOL head and one SOS-Net per small organ for these labels and this ROI box."""
+    @property
+    def stage_channels(self) -> list[int]:
+        return [stage.output_channels for stage in self.snet.decoder.stages]
+
+    def configure(self, labels: Sequence[int], box: Sequence[int], sol_context: bool = True,
+                  sol_features: int | None = None) -> None:
+        """Build the SOL head (reading every decoder stage with sol_context, else the last; sol_features wide, None:
+        the last decoder stage's width) and one SOS-Net per small organ for these labels and this ROI box."""
         if len(box) != self.dim or min(box) < 1:
             raise ValueError(f"ROI box {tuple(box)} does not match a {self.dim}D network")
         device = self.focus_labels.device
         self.focus_labels = torch.as_tensor(list(labels), dtype=torch.long, device=device)
         self.focus_box = torch.as_tensor(list(box), dtype=torch.long, device=device)
-        self.sol = SOLHead(self.feature_channels, len(labels), self.dim).to(device) if labels else None
+        self.sol = SOLHead(self.stage_channels, len(labels), self.dim, sol_context, sol_features).to(device) \
+            if labels else None
         # SOS input: image, S-Net's last decoder features and S-Net's probability of the organ
         channels = self.num_input_channels + self.feature_channels + 1
         self.sos = nn.ModuleList(sos_net(channels, box, self.sos_features) for _ in labels).to(device)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         labels, box = state_dict.get("focus_labels"), state_dict.get("focus_box")
+        # the SOL head's form travels in its weights: lateral convs mean context, the first body conv's width
+        context = any(k.startswith("sol.lateral.") for k in state_dict)
+        width = state_dict["sol.body.0.weight"].shape[0] if "sol.body.0.weight" in state_dict else None
         if labels is not None and box is not None and (labels.tolist() != list(self.labels)
-                                                         or box.tolist() != list(self.box) or self.sol is None):
+                                                         or box.tolist() != list(self.box) or self.sol is None
+                                                         or self.sol.context != context
+                                                         or self.sol.body[0].out_channels != width):
             if len(labels):
-                self.configure(labels.tolist(), box.tolist())
+                self.configure(labels.tolist(), box.tolist(), context, width)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ forward pieces
     def snet_forward(self, x: torch.Tensor) -> SNetOutput:
-        features, side = decode(self.snet, x, self.snet.decoder.deep_supervision)
+        stages, side = decode_stages(self.snet, x, self.snet.decoder.deep_supervision)
+        features = stages[-1]
         logits = self.snet.decoder.seg_layers[-1](features)
-        heat = self.sol(features) if self.sol is not None else None
-        return SNetOutput(features, logits, side, heat)
+        heat = None
+        if self.sol is not None:
+            heat = self.sol([s.detach() for s in stages] if self.sol_detached else stages)
+        return SNetOutput(features, logits, side, heat, stages)
 
     def sos_input(self, x: torch.Tensor, out: SNetOutput, organ: int, b: int, start: Sequence[int]) -> torch.Tensor:
         """The crop SOS-Net `organ` sees for batch item b, detached from S-Net (gradient stop)."""
