@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from conftest import build_trainer
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -56,7 +57,8 @@ from nnunet_ext.trainers.ftsegnet_trainers import FTSegNetTrainer, FTSegNetTrain
 from nnunet_ext.trainers.weak_cycle_trainers import WeakCycleTrainer
 from nnunet_ext.training.base import nnUNetExtTrainer, unwrap
 
-NOT_SETTINGS = {"demo_phantom", "demo_dice_floor"}  # `nnunet_ext demo` metadata, not training behaviour
+# `nnunet_ext demo` metadata and the bench harness's batch source, not training behaviour
+NOT_SETTINGS = {"demo_phantom", "demo_dice_floor", "benchmark_own_batches"}
 
 TRAINERS = (nnUNetExtTrainer, AVFusionTrainer, AVFusionTrainer_GAN, FTSegNetTrainer, FTSegNetTrainer_DiceFocal,
             FocusNetV2Trainer, WeakCycleTrainer, FreeTumorTrainer, FreeTumorSynthesisTrainer)
@@ -386,10 +388,14 @@ def weak_update_epochs(t) -> list[int]:
     return calls
 
 
-def weak_strong_augment(t) -> tuple:
+def weak_strong_view(t) -> tuple:
+    """The student's view of a fixed patch as the loader's workers make it (nnU-Net's intensity augmentations left
+    out, so that only the extra contrast, brightness and noise act)."""
+    np.random.seed(6)
     torch.manual_seed(6)
-    data = torch.randn((2, t.num_input_channels, *patch(t)), generator=torch.Generator().manual_seed(7))
-    return digest(t.strong_augment(data))
+    image = torch.randn((t.num_input_channels, *patch(t)), generator=torch.Generator().manual_seed(7))
+    views = t.strong_view_transform(ComposeTransforms([]))(image=image)["image"]
+    return digest(views[:t.num_input_channels])
 
 
 # ---------------------------------------------------------------------------------------------- FreeTumor
@@ -591,9 +597,9 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     (WeakCycleTrainer, "consistency_weight"): Init(0.5, loss_weight("refinement", "consistency")),
     (WeakCycleTrainer, "teacher_confidence"): Step(0.5, weak_teacher_rewrites),
     (WeakCycleTrainer, "pseudo_update_every"): Step(2, weak_update_epochs),
-    (WeakCycleTrainer, "strong_noise_std"): Step(0.5, weak_strong_augment),
-    (WeakCycleTrainer, "strong_contrast"): Step(0.5, weak_strong_augment),
-    (WeakCycleTrainer, "strong_brightness"): Step(0.5, weak_strong_augment),
+    (WeakCycleTrainer, "strong_noise_std"): Step(0.5, weak_strong_view),
+    (WeakCycleTrainer, "strong_contrast"): Step(0.5, weak_strong_view),
+    (WeakCycleTrainer, "strong_brightness"): Step(0.5, weak_strong_view),
     # FreeTumor
     (_FreeTumorBase, "organ_tumour_labels"): Init({1: 2}, lambda t: t.synthesizer.pairs),
     (_FreeTumorBase, "size_probabilities"): Init({"tiny": 1.0}, tumour_size_classes),

@@ -1,0 +1,120 @@
+"""Where WeakCycleTrainer's refinement step spends its time beyond stock's, on the bench harness's weak2d phantom
+(generated and preprocessed in a temporary folder, as bench/harness/bench_trainers.py --phantom weak2d does).
+
+    python bench/weak_cycle/refinement_step_breakdown.py [--iterations 10] [--warmup 3]
+
+One process, one trainer in its first refinement epoch, the same loader batches for every part (median of
+--iterations after --warmup): the whole step, the student's part (nnU-Net's own train_step on the strong view), the
+teacher's forward pass on the weak view (and with deep-supervision heads, as before #18), the EMA update (fused, and
+the per-parameter loop it replaced) and the consistency term. Writes bench/results/weak_cycle/
+refinement_step_breakdown.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "weak_cycle"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--iterations", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    a = p.parse_args(argv)
+
+    from nnunet_ext import stock
+    from nnunet_ext.phantoms import PHANTOMS
+
+    with tempfile.TemporaryDirectory() as tmp:
+        module = PHANTOMS["weak2d"]
+        env = stock.work_environment(Path(tmp), "cpu")
+        module.generate(Path(env["nnUNet_raw"]), module.DEFAULT_ID)
+        stock.plan_and_preprocess(module.DEFAULT_ID, "2d", env)
+        # as the harness: augmentation in-process, results kept out of any real nnUNet_results
+        env.update(nnUNet_n_proc_DA="0", nnUNet_results=str(Path(tmp) / "results"))
+        os.environ.update(env)
+        rows = measure(str(module.DEFAULT_ID), a.iterations, a.warmup)
+
+    a.out.mkdir(parents=True, exist_ok=True)
+    report = {"dataset": "weak2d phantom (796), 2d, cpu", "iterations": a.iterations, "warmup": a.warmup,
+              "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "milliseconds": rows}
+    (a.out / "refinement_step_breakdown.json").write_text(json.dumps(report, indent=1))
+    lines = [f"WeakCycleTrainer refinement step, {report['dataset']}, median of {a.iterations} after {a.warmup} "
+             f"warm-up, one process, the same batches, {report['date']}", "", "| part | ms |", "|---|---|"]
+    lines += [f"| {name} | {value:.2f} |" for name, value in rows.items()]
+    (a.out / "refinement_step_breakdown.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+def measure(dataset: str, iterations: int, warmup: int) -> dict[str, float]:
+    import torch
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    from nnunet_ext.benchmark import _build_trainer, _enter_phase
+    from nnunet_ext.methods.weak_cycle.loss import teacher_consistency
+    from nnunet_ext.methods.weak_cycle.views import split_views
+    from nnunet_ext.training.base import unwrap
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    trainer = _build_trainer("WeakCycleTrainer", dataset, "2d", 0, "nnUNetPlans", torch.device("cpu"))
+    trainer.on_train_start()
+    _enter_phase(trainer, "refinement")
+    trainer.on_train_epoch_start()
+    batches = [next(trainer.dataloader_train) for _ in range(warmup + iterations)]
+    channels = trainer.num_input_channels
+    teacher = trainer.aux_modules["teacher"]
+    teacher_ds = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, channels,
+                                                    trainer.label_manager.num_segmentation_heads, True)
+    teacher_ds.load_state_dict(unwrap(teacher).state_dict())
+    teacher_ds.eval()
+    student_logits = torch.randn_like(teacher(split_views(batches[0]["data"], channels)[1]))
+
+    def median_ms(fn) -> float:
+        times = []
+        for batch in batches:
+            t0 = time.perf_counter()
+            fn(batch)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times[warmup:]) * 1000)
+
+    @torch.no_grad()
+    def teacher_forward(batch, network=teacher):
+        network(split_views(batch["data"], channels)[1])
+
+    @torch.no_grad()
+    def ema_loop(_):
+        for t, s in zip(teacher.parameters(), trainer.network.parameters(), strict=True):
+            t.mul_(trainer.ema_decay).add_(s.detach(), alpha=1 - trainer.ema_decay)
+        for t, s in zip(teacher.buffers(), trainer.network.buffers(), strict=True):
+            t.copy_(s)
+
+    def student_step(batch):
+        strong, _ = split_views(batch["data"], channels)
+        nnUNetTrainer.train_step(trainer, {"data": strong, "target": batch["target"]})
+
+    with torch.no_grad():
+        teacher_logits = teacher(split_views(batches[0]["data"], channels)[1])
+    return {
+        "whole refinement step": median_ms(trainer.train_step),
+        "student: nnU-Net's train_step on the strong view": median_ms(student_step),
+        "teacher forward on the weak view": median_ms(teacher_forward),
+        "teacher forward with deep-supervision heads (before)": median_ms(
+            lambda b: teacher_forward(b, teacher_ds)),
+        "EMA update, fused": median_ms(lambda _: trainer.update_teacher()),
+        "EMA update, per-parameter loop (before)": median_ms(ema_loop),
+        "consistency term": median_ms(lambda _: teacher_consistency(student_logits, teacher_logits)),
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
