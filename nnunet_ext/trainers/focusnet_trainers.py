@@ -354,11 +354,13 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         train_sol the SOL head's heatmap loss on S-Net's (frozen) features is stepped here too."""
         net = self.focus_network
         with torch.no_grad():
-            out = net.snet_forward(data)
+            out = net.snet_forward(data, with_heat=not train_sol)
         if train_sol:
+            # one SOL pass serves both: its loss steps the head, its (pre-step) values place the crops
             self.sol_optimizer.zero_grad(set_to_none=True)
-            heat_loss = self.heatmap_loss_value(net.sol(out.stages), full, keys)
-            self._step(heat_loss, self.sol_optimizer, net.sol.parameters())
+            heat_logits = net.sol(out.stages)
+            self._step(self.heatmap_loss_value(heat_logits, full, keys), self.sol_optimizer, net.sol.parameters())
+            out.heat_logits = heat_logits.detach()
         results = []
         for k, lab in enumerate(self.selection.labels):
             crops = self.sos_crops(full, out.heat_logits, k, keys)

@@ -193,12 +193,13 @@ class FocusNetV2Network(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ forward pieces
-    def snet_forward(self, x: torch.Tensor) -> SNetOutput:
+    def snet_forward(self, x: torch.Tensor, with_heat: bool = True) -> SNetOutput:
+        """S-Net's pass and, with_heat and once configured, the SOL head's heatmap logits on it."""
         stages, side = decode_stages(self.snet, x, self.snet.decoder.deep_supervision)
         features = stages[-1]
         logits = self.snet.decoder.seg_layers[-1](features)
         heat = None
-        if self.sol is not None:
+        if with_heat and self.sol is not None:
             heat = self.sol([s.detach() for s in stages] if self.sol_detached else stages)
         return SNetOutput(features, logits, side, heat, stages)
 
