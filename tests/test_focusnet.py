@@ -23,6 +23,7 @@ from nnunet_ext.methods.focusnet.organs import (
     select_small_organs,
 )
 from nnunet_ext.methods.focusnet.roi import centroid, crop, gaussian_heatmap, paste, peak, place_box
+from nnunet_ext.methods.focusnet.threshold import choose_threshold, organ_dice
 from nnunet_ext.phantoms import hn3d
 from nnunet_ext.phantoms.common import case_rng
 from nnunet_ext.trainers.focusnet_trainers import FocusNetV2Trainer
@@ -151,6 +152,38 @@ def test_sos_pasted_only_above_the_peak_threshold(dim, shape, box):
     assert fresh.labels == (2, 3) and fresh.box == box
 
 
+def test_peak_threshold_chosen_by_validation_dice_ties_to_the_default_then_higher():
+    # 4x4 reference: organ 5 in the top-left 2x2 block, outside marking (-1) in the last row
+    reference = np.zeros((4, 4), int)
+    reference[:2, :2] = 5
+    reference[3] = -1
+    prediction = np.zeros((4, 4), int)
+    prediction[:2, 0] = 5  # 2 of the 4 voxels: Dice 2 * 2 / (4 + 2)
+    prediction[3, 3] = 6  # outside the body: ignored, so organ 6 has no pair
+    prediction[2, 3] = 7  # a false positive where the reference has no organ 7: Dice 0
+    assert organ_dice(prediction, reference, [5, 6, 7]) == pytest.approx([2 / 3, 0.0])
+    best, means = choose_threshold({0.3: [0.8, 0.4], 0.6: [0.2, 0.2], 0.75: []}, 0.6)
+    assert best == 0.3 and means == pytest.approx({0.3: 0.6, 0.6: 0.2})
+    assert choose_threshold({0.3: [0.5], 0.45: [0.5], 0.6: [0.5]}, 0.6)[0] == 0.6  # a tie keeps the default
+    assert choose_threshold({0.3: [0.5], 0.45: [0.5], 0.6: [0.1]}, 0.6)[0] == 0.45  # then the higher threshold
+    assert choose_threshold({0.3: [], 0.45: []}, 0.6) == (0.6, {})  # nothing to judge by: the default
+
+
+def test_peak_threshold_travels_in_the_state_dict_and_old_checkpoints_load():
+    net = FocusNetV2Network(_snet(2, 4), 1, sos_features=4)
+    net.configure([1], (8, 8))
+    net.peak_threshold = 0.3
+    state = net.state_dict()
+    assert float(state["focus_peak_threshold"]) == pytest.approx(0.3)
+    fresh = FocusNetV2Network(_snet(2, 4), 1, sos_features=4)
+    fresh.load_state_dict(state)
+    assert fresh.peak_threshold == pytest.approx(0.3) and fresh.labels == (1,)
+    old = {k: v for k, v in state.items() if k != "focus_peak_threshold"}  # a checkpoint from before the buffer
+    fresh = FocusNetV2Network(_snet(2, 4), 1, sos_features=4)
+    fresh.load_state_dict(old)
+    assert fresh.peak_threshold == pytest.approx(0.6)
+
+
 def test_gradients_stop_at_the_roi_and_shape_autoencoder_keeps_the_box():
     net = FocusNetV2Network(_snet(3, 4, deep_supervision=True), 1, sos_features=4)
     net.configure([1], (4, 8, 8))
@@ -234,6 +267,13 @@ def test_phases_stop_resume_and_predict_through_stock_commands(hn_preprocessed, 
     assert (fold / "focusnet_progress.png").stat().st_size > 10_000
     final = torch.load(fold / "checkpoint_final.pth", weights_only=False)
     assert [v["epoch"] for v in final["nnunet_ext"]["vitals"]] == [0, 1, 2, 3, 4]
+    # the peak threshold chosen on the fold's 2 validation cases travels with the final weights
+    chosen = json.loads((fold / "focusnet_peak_threshold.json").read_text())
+    assert sorted(chosen["pairs"]) == ["0.3", "0.6"] and len(chosen["validation_cases"]) == 2
+    assert chosen["chosen"] in (0.3, 0.6)
+    assert float(final["network_weights"]["focus_peak_threshold"]) == pytest.approx(chosen["chosen"])
+    assert f"peak threshold {chosen['chosen']} chosen on 2 validation cases" in "".join(
+        p.read_text() for p in fold.glob("training_log_*.txt"))
     assert bool(final["network_weights"]["sos_ready"])
     sos_steps = {int(s["step"]) for s in final["nnunet_ext"]["extra"]["sos_optimizer"]["state"].values()}
     assert sos_steps == {4}  # 2 iterations in 'sos' + 2 in 'adversarial', Adam continued across the restart

@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 import pkgutil
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -327,6 +329,16 @@ def sos_pasted(cls, t) -> bool:
     return not torch.equal(net.paste_sos(x, out), out.logits)
 
 
+def swept_thresholds(t) -> list:
+    """The peak thresholds the end-of-training calibration predicts the validation cases with."""
+    net = t.focus_network
+    net.sos_ready.fill_(True)
+    t.calibrate_peak_threshold()
+    chosen = json.loads((Path(t.output_folder) / "focusnet_peak_threshold.json").read_text())
+    assert net.peak_threshold == chosen["chosen"]
+    return sorted(chosen["pairs"])
+
+
 # ---------------------------------------------------------------------------------------------- WeakCycle
 @torch.no_grad()
 def weak_lesion_map(t) -> tuple:
@@ -555,6 +567,7 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     # FocusNetV2
     (FocusNetV2Trainer, "sos_features"): Structural(8, sos_params),
     (FocusNetV2Trainer, "peak_threshold"): Structural(1.0, sos_pasted),
+    (FocusNetV2Trainer, "peak_threshold_candidates"): Step((0.95,), swept_thresholds),
     (FocusNetV2Trainer, "small_organs"): Plan(("brainstem",), lambda t: t.selection.labels),
     (FocusNetV2Trainer, "small_organ_fraction"): Plan(0.02, lambda t: t.selection.threshold_voxels),
     (FocusNetV2Trainer, "max_small_organs"): Plan(1, lambda t: t.selection.labels),

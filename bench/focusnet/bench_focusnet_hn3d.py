@@ -53,6 +53,7 @@ ROWS = {"stock": "nnUNetTrainer_hnbench", "focusnet_equal_total": "FocusNetV2Tra
         "focusnet_attached": "FocusNetV2Trainer_hnbench_attached"}
 ABLATIONS = ("focusnet_mse", "focusnet_attached")
 THRESHOLDS = (0.3, 0.45, 0.6, 0.75, 0.9)
+SPEC_THRESHOLD = 0.6
 
 
 def prepare_source(source: str, raw_root: Path, n_train: int, n_test: int) -> Path:
@@ -104,6 +105,7 @@ def localisation(model_dir: Path, raw: Path, configuration: str) -> dict:
     names = {int(v): k for k, v in predictor.dataset_json["labels"].items()}
     ending = predictor.dataset_json["file_ending"]
     half = np.asarray(net.box, float) / 2
+    chosen = net.peak_threshold  # the threshold the trainer chose on its validation cases, saved with the weights
     rows = {names[lab]: [] for lab in net.labels}
     for label_file in sorted((raw / "labelsTs").glob(f"*{ending}")):
         case = label_file.name[:-len(ending)]
@@ -143,7 +145,28 @@ def localisation(model_dir: Path, raw: Path, configuration: str) -> dict:
                 "oracle_sos_dice": overlap_metrics(ref_box.numpy(), oracle.numpy())["dice"],
                 "oracle_snet_dice": overlap_metrics(ref_box.numpy(), snet_box.numpy())["dice"],
                 "window_dice_by_threshold": sweep})
-    return {"box": list(net.box), "rows": rows}
+    return {"box": list(net.box), "rows": rows, "peak_threshold": chosen}
+
+
+def fixed_threshold_row(model_dir: Path, raw: Path, threshold: float, out: Path, env: dict) -> dict:
+    """Held-out whole-case Dice / HD95 with the peak threshold forced to `threshold` (the spec's fixed 0.6) instead of
+    the one chosen on validation: the control for that choice."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(device=torch.device("cpu"), use_mirroring=True, allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model_dir), use_folds=(0,))
+    for params in predictor.list_of_parameters:
+        params["focus_peak_threshold"] = torch.tensor(float(threshold))
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    predictor.predict_from_files_sequential(str(raw / "imagesTs"), str(out), save_probabilities=False, overwrite=True)
+    subprocess.run([sys.executable, "-m", "nnunet_ext.cli", "evaluate", "-ref", str(raw / "labelsTs"), "-pred",
+                    str(out), "-o", str(out / "evaluation"), "--no-plots", "-np", "1"], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+    summary = json.loads((out / "evaluation" / "summary.json").read_text())
+    return {"threshold": threshold,
+            "per_class": {organ: {m: v["mean"] for m, v in metrics.items() if m in ("dice", "hd95")}
+                          for organ, metrics in summary["per_class"].items()}}
 
 
 def summarise_localisation(loc: dict, threshold: float) -> dict:
@@ -190,8 +213,14 @@ def run_row(row: str, seed: int, raw: Path, args, env: dict, work: Path) -> dict
     if row != "stock":
         os.environ.update(run_env)  # the predictor finds the trainer class through nnUNet_extTrainer
         loc = localisation(model, raw, args.configuration)
-        entry["localisation"] = summarise_localisation(loc, 0.6)
+        entry["peak_threshold"] = loc["peak_threshold"]
+        sweep_file = model / "fold_0" / "focusnet_peak_threshold.json"
+        if sweep_file.is_file():
+            entry["peak_threshold_validation"] = json.loads(sweep_file.read_text())
+        entry["localisation"] = summarise_localisation(loc, loc["peak_threshold"])
         entry["roi_box"] = loc["box"]
+        entry["fixed_threshold"] = fixed_threshold_row(model, raw, SPEC_THRESHOLD, work / f"pred_{row}_seed{seed}_t"
+                                                       f"{SPEC_THRESHOLD}", run_env)
         entry["vital_signs_last_epoch"] = _last_vitals(model / "fold_0" / "checkpoint_final.pth")
     entry_file.write_text(json.dumps(entry, indent=1))
     return entry
@@ -210,6 +239,16 @@ def mean_over_seeds(entries: list[dict], small: list[str]) -> dict:
            "predict_s": float(np.mean([e["predict_s"] for e in entries]))}
     out["small_mean_dice"] = float(np.mean([out["per_class"][o]["dice"] for o in small]))
     out["small_mean_dice_per_seed"] = [float(np.mean([e["per_class"][o]["dice"] for o in small])) for e in entries]
+    if all("peak_threshold" in e for e in entries):
+        out["peak_threshold_per_seed"] = [e["peak_threshold"] for e in entries]
+    if all("fixed_threshold" in e for e in entries):
+        fixed = [e["fixed_threshold"] for e in entries]
+        out["fixed_threshold"] = {
+            "threshold": fixed[0]["threshold"],
+            "per_class": {o: {m: float(np.mean([f["per_class"][o][m] for f in fixed])) for m in ("dice", "hd95")}
+                          for o in organs},
+            "small_mean_dice_per_seed": [float(np.mean([f["per_class"][o]["dice"] for o in small])) for f in fixed]}
+        out["fixed_threshold"]["small_mean_dice"] = float(np.mean(out["fixed_threshold"]["small_mean_dice_per_seed"]))
     if "localisation" in entries[0]:
         loc = {}
         for organ in entries[0]["localisation"]:
@@ -262,7 +301,21 @@ def markdown(report: dict, small: list[str], large: list[str]) -> str:
         per_seed = ", ".join(f"{v:.3f}" for v in r["small_mean_dice_per_seed"])
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {r['small_mean_dice']:.3f} ({per_seed}) | "
                      f"{r['train_s']:.0f} | {r['predict_s']:.0f} |")
-    lines += ["", "Localisation on organ-centred windows of the held-out cases (means over cases and seeds):", "",
+    fixed = {row: r for row, r in report["summary"].items() if "fixed_threshold" in r}
+    if fixed:
+        lines += ["", "Peak threshold: chosen by each run on its own validation cases (nnU-Net's fold-0 validation, "
+                  "whole cases predicted as nnUNetv2_predict does) and used above; the control row forces the spec's "
+                  f"fixed {SPEC_THRESHOLD} on the same checkpoints (held-out Dice / HD95):", "",
+                  "| row | chosen threshold per seed | " + " | ".join(organs)
+                  + f" | small-organ mean Dice at {SPEC_THRESHOLD} (per seed) |", "|---" * (len(organs) + 3) + "|"]
+        for row, r in fixed.items():
+            f = r["fixed_threshold"]
+            cells = [f"{f['per_class'][o]['dice']:.3f} / {f['per_class'][o]['hd95']:.1f}" for o in organs]
+            per_seed = ", ".join(f"{v:.3f}" for v in f["small_mean_dice_per_seed"])
+            lines.append(f"| {row} | {', '.join(str(t) for t in r.get('peak_threshold_per_seed', []))} | "
+                         + " | ".join(cells) + f" | {f['small_mean_dice']:.3f} ({per_seed}) |")
+    lines += ["", "Localisation on organ-centred windows of the held-out cases (means over cases and seeds; paste "
+              "rate at each run's chosen threshold):", "",
               "| row | organ | peak | error mm | in half box | paste rate | oracle box SOS Dice | S-Net Dice "
               "in that box | window Dice at peak threshold " + " / ".join(map(str, THRESHOLDS)) + " |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -292,6 +345,8 @@ def main() -> int:
     p.add_argument("--n-test", type=int, default=6)
     p.add_argument("--work", type=Path, default=REPO / "bench" / "work" / "focusnet")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "focusnet")
+    p.add_argument("--tag", default="", help="suffix of the work folder and the results' names (a rerun beside "
+                   "earlier results at the same budget)")
     p.add_argument("--preset", default=None,
                    help="plan with this planner preset (nnunet_ext plan --list; e.g. cpu_narrow, whose 8-128 "
                         "features match the bench trainers' unet_base_features = 8) instead of nnU-Net's default "
@@ -310,7 +365,7 @@ def main() -> int:
                nnUNet_ext_bench_iterations=str(args.iterations))
     env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(HERE / "trainers")])
     work = args.work / (f"{raw.name}_{args.configuration}_E{args.epochs}x{args.iterations}"
-                        + (f"_{args.preset}" if args.preset else ""))
+                        + (f"_{args.preset}" if args.preset else "") + (f"_{args.tag}" if args.tag else ""))
     work.mkdir(parents=True, exist_ok=True)
     entries = {row: [] for row in args.rows}
     ablation_seeds = args.seeds if args.ablation_seeds is None else args.ablation_seeds
@@ -336,7 +391,8 @@ def main() -> int:
     else:
         report["targets"] = []
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"focusnet_{raw.name}_{args.configuration}_E{args.epochs}x{args.iterations}"
+    stem = f"focusnet_{raw.name}_{args.configuration}_E{args.epochs}x{args.iterations}" + (
+        f"_{args.tag}" if args.tag else "")
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
     (args.out / f"{stem}.md").write_text(markdown(report, small, large))
     (args.out / "targets.json").write_text(json.dumps(report["targets"], indent=1))

@@ -35,12 +35,14 @@ import os
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from nnunet_ext.methods.focusnet import loss as fl
 from nnunet_ext.methods.focusnet.network import FocusNetV2Network, ShapeAutoencoder
 from nnunet_ext.methods.focusnet.organs import case_stats, parse_override, roi_box, select_small_organs
 from nnunet_ext.methods.focusnet.roi import centroid, crop, gaussian_heatmap, peak, place_box
+from nnunet_ext.methods.focusnet.threshold import choose_threshold, organ_dice
 from nnunet_ext.training.base import nnUNetExtTrainer, unwrap
 from nnunet_ext.training.phases import NETWORK, Phase, PhasePolyLRScheduler, PhaseSchedule
 from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
@@ -49,14 +51,25 @@ __all__ = ["FocusNetV2Trainer", "FocusNetV2Trainer_debug", "FocusNetV2Trainer_de
 
 SMALL_ORGANS_ENV = "nnUNet_ext_focusnet_small_organs"
 SELECTION_FILE = "focusnet_small_organs.json"
+THRESHOLD_FILE = "focusnet_peak_threshold.json"
 HEATMAP_LOSSES = {"focal": fl.heatmap_focal_loss, "mse": fl.heatmap_loss}
 SOL_INPUTS = ("context", "last")
+
+
+def write_json_atomic(target: str, obj: dict) -> None:
+    tmp = f"{target}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, target)
 
 
 class FocusNetV2Trainer(nnUNetExtTrainer):
     # network structure: class attributes, read by build_network_architecture at training and prediction time
     sos_features = 16  # SOS-Net base features (x1, x2, x4 over its three stages)
     peak_threshold = 0.6  # SOS replaces S-Net in a box only when the heatmap maximum exceeds this (spec)
+    # after training the threshold is chosen among these on nnU-Net's validation cases of the fold, predicted as
+    # nnUNetv2_predict does (sliding window, mirroring), and saved with the final weights; None: keep peak_threshold
+    peak_threshold_candidates: tuple[float, ...] | None = (0.3, 0.45, 0.6, 0.75)
     # small organs and ROI (nnunet_ext.methods.focusnet.organs)
     small_organs: tuple[str | int, ...] | None = None  # override; env nnUNet_ext_focusnet_small_organs wins
     small_organ_fraction = 0.01  # median voxels per case below this fraction of the median foreground
@@ -185,14 +198,10 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
                                f"sigma {[round(s, 2) for s in self.sigma]} voxels")
         if self.local_rank == 0:
             os.makedirs(self.output_folder, exist_ok=True)
-            target = os.path.join(self.output_folder, SELECTION_FILE)
-            tmp = f"{target}.tmp{os.getpid()}"
-            with open(tmp, "w") as f:
-                json.dump({**self.selection.to_json(), "roi_box_voxels": list(self.box),
-                           "spacing": [float(s) for s in self.configuration_manager.spacing],
-                           "heatmap_sigma_voxels": list(self.sigma), "peak_threshold": self.peak_threshold}, f,
-                          indent=2)
-            os.replace(tmp, target)
+            write_json_atomic(os.path.join(self.output_folder, SELECTION_FILE),
+                              {**self.selection.to_json(), "roi_box_voxels": list(self.box),
+                               "spacing": [float(s) for s in self.configuration_manager.spacing],
+                               "heatmap_sigma_voxels": list(self.sigma), "peak_threshold": self.peak_threshold})
 
     @property
     def focus_network(self) -> FocusNetV2Network:
@@ -405,6 +414,74 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
                                    for k, logits, ref in results]).mean() if results else None
         self._step(ae_loss, ae_opt, ae.parameters())
         return {"loss": np.array(0.0) if loss is None else loss.detach().cpu().numpy()}
+
+    # ------------------------------------------------------------------ threshold on validation
+    def on_train_end(self):
+        self.calibrate_peak_threshold()
+        super().on_train_end()  # writes checkpoint_final with the chosen threshold in the network's buffer
+
+    def calibrate_peak_threshold(self) -> None:
+        """Set the network's peak threshold to the candidate with the best small-organ Dice on the fold's validation
+        cases (rank 0 predicts, the others receive the value), log the sweep and write it to THRESHOLD_FILE."""
+        net = self.focus_network
+        candidates = self.peak_threshold_candidates
+        if not candidates or net.sol is None or not bool(net.sos_ready):
+            reason = "no candidates" if not candidates else "SOS has not trained (the run ended before its phase)"
+            self.print_to_log_file(f"FocusNetV2: peak threshold {net.peak_threshold} kept ({reason})")
+            return
+        chosen = torch.tensor(float(self.peak_threshold), dtype=torch.float64)
+        if self.local_rank == 0:
+            _, val_keys = self.do_split()
+            if not val_keys or self.is_cascaded:
+                reason = "no validation cases" if not val_keys else "cascade stage (not supported)"
+                self.print_to_log_file(f"FocusNetV2: peak threshold {self.peak_threshold} kept ({reason})")
+            else:
+                scores = self.threshold_sweep(sorted(val_keys), [float(t) for t in candidates])
+                best, means = choose_threshold(scores, self.peak_threshold)
+                chosen.fill_(best)
+                shown = ", ".join(f"{t}: {m:.3f}" for t, m in means.items()) or "no small organ in them"
+                self.print_to_log_file(f"FocusNetV2: peak threshold {best} chosen on {len(val_keys)} validation "
+                                       f"cases (mean small-organ Dice per threshold: {shown})")
+                write_json_atomic(os.path.join(self.output_folder, THRESHOLD_FILE),
+                                  {"chosen": best, "default": float(self.peak_threshold), "validation_cases":
+                                   sorted(val_keys), "mean_small_organ_dice": {str(t): m for t, m in means.items()},
+                                   "pairs": {str(t): len(v) for t, v in scores.items()}})
+        if self.is_ddp:
+            chosen = chosen.to(self.device)
+            dist.broadcast(chosen, 0)
+        net.peak_threshold = float(chosen)
+
+    @torch.no_grad()
+    def threshold_sweep(self, keys: list[str], candidates: list[float]) -> dict[float, list[float]]:
+        """Dice of every small organ on every validation case (preprocessed space) for each candidate threshold."""
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        net = self.focus_network
+        was_training, previous = net.training, net.peak_threshold
+        self.set_deep_supervision_enabled(False)
+        net.eval()
+        predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True,
+                                    perform_everything_on_device=self.device.type == "cuda", device=self.device,
+                                    verbose=False, verbose_preprocessing=False, allow_tqdm=False)
+        predictor.manual_initialization(net, self.plans_manager, self.configuration_manager, None,
+                                        self.dataset_json, self.__class__.__name__,
+                                        self.inference_allowed_mirroring_axes)
+        dataset = self.dataset_class(self.preprocessed_dataset_folder, keys)
+        scores: dict[float, list[float]] = {t: [] for t in candidates}
+        try:
+            for key in keys:
+                data, seg = dataset.load_case(key)[:2]
+                data = torch.from_numpy(np.asarray(data[:], dtype=np.float32))
+                reference = np.asarray(seg[:])[0]
+                for t in candidates:
+                    net.peak_threshold = t
+                    logits = predictor.predict_sliding_window_return_logits(data)
+                    scores[t] += organ_dice(logits.argmax(0).cpu().numpy(), reference, self.selection.labels)
+        finally:
+            net.peak_threshold = previous
+            self.set_deep_supervision_enabled(True)
+            net.train(was_training)
+        return scores
 
     # ------------------------------------------------------------------ vital signs
     def on_validation_epoch_start(self):

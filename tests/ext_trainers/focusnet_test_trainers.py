@@ -11,6 +11,7 @@ class FocusNetV2Trainer_narrow(FocusNetV2Trainer):
     unet_base_features = 4
     sos_features = 4
     shape_features = 4
+    peak_threshold_candidates = (0.3, 0.6)  # the end-of-training sweep, at half the default's predictions
 
 
 FocusNetV2Trainer_tiny = short_variant(FocusNetV2Trainer_narrow, "FocusNetV2Trainer_tiny", epochs=5, iterations=2,

@@ -16,7 +16,9 @@ mirroring and --save_probabilities work unchanged). Outside the boxes the logits
 
 Which organs are small and the box size are data-derived, but stock nnUNetv2_predict builds the network from the
 plans alone: they live in two buffers (focus_labels, focus_box) saved with the weights, and load_state_dict rebuilds
-the SOL head and SOS-Nets from them before loading. `sos_ready` (a buffer too) turns pasting on once SOS has trained.
+the SOL head and SOS-Nets from them before loading. `sos_ready` (a buffer too) turns pasting on once SOS has trained,
+and `focus_peak_threshold` carries the peak threshold (the constructor's, or the one the trainer chose on validation
+after training).
 """
 
 from __future__ import annotations
@@ -128,7 +130,9 @@ class FocusNetV2Network(nn.Module):
         self.dim = 3 if snet.encoder.conv_op is nn.Conv3d else 2
         self.num_input_channels = num_input_channels
         self.sos_features = sos_features
-        self.peak_threshold = peak_threshold
+        # a buffer, so that a threshold chosen on validation after training travels with the weights
+        self.register_buffer("focus_peak_threshold", torch.tensor(float(peak_threshold)))
+        self.default_peak_threshold = float(peak_threshold)
         self.register_buffer("focus_labels", torch.zeros(0, dtype=torch.long))
         self.register_buffer("focus_box", torch.zeros(self.dim, dtype=torch.long))
         self.register_buffer("sos_ready", torch.zeros((), dtype=torch.bool))
@@ -147,6 +151,14 @@ class FocusNetV2Network(nn.Module):
     def decoder(self) -> nn.Module:
         # nnU-Net toggles deep supervision through network.decoder.deep_supervision: that is S-Net's
         return self.snet.decoder
+
+    @property
+    def peak_threshold(self) -> float:
+        return round(float(self.focus_peak_threshold), 6)  # a float32 buffer: 0.6 comes back as 0.6000000238
+
+    @peak_threshold.setter
+    def peak_threshold(self, value: float) -> None:
+        self.focus_peak_threshold.fill_(float(value))
 
     @property
     def labels(self) -> tuple[int, ...]:
@@ -180,6 +192,8 @@ class FocusNetV2Network(nn.Module):
         self.sos = nn.ModuleList(sos_net(channels, box, self.sos_features) for _ in labels).to(device)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        if "focus_peak_threshold" not in state_dict:  # checkpoints from before the threshold was calibrated
+            state_dict = {**state_dict, "focus_peak_threshold": torch.tensor(self.default_peak_threshold)}
         labels, box = state_dict.get("focus_labels"), state_dict.get("focus_box")
         # the SOL head's form travels in its weights: lateral convs mean context, the first body conv's width
         context = any(k.startswith("sol.lateral.") for k in state_dict)
