@@ -1,7 +1,7 @@
 """Stock nnU-Net vs AVFusionTrainer (detached branches) vs AVFusionTrainer_attached on real DRIVE-AV, equal CPU budget.
 
     python bench/av_fusion/bench_av_drive.py SOURCE [--work /tmp/av_drive] [--stage prepare time train evaluate]
-                                             [--seeds 0 1]
+                                             [--seeds 0 1] [--arms ...] [--epochs 10]
 
 SOURCE is the DRIVE-AV folder (training/ and, when present, the official test/). Stages, each restartable (a
 training with a checkpoint_final, a prediction folder with all cases are not redone):
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -42,6 +43,7 @@ ARMS = {"stock": "nnUNetTrainer_drivecpu", "AVFusionTrainer": "AVFusionTrainer_d
 HOLDOUT = ("37_training", "38_training", "39_training", "40_training")
 PAPER = {"sensitivity": 69.83, "auc_roc": 84.2, "f1": 71.26, "auc_pr": 72.41, "mse": 2.92}  # sigmoid version, %
 STAGES = ("prepare", "time", "train", "evaluate")
+DEFAULT_EPOCHS = 10
 
 
 def hold_out(raw: Path, cases: tuple[str, ...]) -> list[str]:
@@ -137,6 +139,11 @@ def train_arms(work: Path, env: dict, seeds: list[int], arms: list[str], log: Pa
                 save_state(work, state)
 
 
+def state_budget_differs(work: Path, epochs: int) -> bool:
+    state_file = work / "bench_state.json"
+    return state_file.exists() and json.loads(state_file.read_text()).get("epochs", DEFAULT_EPOCHS) != epochs
+
+
 def save_state(work: Path, state: dict) -> None:
     (work / "bench_state.json").write_text(json.dumps(state, indent=2))
 
@@ -222,7 +229,9 @@ def write_report(out: Path, work: Path, state: dict, results: dict) -> dict:
     report = {"budget": budget, "budget_counted_as": "epochs x iterations x batch, equal for every arm; wall time "
               "reported beside it", "plans": PLANS, "configuration": cfg, "state": state, "table": table,
               "results": results, "paper_drive_av_sigmoid": PAPER}
-    (out / "av_drive.json").write_text(json.dumps(report, indent=2))
+    report["targets"] = targets
+    stem = "av_drive" if BUDGET["epochs"] == DEFAULT_EPOCHS else f"av_drive_E{BUDGET['epochs']}"
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     (out / "targets.json").write_text(json.dumps(targets, indent=2))
 
     metrics = list(PAPER)
@@ -278,7 +287,7 @@ def write_report(out: Path, work: Path, state: dict, results: dict) -> dict:
                   f"({cost['predict_ratio_to_stock']:.2f}x)."]
     lines += ["", "Targets: " + "; ".join(f"{t['target']}: {t['measured']} ({t['goal']}, "
                                           f"{'met' if t['met'] else 'MISSED'})" for t in targets), ""]
-    (out / "av_drive.md").write_text("\n".join(lines))
+    (out / f"{stem}.md").write_text("\n".join(lines))
     print("\n".join(lines))
     return report
 
@@ -291,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                   help="epochs x 100 iterations for every arm (results: av_drive_E<epochs>.* unless the default; "
+                        "use a fresh --work per budget)")
     a = p.parse_args(argv)
     if not (a.source / "training").is_dir():
         print(f"error: {a.source} has no training/ folder (expected the DRIVE-AV layout)", file=sys.stderr)
@@ -300,9 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     env = stock.work_environment(a.work / "nnunet", "cpu")
     env["nnUNet_extTrainer"] = f"{env['nnUNet_extTrainer']}:{HERE / 'trainers'}"
     env["nnUNet_n_proc_DA"] = "0"
+    env["nnUNet_ext_av_bench_epochs"] = os.environ["nnUNet_ext_av_bench_epochs"] = str(a.epochs)
+    if state_budget_differs(a.work, a.epochs):
+        print(f"error: {a.work} holds trainings of another budget; use a fresh --work for --epochs {a.epochs}",
+              file=sys.stderr)
+        return 2
     log = a.work / "commands.log"
     state_file = a.work / "bench_state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    state["epochs"] = a.epochs
     state.update(prepare(a.source, env, log))
     state["preprocessed"] = str(Path(env["nnUNet_preprocessed"]) / "Dataset711_DRIVE_AV")
     save_state(a.work, state)

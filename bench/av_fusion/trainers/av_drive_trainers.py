@@ -2,13 +2,17 @@
 AVFusionTrainer (detached branches, the default) and AVFusionTrainer_attached, same epochs x iterations x batch, same
 plans. This folder goes on nnUNet_extTrainer for that run only."""
 
+import os
+
 from nnunet_ext.trainers.av_fusion_trainers import AVFusionTrainer, AVFusionTrainer_attached
 from nnunet_ext.training.base import nnUNetExtTrainer
 from nnunet_ext.training.variants import short_variant
 
+EPOCHS_ENV = "nnUNet_ext_av_bench_epochs"
+
 # sized from the measured step times of bench_av_drive.py --stage time (see docs/av_fusion.md): six trainings must
-# fit ~30 min of two shared CPU cores
-BUDGET = {"epochs": 10, "iterations": 100, "val_iterations": 1}
+# fit ~30 min of two shared CPU cores; bench_av_drive.py --epochs sets a larger one through the environment
+BUDGET = {"epochs": int(os.environ.get(EPOCHS_ENV, 10)), "iterations": 100, "val_iterations": 1}
 
 
 class _NoFinalValidation:
