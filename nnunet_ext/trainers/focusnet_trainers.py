@@ -22,6 +22,10 @@ Vital signs every epoch (log and focusnet_progress.png): per small organ on the 
 heatmap peak height, the peak-to-centroid distance in mm, the share of peaks inside half the ROI box and the paste
 rate (peak above peak_threshold); a WARNING when no organ would be pasted once the snet phase is over.
 
+When training ends, the peak threshold above which SOS is pasted is chosen among peak_threshold_candidates on the
+fold's validation cases (predicted as nnUNetv2_predict would), logged, written to focusnet_peak_threshold.json and
+saved with the final weights.
+
 The small organs and the ROI box are derived from the preprocessed training labels of the fold when training starts
 (nnunet_ext.methods.focusnet.organs), logged and written to focusnet_small_organs.json in the fold folder. Override the
 choice with the class attribute `small_organs` or the environment variable nnUNet_ext_focusnet_small_organs (names or
