@@ -14,18 +14,19 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from nnunet_ext.evaluation.metrics import overlap_metrics
+
 
 def organ_dice(prediction: np.ndarray, reference: np.ndarray, labels: Iterable[int]) -> list[float]:
     """Dice per label where the reference or the prediction has it (a label both lack says nothing about the
     threshold: no paste, or a paste that correctly came out empty); voxels outside the body (reference < 0, nnU-Net's
     marking) are ignored."""
-    inside = reference >= 0
+    outside = reference < 0
     scores = []
     for lab in labels:
-        ref, pred = (reference == lab) & inside, (prediction == lab) & inside
-        total = int(ref.sum()) + int(pred.sum())
-        if total:
-            scores.append(2.0 * int((ref & pred).sum()) / total)
+        metrics = overlap_metrics(reference == lab, prediction == lab, ignore=outside)
+        if metrics["tp"] + metrics["fp"] + metrics["fn"]:
+            scores.append(metrics["dice"])
     return scores
 
 
