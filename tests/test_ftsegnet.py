@@ -192,6 +192,19 @@ def test_tumour_phantom(tumour_preprocessed):
     np.testing.assert_array_equal(again[1], labels["phantomtumor_003"])
 
 
+def test_tumour_phantom_naevi_are_dark_unlabelled_and_leave_the_rest_alone():
+    """mimics=True adds benign naevi: darker than the choroid around them, background in the label map; the mask,
+    class and (without mimics) the image are those of the default phantom."""
+    for i in range(6):
+        plain = tumor2d.make_case(tumor2d.case_rng(0, i), 96)
+        naevi = tumor2d.make_case(tumor2d.case_rng(0, i), 96, mimics=True)
+        np.testing.assert_array_equal(plain[1], naevi[1])
+        assert plain[2] == naevi[2]
+        darker = plain[0].astype(int).sum(-1) - naevi[0].astype(int).sum(-1) > 60
+        # a naevus is 30-200 pixels of clear darkening, never on the tumour
+        assert 30 <= darker.sum() <= 400 and not (darker & (plain[1] > 0)).any()
+
+
 def _trainer(pre: SimpleNamespace, tmp_path: Path, monkeypatch, cls=FTSegNetTrainer, **kwargs) -> FTSegNetTrainer:
     trainer = build_trainer(cls, pre, tmp_path, monkeypatch, "2d", **kwargs)
     trainer.num_epochs, trainer.num_iterations_per_epoch = 10, 2

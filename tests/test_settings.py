@@ -609,6 +609,7 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     (WeakCycleTrainer, "ema_decay"): Step(0.5, weak_teacher_decay),
     (WeakCycleTrainer, "consistency_weight"): Init(0.5, loss_weight("refinement", "consistency")),
     (WeakCycleTrainer, "teacher_confidence"): Step(0.5, weak_teacher_rewrites),
+    (WeakCycleTrainer, "teacher_keep_fraction"): Step(None, weak_teacher_rewrites),
     (WeakCycleTrainer, "pseudo_update_every"): Step(2, weak_update_epochs),
     (WeakCycleTrainer, "strong_noise_std"): Step(0.5, weak_strong_view),
     (WeakCycleTrainer, "strong_contrast"): Step(0.5, weak_strong_view),

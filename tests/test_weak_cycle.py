@@ -31,6 +31,7 @@ from nnunet_ext.methods.weak_cycle.data import (
     classify_cases,
     dice,
     otsu_threshold,
+    teacher_thresholds,
     threshold_image,
 )
 from nnunet_ext.methods.weak_cycle.loss import CYCLE_LOSS_WEIGHTS, cycle_generator_losses
@@ -67,6 +68,29 @@ def test_otsu_and_validation_thresholds():
     probability = np.where(reference, 0.7, 0.3)
     threshold, score = best_threshold([probability], [reference])
     assert 0.3 < threshold <= 0.7 and score == 1.0
+
+
+@pytest.mark.mechanism
+def test_weak_cycle_teacher_thresholds_keep_each_class_of_an_unsure_teacher():
+    """Class-balanced teacher thresholds, values by hand: the median of each class's confidences over the bodies,
+    capped by the absolute confidence. An unsure teacher (lesion at 0.6-0.8) keeps half its lesion pixels, where
+    the absolute 0.9 would drop the lesion class and leave the student a background-only target."""
+    p1 = np.array([0.95, 0.7, 0.6, 0.2, 0.05, 0.5], np.float32)
+    p2 = np.array([0.8, 0.3, 0.4], np.float32)
+    bodies = [np.ones(6, bool), np.array([True, True, False])]
+    high, low = teacher_thresholds([p1, p2], bodies, 0.9, 0.5)
+    # lesion side (> 0.5): 0.6, 0.7, 0.8, 0.95 -> median 0.75; background side: 1 - (0.05, 0.2, 0.3) -> median 0.8
+    assert high == pytest.approx(0.75) and low == pytest.approx(0.2)
+    assert teacher_thresholds([p1, p2], bodies, 0.9, None) == (0.9, pytest.approx(0.1))
+    high, low = teacher_thresholds([p1, p2], bodies, 0.9, 1.0)  # keep all: each class's least confident pixel
+    assert high == pytest.approx(0.6) and low == pytest.approx(0.3)
+    confident = [np.array([0.97, 0.99, 0.01, 0.02], np.float32)]
+    assert teacher_thresholds(confident, [np.ones(4, bool)], 0.9, 0.5) == (0.9, pytest.approx(0.1))
+    unsure = np.array([0.6, 0.7, 0.75, 0.8, 0.3, 0.2], np.float32)
+    high, _ = teacher_thresholds([unsure], [np.ones(6, bool)], 0.9, 0.5)
+    assert (unsure >= high).sum() == 2 and (unsure >= 0.9).sum() == 0
+    with pytest.raises(ValueError, match="teacher_keep_fraction"):
+        teacher_thresholds([p1], [bodies[0]], 0.9, 0.0)
 
 
 def test_flat_attention_is_resolved_per_image():
@@ -351,6 +375,8 @@ def test_refinement_views_teacher_ignore_and_best_checkpoint_restart(weak_prepro
     trainer.current_epoch = trainer.phase_schedule.resolve(trainer.num_epochs)[1].start
     trainer.on_train_epoch_start()
     assert trainer.current_phase.name == "refinement" and trainer._best_ema is None and trainer.teacher_ready
+    # the student's poly decay spans the refinement epochs: it starts at nnU-Net's full learning rate
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(trainer.initial_lr)
 
     case = trainer.weak_cases.disease[0]
     before = trainer.pseudo_masks[case].copy()
@@ -366,6 +392,14 @@ def test_refinement_views_teacher_ignore_and_best_checkpoint_restart(weak_prepro
         head.bias.copy_(torch.tensor([0.0, 10.0]))  # confident lesion everywhere
     trainer.update_pseudo_masks_from_teacher()
     assert set(np.unique(trainer.pseudo_masks[case])) == {-1, 1}
+    with torch.no_grad():
+        head.bias.copy_(torch.tensor([0.0, 0.85]))  # lesion probability 0.70 everywhere: unsure, but lesion
+    trainer.update_pseudo_masks_from_teacher()
+    assert set(np.unique(trainer.pseudo_masks[case])) == {-1, 1} and trainer._teacher_vitals["teacher/lesion"] == 1
+    trainer.teacher_keep_fraction = None  # the absolute rule alone leaves it all ignored
+    trainer.update_pseudo_masks_from_teacher()
+    assert set(np.unique(trainer.pseudo_masks[case])) == {-1, 2} and trainer._teacher_vitals["teacher/lesion"] == 0
+    assert any("collapsed to background" in w for w in trainer.vital_sign_warnings([trainer._teacher_vitals]))
     assert np.load(trainer.pseudo_mask_folder / f"{case}.npy").min() == -1  # what the data loader reads
 
 

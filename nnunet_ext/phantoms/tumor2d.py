@@ -11,6 +11,8 @@ prior on: 0 = no tumour, 1 = small tumour (radius < 10 % of the image), 2 = larg
 `n_classification_only`: the last that many training cases keep their image and class but lose their mask (label
 map all ignore label, dataset.json gains "ignore": 2): the setting of abundant classification data and few masks.
 `balanced_test`: held-out images alternate tumour / no tumour (half tumour-free), for false-positive rates.
+`mimics`: every image also holds 1-2 benign naevi (background): a small tumour's size, flat, lighter, sharp-edged,
+as a choroidal naevus beside a melanoma; locally close to a small tumour, so few masks leave room for false positives.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ VESSEL_RGB = np.array([0.45, 0.08, 0.06])
 TUMOUR_RGB = np.array([0.20, 0.17, 0.14])
 
 
-def make_case(rng: np.random.Generator, size: int = 96, tumour_probability: float = 0.65) -> tuple:
-    """(rgb uint8 HxWx3, label uint8 HxW, class index)."""
+def make_case(rng: np.random.Generator, size: int = 96, tumour_probability: float = 0.65,
+              mimics: bool = False) -> tuple:
+    """(rgb uint8 HxWx3, label uint8 HxW, class index). `mimics`: also 1-2 benign naevi (background)."""
     bg = fundus_background(rng, size, (0.72, 0.33, 0.15), texture=0.06, disc_radius=(0.06, 0.085))
     yy, xx, centre, fov, texture, rgb = bg.yy, bg.xx, bg.centre, bg.fov, bg.texture, bg.rgb
     disc_c, disc_r = bg.disc_c, bg.disc_r
@@ -73,6 +76,23 @@ def make_case(rng: np.random.Generator, size: int = 96, tumour_probability: floa
         label[tumour] = LABELS["tumour"]
         case_class = CLASSES["small_tumour"] if tumour_r < SMALL_RADIUS * size else CLASSES["large_tumour"]
 
+    if mimics:
+        # benign naevi, drawn after everything else so that without mimics the images stay as they were: a small
+        # tumour's size, but flat, evenly and more lightly pigmented, with a sharp edge. Locally they look like a
+        # small tumour, so a segmenter trained on few masks may call them one; whether an image holds a tumour at all
+        # is what the classification-only images teach
+        taken = label > 0
+        for _ in range(int(rng.integers(1, 3))):
+            naevus_r = rng.uniform(0.04, 0.08) * size
+            for _attempt in range(20):
+                c = centre + rng.uniform(-0.3, 0.3, 2) * size
+                d = np.hypot(yy - c[0], xx - c[1])
+                if np.hypot(*(c - disc_c)) > disc_r + naevus_r + 2 and not (taken & (d < naevus_r + 3)).any():
+                    break
+            naevus = (d < naevus_r) & fov & ~taken
+            rgb[naevus] = rgb[naevus] * (1 - (w := rng.uniform(0.45, 0.6))) + TUMOUR_RGB * w
+            taken |= naevus
+
     rgb = rgb + rng.normal(0, 0.015, rgb.shape)
     rgb[~fov] = 0.0
     return np.clip(rgb * 255, 0, 255).astype(np.uint8), label, case_class
@@ -92,7 +112,7 @@ def _write(case: tuple, image_dir: Path, label_dir: Path, case_id: str) -> None:
 
 def generate(out_root: Path, dataset_id: int = DEFAULT_ID, n_train: int = 24, n_test: int = 6, size: int = 96,
              seed: int = 0, overwrite: bool = False, n_classification_only: int = 0,
-             balanced_test: bool = False) -> Path:
+             balanced_test: bool = False, mimics: bool = False) -> Path:
     if not 0 <= n_classification_only < n_train:
         raise ValueError(f"n_classification_only must lie in [0, {n_train - 1}] (some cases keep their mask), "
                          f"got {n_classification_only}")
@@ -101,7 +121,8 @@ def generate(out_root: Path, dataset_id: int = DEFAULT_ID, n_train: int = 24, n_
         probability = 0.65
         if balanced_test and i >= n_train:
             probability = 1.0 if (i - n_train) % 2 == 0 else 0.0
-        return (*make_case(case_rng(seed, i), size, probability), n_train - n_classification_only <= i < n_train)
+        return (*make_case(case_rng(seed, i), size, probability, mimics),
+                n_train - n_classification_only <= i < n_train)
 
     labels = dict(LABELS, ignore=IGNORE) if n_classification_only else LABELS
     return write_dataset(
@@ -109,5 +130,5 @@ def generate(out_root: Path, dataset_id: int = DEFAULT_ID, n_train: int = 24, n_
         channel_names={"0": "R", "1": "G", "2": "B"}, labels=labels, file_ending=".png",
         description=f"nnunet-ext fundus tumour phantom: {size}x{size} RGB, one dark round tumour or none, "
                     f"classes in {CLASS_TABLE} ({CLASSES}), seed {seed}, {n_classification_only} classification-only "
-                    f"training cases",
+                    f"training cases" + (", benign naevi (background) in every image" if mimics else ""),
         overwrite=overwrite)

@@ -65,6 +65,7 @@ from nnunet_ext.methods.weak_cycle.data import (
     export_pseudo_dataset,
     normalise_in_body,
     save_array,
+    teacher_thresholds,
     threshold_image,
 )
 from nnunet_ext.methods.weak_cycle.loss import (
@@ -84,7 +85,7 @@ from nnunet_ext.methods.weak_cycle.network import (
 )
 from nnunet_ext.methods.weak_cycle.views import StrongViewTransform, split_views
 from nnunet_ext.training.base import env_int, nnUNetExtTrainer, unwrap
-from nnunet_ext.training.phases import NETWORK, Phase, PhaseSchedule
+from nnunet_ext.training.phases import NETWORK, Phase, PhasePolyLRScheduler, PhaseSchedule
 from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
 
 __all__ = ["WeakCycleTrainer", "WeakCycleTrainer_CAM", "WeakCycleTrainer_ISIC", "WeakCycleTrainer_debug",
@@ -128,6 +129,9 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     consistency_weight = 1.0
     # a teacher probability beyond this (or below 1 - this) sets a pseudo-mask pixel; in between it becomes ignore
     teacher_confidence = 0.9
+    # class-balanced thresholds: each class keeps at least this share of the pixels the teacher assigns to it (its
+    # most confident ones), however unsure the teacher; None: the absolute confidence alone
+    teacher_keep_fraction: float | None = 0.8  # chosen on validation: bench/weak_cycle/bench_weak_cycle_teacher_rule.py
     pseudo_update_every = 5  # epochs of refinement between pseudo-mask updates; 0: never
     strong_noise_std = 0.1
     strong_contrast = 0.25
@@ -193,6 +197,14 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         teacher.load_state_dict(unwrap(self.network).state_dict())
         modules["teacher"] = teacher
         return modules
+
+    def configure_optimizers(self):
+        """nnU-Net's SGD for the student, its poly decay spread over the refinement epochs: the student trains only
+        there, and under the whole run's decay it would start at half of nnU-Net's learning rate (translation_fraction
+        0.5) and learn its pseudo-masks at a fraction of the rate a stock run of that length has."""
+        optimizer, _ = super().configure_optimizers()
+        refinement = {r.name: r for r in self.phase_schedule.resolve(self.num_epochs)}[REFINEMENT]
+        return optimizer, PhasePolyLRScheduler(optimizer, self.initial_lr, refinement.start, refinement.end)
 
     def configure_aux_optimizers(self):
         return {name: (torch.optim.Adam(self.aux_modules[name].parameters(), lr=self.translation_lr,
@@ -512,29 +524,39 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         return probability.cpu().numpy()[0]
 
     def update_pseudo_masks_from_teacher(self) -> None:
-        """Confident teacher pixels (probability >= teacher_confidence: lesion, <= 1 - it: background) set the
-        pseudo-labels inside the body; the rest become the ignore label, so the student learns nothing there."""
+        """Confident teacher pixels set the pseudo-labels inside the body (probability >= high: lesion, <= low:
+        background; `teacher_thresholds`: teacher_confidence, class-balanced by teacher_keep_fraction); the rest
+        become the ignore label, so the student learns nothing there."""
         dataset_tr, _ = super().get_tr_and_val_datasets()
-        high, low = self.teacher_confidence, 1 - self.teacher_confidence
         ignore = np.int8(self.label_manager.ignore_label)
-        changed = ignored = total = 0
-        for case, old in self.pseudo_masks.items():
+        cases = list(self.pseudo_masks)
+        bodies, probabilities = [], []
+        for case in cases:
             data, seg = load_case_arrays(dataset_tr, case)
-            body = body_mask(seg, data)
-            probability = self.teacher_probability(data)
+            bodies.append(body_mask(seg, data))
+            # float16 halves what all cases' maps hold until the dataset-level thresholds are known
+            probabilities.append(self.teacher_probability(data).astype(np.float16))
+        high, low = teacher_thresholds(probabilities, bodies, self.teacher_confidence, self.teacher_keep_fraction)
+        changed = ignored = lesion = total = 0
+        for case, body, probability in zip(cases, bodies, probabilities, strict=True):
+            old = self.pseudo_masks[case]
             new = np.full(body.shape, np.int8(OUTSIDE), np.int8)
             new[body] = ignore
             new[body & (probability >= high)] = self.lesion_label
             new[body & (probability <= low)] = 0
             changed += int((new[body] != old[0][body]).sum())
             ignored += int((new[body] == ignore).sum())
+            lesion += int((new[body] == self.lesion_label).sum())
             total += int(body.sum())
             self.pseudo_masks[case] = new[None]
         self.publish_pseudo_masks()
-        self._teacher_vitals = {"teacher/changed": changed / max(total, 1), "teacher/ignored": ignored / max(total, 1)}
+        self._teacher_vitals = {"teacher/changed": changed / max(total, 1), "teacher/ignored": ignored / max(total, 1),
+                                "teacher/lesion": lesion / max(total, 1), "teacher/high": float(high),
+                                "teacher/low": float(low)}
         self.print_to_log_file(f"Teacher updated {changed} pseudo-mask pixels ({100 * changed / max(total, 1):.2f}% of "
-                               f"the body), {100 * ignored / max(total, 1):.2f}% now ignored (uncertain), at "
-                               f"confidence {self.teacher_confidence}")
+                               f"the body), {100 * ignored / max(total, 1):.2f}% now ignored (uncertain): lesion at "
+                               f"probability >= {high:.3f}, background <= {low:.3f} (teacher_confidence "
+                               f"{self.teacher_confidence}, teacher_keep_fraction {self.teacher_keep_fraction})")
 
     def publish_pseudo_masks(self) -> None:
         """Write the pseudo-masks the data loader reads. Under DDP rank 0 writes and the other ranks, once it is done,
@@ -591,8 +613,8 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     def epoch_vital_signs(self) -> dict[str, float]:
         """Translation: attention coverage (share of the body in the pseudo-mask it would give now), mean raw
         attention inside and outside the body, G_AB's CAM accuracy over the epoch's steps, and the pseudo-mask Dice
-        of attention and CAM on the fully labelled validation cases. Refinement: the share of pseudo-label pixels
-        the teacher's update changed and left ignored (epochs with an update)."""
+        of attention and CAM on the fully labelled validation cases. Refinement: the share of the body's pseudo-labels
+        the teacher's update changed, left ignored and made lesion, and its two thresholds (epochs with an update)."""
         if self.current_phase is None:
             return {}
         if self.current_phase.name == REFINEMENT:
@@ -638,6 +660,10 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         if ignored is not None and ignored > 0.5:
             warnings.append(f"the teacher left {100 * ignored:.0f}% of the disease cases' body ignored: few "
                             f"confident pixels (teacher_confidence {self.teacher_confidence})")
+        lesion = last.get("teacher/lesion")
+        if lesion is not None and lesion < 1e-3:
+            warnings.append(f"the teacher's update left {100 * lesion:.2f}% of the disease cases' body lesion: the "
+                            f"student has collapsed to background and learns no lesion from here on")
         return warnings
 
 

@@ -180,6 +180,31 @@ def best_threshold(probabilities: list[np.ndarray], references: list[np.ndarray]
     return float(candidates[pick]), float(scores[pick])
 
 
+def teacher_thresholds(probabilities: list[np.ndarray], bodies: list[np.ndarray], confidence: float,
+                       keep_fraction: float | None) -> tuple[float, float]:
+    """(high, low): a teacher lesion probability >= high makes a pseudo-label lesion, <= low background, anything
+    between ignore. `confidence` alone gives (confidence, 1 - confidence). With `keep_fraction` the thresholds are
+    also class-balanced, as in class-balanced self-training (Zou et al., ECCV 2018): over all cases' bodies, each
+    class keeps at least that share of the pixels the teacher assigns to it (its most confident ones), so that an
+    unsure teacher cannot drop the rarer lesion class entirely and teach the student a background-only world."""
+    if not 0.5 <= confidence < 1:
+        raise ValueError(f"teacher_confidence must lie in [0.5, 1), got {confidence}")
+    if keep_fraction is None:
+        return confidence, 1 - confidence
+    if not 0 < keep_fraction <= 1:
+        raise ValueError(f"teacher_keep_fraction must lie in (0, 1] or be None, got {keep_fraction}")
+    inside = np.concatenate([np.asarray(p)[b] for p, b in zip(probabilities, bodies, strict=True)]).astype(np.float32) \
+        if probabilities else np.zeros(0, np.float32)
+    high, low = confidence, 1 - confidence
+    lesion = inside[inside > 0.5]  # a tie (0.5) belongs to neither class: always ignore
+    if lesion.size:
+        high = min(high, float(np.quantile(lesion, 1 - keep_fraction)))
+    background = 1 - inside[inside < 0.5]
+    if background.size:
+        low = max(low, 1 - float(np.quantile(background, 1 - keep_fraction)))
+    return high, low
+
+
 def dice(reference: np.ndarray, prediction: np.ndarray) -> float:
     """Dice of two boolean masks, 1 when both are empty (evaluation.metrics' convention)."""
     return float(overlap_metrics(reference, prediction)["dice"])
