@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from bench_weak_cycle_eval import evaluate
 from bench_weak_cycle_real import DATASETS, convert, sliced_layout
 
@@ -97,7 +98,15 @@ def run_seed(dataset: str, setup: dict, trainer: str, seed: int, work: Path, env
         student = evaluate(setup["reference"], fold / "validation", sorted(splits["val"]))
         student_on = "validation cases"
     epoch_times = [float(x) for x in re.findall(r"Epoch time: ([0-9.]+) s", log)]
-    return {"seed": seed, "checkpoints": rows, "student": student, "student_on": student_on,
+    # nnU-Net's own validation of the student (fully labelled validation cases): what settings are chosen on
+    validation = json.loads((fold / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"]
+    # the trainer's vital signs hold each update (only epochs with one carry teacher/changed); shares in %
+    vitals = torch.load(fold / "checkpoint_final.pth", map_location="cpu", weights_only=False)["nnunet_ext"]["vitals"]
+    updates = [{"changed": 100 * v["teacher/changed"], "ignored": 100 * v["teacher/ignored"],
+                "lesion": 100 * v["teacher/lesion"], "high": v["teacher/high"], "low": v["teacher/low"]}
+               for v in vitals if "teacher/changed" in v]
+    return {"seed": seed, "trainer": trainer, "checkpoints": rows, "student": student, "student_on": student_on,
+            "student_validation_dice": float(validation), "teacher_updates": updates,
             "train_s": round(train_s, 1), "translation_s_per_iteration": translation_cost(rows),
             "epoch_times_s": epoch_times, "threshold": json.loads((fold / "weak_cycle" / "phase1_pseudo_masks" /
                                                                   "threshold.json").read_text())}
@@ -152,8 +161,19 @@ def markdown(dataset: str, args, runs: list[dict], summary: dict, targets: list[
               f"(polarity {runs[0]['checkpoints'][0]['intensity_polarity']}, chosen on validation), keep-all "
               f"{c['keep_all']:.3f}, CAM-only at the phase switch {c['cam']:.3f}.",
               f"Student Dice ({runs[0]['student_on']}): {summary['student_dice']:.3f} "
-              f"(per seed: {', '.join(str(r['student']['dice']) for r in runs)} %).",
-              f"Translation cost: {summary['translation_s_per_iteration']} s per iteration (quarter-width networks, "
+              f"(per seed: {', '.join(str(r['student']['dice']) for r in runs)} %); on the fully labelled "
+              f"validation cases (nnU-Net's validation) {summary['student_validation_dice']:.3f}.",
+              "Teacher updates (share of the disease cases' body changed / left ignored, %; lesion and background "
+              "thresholds): " + "; ".join(f"seed {r['seed']}: " + (", ".join(
+                  f"{u['changed']:.1f}/{u['ignored']:.1f} at >= {u['high']:.3f}, <= {u['low']:.3f}"
+                  for u in r["teacher_updates"]) or "none in this budget") for r in runs) + "."]
+    ablation = summary.get("ablation_no_teacher_updates")
+    if ablation:
+        lines.append(f"Ablation, no teacher updates (pseudo_update_every 0, same translation): student Dice "
+                     f"{ablation['student_dice']:.3f} ({runs[0]['student_on']}; per seed: "
+                     f"{', '.join(str(r['student']['dice']) for r in ablation['runs'])} %), validation "
+                     f"{ablation['student_validation_dice']:.3f}.")
+    lines += [f"Translation cost: {summary['translation_s_per_iteration']} s per iteration (quarter-width networks, "
               f"scoring included); training {', '.join(str(r['train_s']) for r in runs)} s per seed.", "",
               "| target | measured | goal | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['measured']} | {t['goal']} | {t['met']} |" for t in targets]
@@ -168,6 +188,8 @@ def main(argv=None) -> int:
     p.add_argument("-o", "--output", default=str(HERE.parents[1] / "bench" / "results" / "weak_cycle"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--long", action="store_true", help="phantom: 6000 translation iterations instead of 2000")
+    p.add_argument("--no-ablation", action="store_true",
+                   help="phantom: skip the arm with the teacher's pseudo-label updates ablated")
     args = p.parse_args(argv)
     work, out = Path(args.work), Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,6 +204,16 @@ def main(argv=None) -> int:
     tag = f"{args.dataset}_long" if args.long else args.dataset
     runs = [run_seed(tag, setup, trainer, seed, work, env, out) for seed in args.seeds]
     summary, targets = summarise(args.dataset, runs)
+    if args.dataset == "phantom" and not args.long and not args.no_ablation:
+        # the teacher's pseudo-label updates ablated: the same translation (same seed), the student on the phase-1
+        # pseudo-masks with EMA-teacher consistency only
+        ablation = [run_seed(f"{tag}_noupdate", setup, f"{trainer}_noupdate", seed, work, env, out)
+                    for seed in args.seeds]
+        summary["ablation_no_teacher_updates"] = {
+            "student_dice": float(np.mean([r["student"]["dice"] for r in ablation])) / 100,
+            "student_validation_dice": float(np.mean([r["student_validation_dice"] for r in ablation])),
+            "runs": ablation}
+    summary["student_validation_dice"] = float(np.mean([r["student_validation_dice"] for r in runs]))
     if args.long:
         for t in targets:
             t["target"] = t["target"].replace("phantom:", "phantom (6000 iterations):", 1)

@@ -112,6 +112,21 @@ class WeakCycleTrainer_checkpoints(WeakCycleTrainer):
 WeakCycleTrainer_ckpt_phantom = short_variant(WeakCycleTrainer_checkpoints, "WeakCycleTrainer_ckpt_phantom",
                                               epochs=50, iterations=50, val_iterations=2)
 
+
+def _phantom_variant(suffix: str, **settings) -> type:
+    """WeakCycleTrainer_ckpt_phantom's budget with other trainer settings."""
+    base = type(f"_Phantom_{suffix}", (WeakCycleTrainer_checkpoints,), settings)
+    return short_variant(base, f"WeakCycleTrainer_ckpt_phantom_{suffix}", epochs=50, iterations=50, val_iterations=2)
+
+
+# ablation: no teacher update, the student keeps the phase-1 pseudo-masks (EMA teacher consistency only)
+WeakCycleTrainer_ckpt_phantom_noupdate = _phantom_variant("noupdate", pseudo_update_every=0)
+# the teacher's rule, for bench_weak_cycle_teacher_rule.py: class-balanced thresholds keeping 50 % / 100 % of each
+# class's pixels, and the absolute confidence alone (the default, 80 %, is WeakCycleTrainer_ckpt_phantom)
+WeakCycleTrainer_ckpt_phantom_keep50 = _phantom_variant("keep50", teacher_keep_fraction=0.5)
+WeakCycleTrainer_ckpt_phantom_keep100 = _phantom_variant("keep100", teacher_keep_fraction=1.0)
+WeakCycleTrainer_ckpt_phantom_keepnone = _phantom_variant("keepnone", teacher_keep_fraction=None)
+
 # the same phantom for 6000 translation iterations (120 epochs) and 1500 refinement iterations (30 epochs)
 WeakCycleTrainer_ckpt_phantom_long = short_variant(WeakCycleTrainer_checkpoints, "WeakCycleTrainer_ckpt_phantom_long",
                                                    epochs=150, iterations=50, val_iterations=2)
