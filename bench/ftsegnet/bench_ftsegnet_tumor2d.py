@@ -7,7 +7,11 @@ SOURCE: `tumor2d` generates the phantom (seed 0, 96x96 RGB): 40 training images 
 alternate tumour / no tumour (20 tumour-free). Two data sets from the same images:
 - full: all 40 training images with their masks (id 794);
 - few masks: the same 40 images, only the first 8 with a mask, the other 32 classification-only (label map all
-  ignore label, class in classification.json) (id 799).
+  ignore label, class in classification.json) (id 799);
+- few masks, naevi: as few masks, but every image (training and held-out) also holds 1-2 benign naevi (background:
+  a small tumour's size, flat, lighter, sharp-edged; tumor2d `mimics=True`) (id 790). Decided before any run: the
+  first two settings left every arm at Dice ~0.98 with no room for a prior to help; here the few masks leave room
+  for false positives that the image-level classes of the 32 classification-only images can correct.
 Every arm: the same narrow U-Net (features 16-256), TUMOR_BUDGET segmentation epochs x iterations
 (bench/ftsegnet/trainers), fold 0 of nnU-Net's split, nnUNet_ext_seed per seed. FTSegNet's prior trains
 TUMOR_PRIOR_ITERATIONS Adam steps before epoch 0, on top of that budget (its cost is reported apart). Segmenters never
@@ -50,7 +54,8 @@ from nnunet_ext.evaluation.detection import lesion_detection, pool_detection  # 
 from nnunet_ext.methods.ftsegnet.optim import SGDAdamW  # noqa: E402
 from nnunet_ext.phantoms import tumor2d  # noqa: E402
 
-SETTINGS = {"full": (794, 0), "few_masks": (799, 32)}  # data set id, classification-only training cases
+# data set id, classification-only training cases, benign naevi (tumour mimics) in every image
+SETTINGS = {"full": (794, 0, False), "few_masks": (799, 32, False), "few_masks_naevi": (790, 32, True)}
 N_TRAIN, N_TEST = 40, 40
 STOCK = "nnUNetTrainer_tumorbench"
 
@@ -64,11 +69,11 @@ def prepare(env: dict, log: Path) -> dict[str, Path]:
     raw_root, pre_root = Path(env["nnUNet_raw"]), Path(env["nnUNet_preprocessed"])
     raw_root.mkdir(parents=True, exist_ok=True)
     out = {}
-    for setting, (dataset_id, n_only) in SETTINGS.items():
+    for setting, (dataset_id, n_only, naevi) in SETTINGS.items():
         raw = raw_root / f"Dataset{dataset_id}_{tumor2d.NAME}"
         if not (pre_root / raw.name / "nnUNetPlans.json").exists():
             tumor2d.generate(raw_root, dataset_id, n_train=N_TRAIN, n_test=N_TEST, size=96, seed=0,
-                             n_classification_only=n_only, balanced_test=True, overwrite=True)
+                             n_classification_only=n_only, balanced_test=True, overwrite=True, mimics=naevi)
             stock.plan_and_preprocess(dataset_id, "2d", env, log_file=log)
         out[setting] = raw
     return out
@@ -252,23 +257,21 @@ def targets(report: dict, seeds) -> list[dict]:
             diff = [round(n - s, 4) for n, s in zip(nocpb_d, stock_d, strict=True)]
             add(f"{setting}: NoCPB Dice - stock Dice per seed (tumour images)", diff, ">= -0.01 every seed",
                 min(diff) >= -0.01)
-    fp_f = mean_over(report, "full", "ftsegnet", "fp_rate_tumour_free", seeds)
-    fp_n = mean_over(report, "full", "nocpb", "fp_rate_tumour_free", seeds)
-    fp_f2 = mean_over(report, "few_masks", "ftsegnet", "fp_rate_tumour_free", seeds)
-    fp_n2 = mean_over(report, "few_masks", "nocpb", "fp_rate_tumour_free", seeds)
-    if fp_f and len(fp_f) == len(fp_n):
-        add("full: FP rate on tumour-free images, FTSegNet vs NoCPB per seed", {"ftsegnet": fp_f, "nocpb": fp_n},
-            "FTSegNet < NoCPB every seed", all(a < b for a, b in zip(fp_f, fp_n, strict=True)))
-    if fp_f2 and len(fp_f2) == len(fp_n2):
-        add("few masks: FP rate on tumour-free images, FTSegNet vs NoCPB per seed",
-            {"ftsegnet": fp_f2, "nocpb": fp_n2}, "FTSegNet < NoCPB every seed",
-            all(a < b for a, b in zip(fp_f2, fp_n2, strict=True)))
-    d_f = mean_over(report, "few_masks", "ftsegnet", "dice_tumour_images", seeds)
-    d_n = mean_over(report, "few_masks", "nocpb", "dice_tumour_images", seeds)
-    if d_f and len(d_f) == len(d_n):
-        add("few masks: Dice on tumour images, FTSegNet vs NoCPB per seed",
-            {"ftsegnet": [round(v, 4) for v in d_f], "nocpb": [round(v, 4) for v in d_n]},
-            "FTSegNet > NoCPB every seed", all(a > b for a, b in zip(d_f, d_n, strict=True)))
+    for setting, name in (("full", "full"), ("few_masks", "few masks"), ("few_masks_naevi", "few masks, naevi")):
+        fp_f = mean_over(report, setting, "ftsegnet", "fp_rate_tumour_free", seeds)
+        fp_n = mean_over(report, setting, "nocpb", "fp_rate_tumour_free", seeds)
+        if fp_f and len(fp_f) == len(fp_n):
+            add(f"{name}: FP rate on tumour-free images, FTSegNet vs NoCPB per seed",
+                {"ftsegnet": fp_f, "nocpb": fp_n}, "FTSegNet < NoCPB every seed",
+                all(a < b for a, b in zip(fp_f, fp_n, strict=True)))
+        if setting == "full":
+            continue  # the Dice target is the few-masks settings' (the issue's)
+        d_f = mean_over(report, setting, "ftsegnet", "dice_tumour_images", seeds)
+        d_n = mean_over(report, setting, "nocpb", "dice_tumour_images", seeds)
+        if d_f and len(d_f) == len(d_n):
+            add(f"{name}: Dice on tumour images, FTSegNet vs NoCPB per seed",
+                {"ftsegnet": [round(v, 4) for v in d_f], "nocpb": [round(v, 4) for v in d_n]},
+                "FTSegNet > NoCPB every seed", all(a > b for a, b in zip(d_f, d_n, strict=True)))
     worse = []
     for key, r in report.get("ablations", {}).items():
         base = report["results"][key]
@@ -311,8 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     report["budget"] = (f"segmentation {TUMOR_BUDGET['epochs']} epochs x {TUMOR_BUDGET['iterations']} iterations for "
                         f"every arm (plans' batch size), FTSegNet's prior {TUMOR_PRIOR_ITERATIONS} iterations before "
                         f"epoch 0 on top; U-Net features 16-256; fold 0; seeds {a.seeds}; {N_TRAIN} training "
-                        f"images ({SETTINGS['few_masks'][1]} classification-only in few_masks), {N_TEST} held-out "
-                        f"(20 tumour-free); one process on 2 CPU cores under the project's CPU lock")
+                        f"images ({SETTINGS['few_masks'][1]} classification-only in few_masks and few_masks_naevi), "
+                        f"{N_TEST} held-out (20 tumour-free); one process on 2 CPU cores under the project's CPU lock")
     raws = prepare(env, log)
 
     rule = a.rule or report.get("rule")
