@@ -29,10 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_ext import stock
-from nnunet_ext.plans import PRESETS
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "trainers"))
+from av_drive_trainers import EPOCHS_ENV  # noqa: E402
+
+from nnunet_ext import stock  # noqa: E402
+from nnunet_ext.plans import PRESETS  # noqa: E402
+
 RESULTS = HERE.parent / "results" / "av_fusion"
 DATASET = 711
 PRESET = "cpu_context"
@@ -312,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     env = stock.work_environment(a.work / "nnunet", "cpu")
     env["nnUNet_extTrainer"] = f"{env['nnUNet_extTrainer']}:{HERE / 'trainers'}"
     env["nnUNet_n_proc_DA"] = "0"
-    env["nnUNet_ext_av_bench_epochs"] = os.environ["nnUNet_ext_av_bench_epochs"] = str(a.epochs)
+    env[EPOCHS_ENV] = os.environ[EPOCHS_ENV] = str(a.epochs)
     if state_budget_differs(a.work, a.epochs):
         print(f"error: {a.work} holds trainings of another budget; use a fresh --work for --epochs {a.epochs}",
               file=sys.stderr)
