@@ -53,3 +53,15 @@ for _rule_name in TRANSFORMER_RULES:
     for _base, _prefix in ((FTSegNetTrainer_NoCPB, "FTSegNetTrainer_NoCPB"), (FTSegNetTrainer, "FTSegNetTrainer")):
         _name = f"{_prefix}_tumorbench_{_rule_name}"
         globals()[_name] = _rule(_base, _name, _rule_name)
+
+# the abundant-classes setting (168 images, 160 classification-only): its prior's step count, chosen on fold 0's
+# validation cases by bench_ftsegnet_prior_sweep.py --dataset 789 (bench/results/ftsegnet/prior_sweep_789.json)
+ABUNDANT_PRIOR_ITERATIONS = 6000  # validation accuracy 0.963 / 0.944 / 0.988 after 1000 / 3000 / 6000
+if ABUNDANT_PRIOR_ITERATIONS != TUMOR_PRIOR_ITERATIONS:
+    for _rule_name in TRANSFORMER_RULES:
+        _base = globals()[f"FTSegNetTrainer_tumorbench_{_rule_name}_base"]
+        _narrow = type(f"{_base.__name__}_prior{ABUNDANT_PRIOR_ITERATIONS}", (_base,),
+                       {"prior_iterations": ABUNDANT_PRIOR_ITERATIONS, "__module__": __name__})
+        globals()[_narrow.__name__] = _narrow
+        _name = f"FTSegNetTrainer_tumorbench_{_rule_name}_prior{ABUNDANT_PRIOR_ITERATIONS}"
+        globals()[_name] = short_variant(_narrow, _name, **TUMOR_BUDGET)
