@@ -324,7 +324,7 @@ def _one_case_batch(t, key: str | None = None) -> tuple[dict, str]:
 
 
 def _enter_phase(t, name: str) -> None:
-    t.current_epoch = {r.name: r for r in t.phase_schedule.resolve(t.num_epochs)}[name].start
+    t.current_epoch = t.phase_schedule.resolved(name, t.num_epochs).start
     t.on_train_epoch_start()
 
 

@@ -16,6 +16,9 @@ def test_phases_resolve_ints_fractions_and_rest():
     assert r[2].phase.loss_weight("cycle") == 0.0
     assert r[1].phase.trains("gen") and not r[1].phase.trains(NETWORK)
     assert s.module_names() == {"network", "gen"}
+    assert (s.resolved("b", 100).start, s.resolved("b", 100).end) == (10, 35)
+    with pytest.raises(KeyError, match="no phase 'd' in \\['a', 'b', 'c'\\]"):
+        s.resolved("d", 100)
 
 
 def test_fractional_phases_scale_with_short_budgets():

@@ -221,7 +221,7 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         net.configure(self.selection.labels, self.box, sol_context=self.sol_input == "context",
                       sol_features=self.sol_features)
         net.sol_detached = bool(self.sol_detach_features)
-        snet = {r.name: r for r in self.phase_schedule.resolve(self.num_epochs)}["snet"]
+        snet = self.phase_schedule.resolved("snet", self.num_epochs)
         # S-Net keeps nnU-Net's SGD; its poly schedule spans the epochs it trains, so it anneals as a stock run would
         optimizer = torch.optim.SGD(net.snet.parameters(), self.initial_lr, weight_decay=self.weight_decay,
                                     momentum=0.99, nesterov=True)
@@ -230,8 +230,7 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         if "snet" not in self.sol_phases or unknown:
             raise ValueError(f"{self.__class__.__name__}.sol_phases must hold 'snet' and may add 'sos', got "
                              f"{self.sol_phases!r}")
-        last = {r.name: r for r in self.phase_schedule.resolve(self.num_epochs)}["sos" if "sos" in self.sol_phases
-                                                                                 else "snet"]
+        last = self.phase_schedule.resolved("sos" if "sos" in self.sol_phases else "snet", self.num_epochs)
         self.sol_optimizer = torch.optim.Adam(net.sol.parameters(), lr=self.sol_lr)
         self.sol_scheduler = PhasePolyLRScheduler(self.sol_optimizer, self.sol_lr, snet.start, last.end)
         self.sos_optimizer = torch.optim.Adam(net.sos.parameters(), lr=self.sos_lr)
@@ -533,7 +532,7 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         return vitals
 
     def vital_sign_warnings(self, history: list[dict]) -> list[str]:
-        snet = {r.name: r for r in self.phase_schedule.resolve(self.num_epochs)}["snet"]
+        snet = self.phase_schedule.resolved("snet", self.num_epochs)
         last = history[-1]
         rates = {k: v for k, v in last.items() if k.startswith("paste_rate/") and v is not None}
         if last["epoch"] < snet.end - 1 or not rates or any(v > 0 for v in rates.values()):

@@ -203,7 +203,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         there, and under the whole run's decay it would start at half of nnU-Net's learning rate (translation_fraction
         0.5) and learn its pseudo-masks at a fraction of the rate a stock run of that length has."""
         optimizer, _ = super().configure_optimizers()
-        refinement = {r.name: r for r in self.phase_schedule.resolve(self.num_epochs)}[REFINEMENT]
+        refinement = self.phase_schedule.resolved(REFINEMENT, self.num_epochs)
         return optimizer, PhasePolyLRScheduler(optimizer, self.initial_lr, refinement.start, refinement.end)
 
     def configure_aux_optimizers(self):

@@ -97,6 +97,13 @@ class PhaseSchedule:
             start += n
         return tuple(resolved)
 
+    def resolved(self, name: str, num_epochs: int) -> ResolvedPhase:
+        """The phase called name, with its epochs in a run of num_epochs."""
+        for r in self.resolve(num_epochs):
+            if r.name == name:
+                return r
+        raise KeyError(f"no phase {name!r} in {[p.name for p in self.phases]}")
+
     def phase_at(self, epoch: int, num_epochs: int) -> ResolvedPhase:
         """The phase that epoch belongs to; epochs past the schedule stay in the last phase."""
         if epoch < 0:

@@ -64,8 +64,7 @@ class _FocusNetV2CostProbe(FocusNetV2Trainer):
 
     def on_train_start(self):
         super().on_train_start()
-        resolved = {r.name: r for r in self.phase_schedule.resolve(self.num_epochs)}
-        self.current_epoch = resolved[self.start_phase].start
+        self.current_epoch = self.phase_schedule.resolved(self.start_phase, self.num_epochs).start
         self.focus_network.sos_ready.fill_(True)
 
 

@@ -39,9 +39,9 @@ class _StockMasked(nnUNetExtTrainer):
 nnUNetTrainer_tumorbench = short_variant(_StockMasked, "nnUNetTrainer_tumorbench", **TUMOR_BUDGET)
 
 
-def _rule(base: type, name: str, rule: str) -> type:
+def _rule(base: type, name: str, rule: str, prior_iterations: int = TUMOR_PRIOR_ITERATIONS) -> type:
     optimizer, lr, decay, warmup = TRANSFORMER_RULES[rule]
-    narrow = type(f"{name}_base", (base,), {"unet_base_features": NARROW, "prior_iterations": TUMOR_PRIOR_ITERATIONS,
+    narrow = type(f"{name}_base", (base,), {"unet_base_features": NARROW, "prior_iterations": prior_iterations,
                                             "transformer_optimizer": optimizer, "transformer_lr": lr,
                                             "transformer_weight_decay": decay, "transformer_warmup": warmup,
                                             "__module__": __name__})
@@ -59,9 +59,5 @@ for _rule_name in TRANSFORMER_RULES:
 ABUNDANT_PRIOR_ITERATIONS = 6000  # validation accuracy 0.963 / 0.944 / 0.988 after 1000 / 3000 / 6000
 if ABUNDANT_PRIOR_ITERATIONS != TUMOR_PRIOR_ITERATIONS:
     for _rule_name in TRANSFORMER_RULES:
-        _base = globals()[f"FTSegNetTrainer_tumorbench_{_rule_name}_base"]
-        _narrow = type(f"{_base.__name__}_prior{ABUNDANT_PRIOR_ITERATIONS}", (_base,),
-                       {"prior_iterations": ABUNDANT_PRIOR_ITERATIONS, "__module__": __name__})
-        globals()[_narrow.__name__] = _narrow
         _name = f"FTSegNetTrainer_tumorbench_{_rule_name}_prior{ABUNDANT_PRIOR_ITERATIONS}"
-        globals()[_name] = short_variant(_narrow, _name, **TUMOR_BUDGET)
+        globals()[_name] = _rule(FTSegNetTrainer, _name, _rule_name, ABUNDANT_PRIOR_ITERATIONS)

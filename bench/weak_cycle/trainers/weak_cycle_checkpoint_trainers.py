@@ -109,14 +109,15 @@ class WeakCycleTrainer_checkpoints(WeakCycleTrainer):
 
 
 # phantom: 50 iterations per epoch, 40 translation epochs (2000 iterations), 10 refinement epochs (500 iterations)
+PHANTOM_BUDGET = {"epochs": 50, "iterations": 50, "val_iterations": 2}
 WeakCycleTrainer_ckpt_phantom = short_variant(WeakCycleTrainer_checkpoints, "WeakCycleTrainer_ckpt_phantom",
-                                              epochs=50, iterations=50, val_iterations=2)
+                                              **PHANTOM_BUDGET)
 
 
 def _phantom_variant(suffix: str, **settings) -> type:
     """WeakCycleTrainer_ckpt_phantom's budget with other trainer settings."""
     base = type(f"_Phantom_{suffix}", (WeakCycleTrainer_checkpoints,), settings)
-    return short_variant(base, f"WeakCycleTrainer_ckpt_phantom_{suffix}", epochs=50, iterations=50, val_iterations=2)
+    return short_variant(base, f"WeakCycleTrainer_ckpt_phantom_{suffix}", **PHANTOM_BUDGET)
 
 
 # ablation: no teacher update, the student keeps the phase-1 pseudo-masks (EMA teacher consistency only)
