@@ -400,6 +400,14 @@ def weak_update_epochs(t) -> list[int]:
     return calls
 
 
+def weak_consistency_samples(t) -> list | None:
+    """The samples of a (normal, disease) batch that the consistency term covers (None: all)."""
+    case, data = weak_training_case(t)
+    t.pseudo_masks = {case: np.zeros((1, *data.shape[1:]), np.int8)}
+    index = t.consistency_samples(["a normal case", case], 2)
+    return None if index is None else index.tolist()
+
+
 def weak_strong_view(t) -> tuple:
     """The student's view of a fixed patch as the loader's workers make it (nnU-Net's intensity augmentations left
     out, so that only the extra contrast, brightness and noise act)."""
@@ -608,6 +616,7 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
         Init({k: 2 * v for k, v in CYCLE_LOSS_WEIGHTS.items()}, lambda t: dict(phase(t, "translation").losses)),
     (WeakCycleTrainer, "ema_decay"): Step(0.5, weak_teacher_decay),
     (WeakCycleTrainer, "consistency_weight"): Init(0.5, loss_weight("refinement", "consistency")),
+    (WeakCycleTrainer, "consistency_on_certain"): Step(True, weak_consistency_samples),
     (WeakCycleTrainer, "teacher_confidence"): Step(0.5, weak_teacher_rewrites),
     (WeakCycleTrainer, "teacher_keep_fraction"): Step(None, weak_teacher_rewrites),
     (WeakCycleTrainer, "pseudo_update_every"): Step(2, weak_update_epochs),

@@ -403,6 +403,23 @@ def test_refinement_views_teacher_ignore_and_best_checkpoint_restart(weak_prepro
     assert any("collapsed to background" in w for w in trainer.vital_sign_warnings([trainer._teacher_vitals]))
     assert np.load(trainer.pseudo_mask_folder / f"{case}.npy").min() == -1  # what the data loader reads
 
+    # the teacher runs (and the consistency term acts) on the disease cases' samples only: the others' labels are
+    # certain
+    seen: list[int] = []
+    hook = trainer.aux_modules["teacher"].register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
+    batch = next(trainer.dataloader_train)
+    size = batch["data"].shape[0]
+    normal = trainer.weak_cases.normal[0]
+    for keys, expected in (([case] + [normal] * (size - 1), [1]), ([normal] * size, []), ([case] * size, [size])):
+        seen.clear()
+        trainer.train_step_refinement(dict(batch, keys=keys))
+        assert seen == expected, (keys, seen)
+    trainer.consistency_on_certain = True
+    seen.clear()
+    trainer.train_step_refinement(dict(batch, keys=[normal] * size))
+    assert seen == [size]
+    hook.remove()
+
 
 # ---------------------------------------------------------------------------------------------- mechanism
 def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 GOAL = 1.2  # refinement-phase step against the stock nnUNetTrainer step
 
 
@@ -18,8 +20,14 @@ def main(argv=None) -> int:
     results = json.loads(results_file.read_text())["results"]
     row = next(r for r in results if r["trainer"].startswith("WeakCycleTrainer")
                and str(r.get("phase") or "").startswith("refinement"))
-    target = {"target": "refinement-phase step <= 1.2x stock (bench harness)",
-              "measured": round(row["ratio_iteration"], 3), "goal": GOAL, "met": row["ratio_iteration"] <= GOAL}
+    stock = next(r for r in results if r["trainer"] == "nnUNetTrainer")
+    # the harness's ratio is of medians; the teacher's pass depends on how many of a batch's samples are disease
+    # cases, so the step varies from batch to batch and a run costs the mean: both must meet the goal
+    mean_ratio = float(np.mean(row["iteration_times"]) / np.mean(stock["iteration_times"]))
+    measured = max(row["ratio_iteration"], mean_ratio)
+    target = {"target": "refinement-phase step <= 1.2x stock (bench harness; the larger of the median and mean ratios)",
+              "measured": round(measured, 3), "goal": GOAL, "met": measured <= GOAL,
+              "median_ratio": round(row["ratio_iteration"], 3), "mean_ratio": round(mean_ratio, 3)}
     targets_file = results_file.parent / "targets.json"
     previous = json.loads(targets_file.read_text()) if targets_file.is_file() else []
     merged = [t for t in previous if not t["target"].startswith("refinement-phase step")] + [target]

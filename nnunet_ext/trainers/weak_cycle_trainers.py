@@ -15,8 +15,9 @@ of splits_final.json). One training run has two phases:
 2. "refinement": the plans' nnU-Net network (the student, the one nnU-Net saves and predicts with) trains on the
    pseudo-masks (disease) and all-background maps (normal) from a strong view (the weak view plus nnU-Net's
    intensity augmentations and extra contrast/brightness/noise), plus a consistency term towards an EMA teacher that
-   sees the weak view (nnU-Net's spatial augmentation and mirroring only); the loader's workers make both views of
-   each patch (methods/weak_cycle/views.py); every
+   sees the weak view (nnU-Net's spatial augmentation and mirroring only), on the disease cases' samples (the others'
+   labels are certain; `consistency_on_certain`); the loader's workers make both views of each patch
+   (methods/weak_cycle/views.py); every
    `pseudo_update_every` epochs confident teacher pixels rewrite the pseudo-masks and uncertain ones become ignore.
    nnU-Net's best-checkpoint tracking restarts when refinement starts (the student is untrained before).
 Generators, discriminators, teacher, their optimizers and the pseudo-masks are in the checkpoint: `--c` resumes in
@@ -127,6 +128,11 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     opening_radius = 1  # pixels of the morphological opening after thresholding (0: none)
     ema_decay = 0.99
     consistency_weight = 1.0
+    # the consistency term (and the teacher's forward pass it needs) on every sample (True) or only on the samples of
+    # pseudo-labelled disease cases (False): normal and fully labelled cases carry certain labels that the supervised
+    # loss already enforces; leaving them out keeps the weight the disease samples had and costs half the teacher
+    # passes on a balanced batch (bench/results/weak_cycle/refinement_step_breakdown.md)
+    consistency_on_certain = False
     # a teacher probability beyond this (or below 1 - this) sets a pseudo-mask pixel; in between it becomes ignore
     teacher_confidence = 0.9
     # class-balanced thresholds: each class keeps at least this share of the pixels the teacher assigns to it (its
@@ -580,20 +586,41 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         if teacher_buffers:
             torch._foreach_copy_(teacher_buffers, student_buffers)
 
+    def consistency_samples(self, keys, batch_size: int) -> torch.Tensor | None:
+        """Indices of the batch samples the consistency term covers (None: all of them); a batch without case keys
+        (a custom loader) gets all."""
+        if self.consistency_on_certain or keys is None:
+            return None
+        keys = list(keys)
+        if len(keys) != batch_size:
+            raise ValueError(f"{type(self).__name__}: the batch holds {batch_size} samples but {len(keys)} case keys")
+        selected = [i for i, key in enumerate(keys) if key in self.pseudo_masks]
+        return None if len(selected) == batch_size else torch.tensor(selected, dtype=torch.long, device=self.device)
+
     def train_step_refinement(self, batch: dict) -> dict:
         data, target, _ = self.batch_to_device(batch)
         strong, weak = split_views(data, self.num_input_channels)
-        teacher = self.aux_modules["teacher"]
-        teacher.eval()
-        with torch.no_grad(), self.autocast():
-            teacher_out = teacher(weak)
-        teacher_logits = teacher_out[0] if isinstance(teacher_out, list | tuple) else teacher_out
+        index = self.consistency_samples(batch.get("keys"), data.shape[0])
+        teacher_logits = None
+        if index is None or len(index):
+            teacher = self.aux_modules["teacher"]
+            teacher.eval()
+            with torch.no_grad(), self.autocast():
+                teacher_out = teacher(weak if index is None else weak[index])
+            teacher_logits = teacher_out[0] if isinstance(teacher_out, list | tuple) else teacher_out
         self.optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             output = self.network(strong)
-            student_logits = output[0] if isinstance(output, list | tuple) else output
-            loss = self.loss(output, target) + self.current_phase.phase.loss_weight("consistency") * \
-                teacher_consistency(student_logits, teacher_logits)
+            loss = self.loss(output, target)
+            if teacher_logits is not None:
+                student_logits = output[0] if isinstance(output, list | tuple) else output
+                if index is not None:
+                    # a mean over the covered samples, scaled to their share: each keeps the weight it had in a
+                    # mean over the whole batch
+                    student_logits = student_logits[index]
+                share = teacher_logits.shape[0] / data.shape[0]
+                loss = loss + self.current_phase.phase.loss_weight("consistency") * share * \
+                    teacher_consistency(student_logits, teacher_logits)
         self.optimizer_step(loss, self.optimizer, self.network.parameters())
         self.update_teacher()
         return {"loss": loss.detach().cpu().numpy()}
