@@ -352,6 +352,33 @@ def test_focusnet_heatmap_head_localises_a_case_it_can_overfit(hn_preprocessed, 
         assert (offset < np.asarray(t.box) / 2).all(), f"organ {lab}: peak {index} vs centroid, box {t.box}"
 
 
+@pytest.mark.mechanism
+def test_focusnet_detached_head_leaves_snet_update_as_without_it(hn_preprocessed, tmp_path, monkeypatch):
+    """With the SOL head detached, S-Net's snet-phase update does not depend on the head: a heatmap loss 500x the
+    default moves S-Net exactly as the default does. One gradient-norm clip over S-Net and head together shrank
+    S-Net's update by the head's gradient, so S-Net learnt less than stock's although no heatmap gradient reached it."""
+    updates, start = [], None
+    for weight in (2.0, 1000.0):
+        t = build_trainer(type("_NarrowHeat", (_Narrow,), {"heatmap_weight": weight}), hn_preprocessed,
+                          tmp_path / str(weight), monkeypatch, nnUNet_ext_seed="0")
+        t.num_epochs = 10
+        t.initialize()
+        batch, _ = _one_case_batch(t)
+        _enter_phase(t, "snet")
+        net = t.focus_network
+        if start is None:
+            start = {k: v.clone() for k, v in net.state_dict().items()}
+        net.load_state_dict(start)
+        before = [p.detach().clone() for p in net.snet.parameters()]
+        head_before = [p.detach().clone() for p in net.sol.parameters()]
+        t.train_step(batch)
+        assert any(not torch.equal(p, b) for p, b in zip(net.sol.parameters(), head_before, strict=True))
+        updates.append([p.detach() - b for p, b in zip(net.snet.parameters(), before, strict=True)])
+    assert sum(float(u.abs().sum()) for u in updates[0]) > 0
+    for default, heavy in zip(*updates, strict=True):
+        torch.testing.assert_close(heavy, default, rtol=1e-5, atol=1e-8)
+
+
 STEPS_TO_LOCALISE = 80  # peaks 0.69-0.74, all inside half the box, at 80 steps (0.59-0.60 at 50; measured, seed 0)
 
 

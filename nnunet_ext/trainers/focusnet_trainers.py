@@ -341,7 +341,10 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
             seg = self.loss(output, target)
             heat = self.heatmap_loss_value(out.heat_logits, full, keys)
             loss = phase.loss_weight("segmentation") * seg + phase.loss_weight("heatmap") * heat
-        self._step(loss, [self.optimizer, self.sol_optimizer], list(net.snet.parameters()) + list(net.sol.parameters()))
+        # clipped apart: with one joint norm the head's gradient would shrink S-Net's update, and S-Net would learn
+        # less than stock's although no heatmap gradient reaches it
+        self._step(loss, [self.optimizer, self.sol_optimizer],
+                   [list(net.snet.parameters()), list(net.sol.parameters())])
         return {"loss": loss.detach().cpu().numpy()}
 
     def train_step_shape(self, batch: dict) -> dict:

@@ -213,9 +213,14 @@ class nnUNetExtTrainer(nnUNetTrainer):
         loss None: this rank's batch had nothing for the step, but it joins the others' (sync) with no gradient of
         its own. sync: average the gradients over the ranks here, for steps that call sub-networks directly instead
         of through a DDP wrapper's forward. scaled=False: no GradScaler, for losses computed in float32 outside
-        autocast."""
+        autocast. parameters: the tensors the step updates, or a list of groups of them (one per network sharing the
+        step), each group then clipped on its own, so that one network's large gradient does not shrink another's
+        update."""
         optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
         parameters = list(parameters)
+        grouped = bool(parameters) and all(isinstance(g, list | tuple) for g in parameters)
+        groups = [list(g) for g in parameters] if grouped else [parameters]
+        parameters = [p for group in groups for p in group]
         scaler = self.grad_scaler if scaled else None
         if loss is not None:
             (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -224,7 +229,8 @@ class nnUNetExtTrainer(nnUNetTrainer):
         if scaler is not None:
             for optimizer in optimizers:
                 scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(parameters, GRAD_CLIP)
+        for group in groups:
+            torch.nn.utils.clip_grad_norm_(group, GRAD_CLIP)
         for optimizer in optimizers:
             if scaler is not None:
                 scaler.step(optimizer)
