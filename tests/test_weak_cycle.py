@@ -456,8 +456,10 @@ def test_weak_cycle_refinement_batches_carry_weak_and_strong_views_of_one_patch(
     seen = {}
     hooks = [module.register_forward_pre_hook(lambda m, args, key=key: seen.__setitem__(key, args[0].clone()))
              for key, module in (("student", trainer.network), ("teacher", trainer.aux_modules["teacher"]))]
+    # every sample from a pseudo-labelled disease case: the teacher then sees the whole batch's weak view
+    disease = [next(iter(trainer.pseudo_masks))] * len(batches[0]["data"])
     try:
-        trainer.train_step(batches[0])
+        trainer.train_step(dict(batches[0], keys=disease))
     finally:
         for hook in hooks:
             hook.remove()
