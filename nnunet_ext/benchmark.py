@@ -9,6 +9,7 @@ warm-up; they are ratios to stock measured in the same run, never absolute promi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -39,6 +40,26 @@ def _current_rss_mb() -> float:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
     except (OSError, ValueError, IndexError):
         return _peak_rss_mb()
+
+
+@contextlib.contextmanager
+def phantom_environment(phantom: str, configuration: str, trainer_dirs: tuple[Path, ...] = (), **env_vars: str):
+    """A phantom generated and preprocessed (nnU-Net's default plans) in a temporary folder, its nnUNet_* variables
+    set in this process as the harness sets them (augmentation in-process, results kept out of any real
+    nnUNet_results) plus env_vars, trainer_dirs appended to nnUNet_extTrainer; yields the phantom's data set id. For
+    bench scripts that build trainers here."""
+    from nnunet_ext import stock
+    from nnunet_ext.phantoms import PHANTOMS
+
+    module = PHANTOMS[phantom]
+    with tempfile.TemporaryDirectory() as tmp:
+        env = stock.work_environment(Path(tmp), "cpu")
+        module.generate(Path(env["nnUNet_raw"]), module.DEFAULT_ID)
+        stock.plan_and_preprocess(module.DEFAULT_ID, configuration, env)
+        env.update(nnUNet_n_proc_DA="0", nnUNet_results=str(Path(tmp) / "results"), **env_vars)
+        env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], *map(str, trainer_dirs)])
+        os.environ.update(env)
+        yield module.DEFAULT_ID
 
 
 def _build_trainer(trainer_name: str, dataset: str, configuration: str, fold: int, plans_identifier: str,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,19 +36,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
 
-    from nnunet_ext import stock
-    from nnunet_ext.phantoms import PHANTOMS
+    from nnunet_ext.benchmark import phantom_environment
 
-    with tempfile.TemporaryDirectory() as tmp:
-        module = PHANTOMS["hn3d"]
-        env = stock.work_environment(Path(tmp), "cpu")
-        module.generate(Path(env["nnUNet_raw"]), module.DEFAULT_ID)
-        stock.plan_and_preprocess(module.DEFAULT_ID, "2d", env)
-        env.update(nnUNet_n_proc_DA="0", nnUNet_results=str(Path(tmp) / "results"), nnUNet_ext_seed="0",
-                   nnUNet_ext_bench_epochs=str(a.epochs), nnUNet_ext_bench_iterations=str(a.iterations))
-        env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(HERE / "trainers")])
-        os.environ.update(env)
-        norms = measure(a.trainer, str(module.DEFAULT_ID), a.steps)
+    with phantom_environment("hn3d", "2d", (HERE / "trainers",), nnUNet_ext_seed="0",
+                             nnUNet_ext_bench_epochs=str(a.epochs),
+                             nnUNet_ext_bench_iterations=str(a.iterations)) as dataset_id:
+        norms = measure(a.trainer, str(dataset_id), a.steps)
 
     from nnunet_ext.training.base import GRAD_CLIP
 

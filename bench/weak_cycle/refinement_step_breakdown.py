@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,18 +31,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
 
-    from nnunet_ext import stock
-    from nnunet_ext.phantoms import PHANTOMS
+    from nnunet_ext.benchmark import phantom_environment
 
-    with tempfile.TemporaryDirectory() as tmp:
-        module = PHANTOMS["weak2d"]
-        env = stock.work_environment(Path(tmp), "cpu")
-        module.generate(Path(env["nnUNet_raw"]), module.DEFAULT_ID)
-        stock.plan_and_preprocess(module.DEFAULT_ID, "2d", env)
-        # as the harness: augmentation in-process, results kept out of any real nnUNet_results
-        env.update(nnUNet_n_proc_DA="0", nnUNet_results=str(Path(tmp) / "results"))
-        os.environ.update(env)
-        rows = measure(str(module.DEFAULT_ID), a.iterations, a.warmup)
+    with phantom_environment("weak2d", "2d") as dataset_id:
+        rows = measure(str(dataset_id), a.iterations, a.warmup)
 
     a.out.mkdir(parents=True, exist_ok=True)
     report = {"dataset": "weak2d phantom (796), 2d, cpu", "iterations": a.iterations, "warmup": a.warmup,
