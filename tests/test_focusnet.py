@@ -27,6 +27,7 @@ from nnunet_ext.methods.focusnet.threshold import choose_threshold, organ_dice
 from nnunet_ext.phantoms import hn3d
 from nnunet_ext.phantoms.common import case_rng
 from nnunet_ext.trainers.focusnet_trainers import FocusNetV2Trainer
+from nnunet_ext.training.mirroring import lateral_pairs, lateral_patch_axis
 
 FOREGROUND = [v for v in hn3d.LABELS.values() if v]
 
@@ -182,6 +183,36 @@ def test_peak_threshold_travels_in_the_state_dict_and_old_checkpoints_load():
     fresh = FocusNetV2Network(_snet(2, 4), 1, sos_features=4)
     fresh.load_state_dict(old)
     assert fresh.peak_threshold == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("dim, shape", [(2, (32, 32)), (3, (8, 16, 16))])
+def test_sol_head_on_a_coarser_grid_returns_full_resolution_and_travels_in_the_state_dict(dim, shape):
+    """sol_stage 1: the head's body runs on the second decoder stage's grid (half the voxels per axis) and its logits
+    come back at full resolution, smooth between grid points; the stage is in the state dict (the weights' shapes do
+    not show it), and a checkpoint from before the setting loads as the full-resolution head it was trained as."""
+    torch.manual_seed(0)
+    net = FocusNetV2Network(_snet(dim, 4), 1, sos_features=4)
+    net.configure([2, 3], (4,) * dim, sol_stage=1)
+    x = torch.randn(2, 1, *shape)
+    grids = []
+    net.sol.body.register_forward_hook(lambda m, args, out: grids.append(tuple(args[0].shape[2:])))
+    with torch.no_grad():
+        heat = net.snet_forward(x).heat_logits
+    assert heat.shape == (2, 2, *shape) and grids == [tuple(n // 2 for n in shape)]
+    # interpolated from the coarse grid: neighbouring voxels differ less than on the full-resolution head's map
+    full = FocusNetV2Network(_snet(dim, 4), 1, sos_features=4)
+    full.load_state_dict({k: v for k, v in net.state_dict().items() if k != "focus_sol_stage"})
+    assert full.sol.stage == 0
+    with torch.no_grad():
+        heat_full = full.snet_forward(x).heat_logits
+    assert heat.diff(dim=-1).abs().mean() < 0.75 * heat_full.diff(dim=-1).abs().mean()
+    fresh = FocusNetV2Network(_snet(dim, 4), 1, sos_features=4)
+    fresh.load_state_dict(net.state_dict())
+    assert fresh.sol.stage == 1 and int(fresh.focus_sol_stage) == 1
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.snet_forward(x).heat_logits, heat)
+    with pytest.raises(ValueError, match="stage 3"):
+        net.configure([2], (4,) * dim, sol_stage=3)
 
 
 def test_gradients_stop_at_the_roi_and_shape_autoencoder_keeps_the_box():
@@ -350,6 +381,55 @@ def test_focusnet_heatmap_head_localises_a_case_it_can_overfit(hn_preprocessed, 
         offset = np.abs(np.subtract(index, centroid(seg == lab)))
         assert value > t.peak_threshold, f"organ {lab}: peak {value:.3f}"
         assert (offset < np.asarray(t.box) / 2).all(), f"organ {lab}: peak {index} vs centroid, box {t.box}"
+
+
+def test_lateral_pairs_and_the_patch_axis_they_leave_out():
+    labels = {"background": 0, "Parotid_L": 1, "Parotid_R": 2, "optic_nerve_l": 3, "optic_nerve_r": 4, "chiasm": 5,
+              "Left-Thalamus": 6, "Right-Thalamus": 7, "kidney left": 8, "kidney right": 9, "lung_l": 10,
+              "brain_lr": 11, "small_l_r": 12}
+    assert lateral_pairs(labels) == [("Parotid_L", "Parotid_R"), ("optic_nerve_l", "optic_nerve_r"),
+                                     ("Left-Thalamus", "Right-Thalamus"), ("kidney left", "kidney right")]
+    assert lateral_pairs({"background": 0, "liver": 1, "lesion": 2}) == []
+    # raw axis 2 (SimpleITK's x) after the plans' transpose: 3d keeps the position; 2d patches are the last two axes
+    assert lateral_patch_axis(2, [0, 1, 2], 3) == 2 and lateral_patch_axis(2, [2, 0, 1], 3) == 0
+    assert lateral_patch_axis(2, [0, 1, 2], 2) == 1 and lateral_patch_axis(2, [1, 2, 0], 2) == 0
+    assert lateral_patch_axis(2, [2, 0, 1], 2) is None  # slices cut across left-right: nothing to leave out
+
+
+def _sides_swapped(t, batches: int) -> tuple[int, int]:
+    """(patches showing both parotids, of those with parotid_l on the right of parotid_r) over training batches."""
+    seen = swapped = 0
+    labels = t.dataset_json["labels"]
+    left, right = labels["parotid_l"], labels["parotid_r"]
+    for _ in range(batches):
+        batch = next(t.dataloader_train)
+        target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
+        for seg in target[:, 0]:
+            xl, xr = (torch.nonzero(seg == lab)[:, -1].float() for lab in (left, right))
+            if len(xl) and len(xr):
+                seen += 1
+                swapped += int(xl.mean() < xr.mean())  # the phantom's left gland lies at larger x
+    return seen, swapped
+
+
+@pytest.mark.mechanism
+def test_focusnet_training_batches_keep_left_and_right_organs_on_their_sides(hn_preprocessed, tmp_path, monkeypatch):
+    """The phantom's labels come in left/right pairs: FocusNetV2Trainer's training patches never show the left parotid
+    on the right (nnU-Net's left-right mirroring would, and then neither S-Net nor a heatmap channel of a left organ
+    could tell its side), and inference does not mirror along that axis. With nnU-Net's mirroring (lateral_axis None)
+    about half of the same patches swap sides."""
+    counts = {}
+    for axis in (2, None):
+        t = build_trainer(type("_Lateral", (_Narrow,), {"lateral_axis": axis}), hn_preprocessed, tmp_path / str(axis),
+                          monkeypatch, nnUNet_ext_seed="0")
+        t.initialize()
+        t.dataloader_train, t.dataloader_val = t.get_dataloaders()
+        counts[axis] = _sides_swapped(t, 12)
+        mirrored = t.inference_allowed_mirroring_axes
+        assert (2 not in mirrored) if axis == 2 else (tuple(mirrored) == (0, 1, 2)), mirrored
+    (seen, swapped), (seen_stock, swapped_stock) = counts[2], counts[None]
+    assert seen >= 12 and swapped == 0, counts
+    assert seen_stock >= 12 and 0.2 < swapped_stock / seen_stock < 0.8, counts
 
 
 @pytest.mark.mechanism

@@ -58,6 +58,7 @@ from nnunet_ext.trainers.freetumor_trainers import FreeTumorSynthesisTrainer, Fr
 from nnunet_ext.trainers.ftsegnet_trainers import FTSegNetTrainer, FTSegNetTrainer_DiceFocal
 from nnunet_ext.trainers.weak_cycle_trainers import WeakCycleTrainer
 from nnunet_ext.training.base import nnUNetExtTrainer, unwrap
+from nnunet_ext.training.mirroring import LateralMirroringMixin
 
 # `nnunet_ext demo` metadata and the bench harness's batch source, not training behaviour
 NOT_SETTINGS = {"demo_phantom", "demo_dice_floor", "benchmark_own_batches"}
@@ -588,6 +589,9 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     (FocusNetV2Trainer, "sol_detach_features"): Init(False, lambda t: t.focus_network.sol_detached),
     (FocusNetV2Trainer, "sol_input"): Init("last", lambda t: t.focus_network.sol.context),
     (FocusNetV2Trainer, "sol_features"): Init(16, lambda t: t.focus_network.sol.body[0].out_channels),
+    (FocusNetV2Trainer, "sol_stage"): Init(0, lambda t: t.focus_network.sol.stage),
+    (LateralMirroringMixin, "lateral_axis"): Init(
+        None, lambda t: t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[3]),
     (FocusNetV2Trainer, "sol_phases"): Init(("snet",), lambda t: t.sol_scheduler.max_steps),
     (FocusNetV2Trainer, "heatmap_sigma"): Plan(1.0, heatmap_mass),
     (FocusNetV2Trainer, "heatmap_weight"): Init(0.5, loss_weight("snet", "heatmap")),

@@ -15,7 +15,10 @@ Rows (bench/focusnet/trainers; all with the same narrow S-Net, features 8-64), p
   SOS phases come on top (the paper's setting);
 - focusnet_mse: as focusnet_same_snet with the original's voxel-mean MSE heatmap loss (the ablation of the fix);
 - focusnet_attached: as focusnet_same_snet with the heatmap loss back-propagating into S-Net's decoder features
-  (sol_detach_features = False; the ablation of the detach).
+  (sol_detach_features = False; the ablation of the detach);
+- stock_mirrored, focusnet_mirrored: stock and focusnet_same_snet with nnU-Net's mirroring along every axis
+  (lateral_axis = None). Every other row leaves out the left-right axis, where the labels come in left/right pairs
+  (nnunet_ext.training.mirroring): the rows before 2026-12-01's "lateral" run mirrored along it.
 How budget is counted: iterations of the segmentation network (S-Net) for "same S-Net budget", all training
 iterations for "equal total"; wall-clock ratios against stock's run on the same machine in the same script.
 
@@ -50,8 +53,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 ROWS = {"stock": "nnUNetTrainer_hnbench", "focusnet_equal_total": "FocusNetV2Trainer_hnbench",
         "focusnet_same_snet": "FocusNetV2Trainer_hnbench_fullsnet", "focusnet_mse": "FocusNetV2Trainer_hnbench_mse",
-        "focusnet_attached": "FocusNetV2Trainer_hnbench_attached"}
-ABLATIONS = ("focusnet_mse", "focusnet_attached")
+        "focusnet_attached": "FocusNetV2Trainer_hnbench_attached", "stock_mirrored": "nnUNetTrainer_hnbench_mirrored",
+        "focusnet_mirrored": "FocusNetV2Trainer_hnbench_mirrored"}
+ABLATIONS = ("focusnet_mse", "focusnet_attached", "focusnet_mirrored")
 THRESHOLDS = (0.3, 0.45, 0.6, 0.75, 0.9)
 SPEC_THRESHOLD = 0.6
 
@@ -210,7 +214,7 @@ def run_row(row: str, seed: int, raw: Path, args, env: dict, work: Path) -> dict
     entry = {"trainer": trainer, "seed": seed, "train_s": round(train_s, 1), "predict_s": round(predict_s, 1),
              "per_class": {organ: {m: v["mean"] for m, v in metrics.items() if m in ("dice", "hd95")}
                            for organ, metrics in summary["per_class"].items()}}
-    if row != "stock":
+    if not row.startswith("stock"):
         os.environ.update(run_env)  # the predictor finds the trainer class through nnUNet_extTrainer
         loc = localisation(model, raw, args.configuration)
         entry["peak_threshold"] = loc["peak_threshold"]
@@ -377,7 +381,7 @@ def main() -> int:
             entries[row].append(entry)
             print(row, seed, json.dumps({k: entry[k] for k in ("train_s", "predict_s")}), flush=True)
     labels = json.loads((raw / "dataset.json").read_text())["labels"]
-    focus = next((e[0] for r, e in entries.items() if r != "stock"), None)
+    focus = next((e[0] for r, e in entries.items() if not r.startswith("stock") and e), None)
     small = list(focus["localisation"]) if focus else list(hn3d.SMALL)
     large = [o for o in labels if o != "background" and o not in small]
     report = {"setting": {"dataset": raw.name, "configuration": args.configuration, "epochs": args.epochs,

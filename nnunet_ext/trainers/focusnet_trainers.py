@@ -48,6 +48,7 @@ from nnunet_ext.methods.focusnet.organs import case_stats, parse_override, roi_b
 from nnunet_ext.methods.focusnet.roi import centroid, crop, gaussian_heatmap, peak, place_box
 from nnunet_ext.methods.focusnet.threshold import choose_threshold, organ_dice
 from nnunet_ext.training.base import nnUNetExtTrainer, unwrap
+from nnunet_ext.training.mirroring import LateralMirroringMixin
 from nnunet_ext.training.phases import NETWORK, Phase, PhasePolyLRScheduler, PhaseSchedule
 from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
 
@@ -67,7 +68,7 @@ def write_json_atomic(target: str, obj: dict) -> None:
     os.replace(tmp, target)
 
 
-class FocusNetV2Trainer(nnUNetExtTrainer):
+class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
     # network structure: class attributes, read by build_network_architecture at training and prediction time
     sos_features = 16  # SOS-Net base features (x1, x2, x4 over its three stages)
     peak_threshold = 0.6  # SOS replaces S-Net in a box only when the heatmap maximum exceeds this (spec)
@@ -99,6 +100,10 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
     # the SOL head's width (None: S-Net's last decoder stage's); a narrow S-Net's 8 channels were too few for a
     # detached head to localise (docs/focusnet.md)
     sol_features = 32
+    # the decoder stage whose grid the SOL head's body works on, counted from the full-resolution one (0); its logits
+    # are interpolated back to full resolution. At 1 the head costs a fraction of S-Net instead of as much as a
+    # narrow S-Net's whole pass (docs/focusnet.md)
+    sol_stage = 1
     # phases in which the SOL head trains ("snet" always): in "sos" S-Net is frozen and the head keeps fitting its
     # features, as the original's heatmap-only stage; its poly schedule spans these phases
     sol_phases = ("snet", "sos")
@@ -218,8 +223,11 @@ class FocusNetV2Trainer(nnUNetExtTrainer):
         net = self.focus_network
         if self.sol_input not in SOL_INPUTS:
             raise ValueError(f"{self.__class__.__name__}.sol_input must be one of {SOL_INPUTS}, got {self.sol_input!r}")
+        if not 0 <= int(self.sol_stage) < len(net.stage_channels):
+            raise ValueError(f"{self.__class__.__name__}.sol_stage must be a decoder stage of S-Net, 0 (full "
+                             f"resolution) to {len(net.stage_channels) - 1}, got {self.sol_stage!r}")
         net.configure(self.selection.labels, self.box, sol_context=self.sol_input == "context",
-                      sol_features=self.sol_features)
+                      sol_features=self.sol_features, sol_stage=int(self.sol_stage))
         net.sol_detached = bool(self.sol_detach_features)
         snet = self.phase_schedule.resolved("snet", self.num_epochs)
         # S-Net keeps nnU-Net's SGD; its poly schedule spans the epochs it trains, so it anneals as a stock run would

@@ -2,7 +2,9 @@
 2-core CPU. The budget comes from the environment the comparison script (bench/focusnet/bench_focusnet_hn3d.py)
 sets: nnUNet_ext_bench_epochs (E) x nnUNet_ext_bench_iterations; this folder goes on nnUNet_extTrainer for that run.
 
-- nnUNetTrainer_hnbench: stock nnU-Net, E epochs.
+- nnUNetTrainer_hnbench: stock nnU-Net, E epochs, without left-right mirroring as FocusNetV2Trainer (the phantom's
+  labels come in left/right pairs; nnunet_ext.training.mirroring); nnUNetTrainer_hnbench_mirrored: with nnU-Net's
+  mirroring on every axis (the stock rows of the runs before 2026-12-01's "lateral" run).
 - FocusNetV2Trainer_hnbench: E epochs in all, S-Net in the first half (equal total budget).
 - FocusNetV2Trainer_hnbench_fullsnet: 2E epochs in all, S-Net in the first E (the stock budget), then the SOS phases
   (the paper's setting: SOS added on top of a trained S-Net).
@@ -18,6 +20,7 @@ import torch
 
 from nnunet_ext.trainers.baseline_trainers import nnUNetExtTrainer
 from nnunet_ext.trainers.focusnet_trainers import FocusNetV2Trainer
+from nnunet_ext.training.mirroring import LateralMirroringMixin
 
 
 class _Budget:
@@ -31,8 +34,12 @@ class _Budget:
         self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
 
 
-class nnUNetTrainer_hnbench(_Budget, nnUNetExtTrainer):
+class nnUNetTrainer_hnbench(_Budget, LateralMirroringMixin, nnUNetExtTrainer):
     unet_base_features = 8
+
+
+class nnUNetTrainer_hnbench_mirrored(nnUNetTrainer_hnbench):
+    lateral_axis = None
 
 
 class FocusNetV2Trainer_hnbench(_Budget, FocusNetV2Trainer):
@@ -47,6 +54,10 @@ class FocusNetV2Trainer_hnbench_fullsnet(FocusNetV2Trainer_hnbench):
 
 class FocusNetV2Trainer_hnbench_mse(FocusNetV2Trainer_hnbench_fullsnet):
     heatmap_loss = "mse"
+
+
+class FocusNetV2Trainer_hnbench_mirrored(FocusNetV2Trainer_hnbench_fullsnet):
+    lateral_axis = None
 
 
 class FocusNetV2Trainer_hnbench_attached(FocusNetV2Trainer_hnbench_fullsnet):

@@ -63,17 +63,25 @@ class SOLHead(nn.Module):
     """Heatmap head: conv-norm-ReLU twice, then a 1x1 conv, one channel per small organ.
 
     With `context` it reads every decoder stage of S-Net, not only the last: each stage goes through a 1x1 conv to the
-    last stage's width, is interpolated to full resolution and summed before the body. On detached features the last
-    stage alone (8-32 channels, two 3x3 convs on top: a 5-voxel receptive field) cannot tell one optic nerve from
-    another spot of the same intensity; the coarse stages carry where the mandible and brainstem are (docs/focusnet.md).
+    head's width, is resampled to the head's grid and summed before the body. On detached features the last stage
+    alone (8-32 channels, two 3x3 convs on top: a 5-voxel receptive field) cannot tell one optic nerve from another
+    spot of the same intensity; the coarse stages carry where the mandible and brainstem are (docs/focusnet.md).
+
+    `stage` is the decoder stage whose grid the body works on, counted from the full-resolution one (0). Above 0,
+    finer stages are average-pooled onto it and the logits are interpolated back to full resolution, so targets,
+    loss and peaks stay at full resolution: as CenterNet predicts its centres at stride 4, the peak needs only to fall
+    inside the ROI box, and a 32-wide body at full resolution cost more than a narrow S-Net itself.
     """
 
     def __init__(self, stage_channels: Sequence[int], organs: int, dim: int, context: bool = True,
-                 features: int | None = None, prior: float = 0.01):
+                 features: int | None = None, prior: float = 0.01, stage: int = 0):
         super().__init__()
+        if not 0 <= stage < len(stage_channels):
+            raise ValueError(f"SOL head stage {stage}: S-Net's decoder has stages 0-{len(stage_channels) - 1}")
         conv, _, norm = _ops(dim)
         width = features or stage_channels[-1]
         self.context = context
+        self.stage = stage
         # with context every stage is mapped to the head's width; without, the first 3x3 conv does it
         self.lateral = nn.ModuleList(conv(c, width, 1) for c in stage_channels) if context else None
         first = width if context else stage_channels[-1]
@@ -86,14 +94,32 @@ class SOLHead(nn.Module):
         nn.init.constant_(self.body[-1].bias, math.log(prior / (1 - prior)))
 
     def forward(self, stages: Sequence[torch.Tensor]) -> torch.Tensor:
+        full = stages[-1].shape[2:]
+        grid = stages[-1 - self.stage].shape[2:]
+        mode = "bilinear" if len(full) == 2 else "trilinear"
         if not self.context:
-            return self.body(stages[-1])
-        size = stages[-1].shape[2:]
-        mode = "bilinear" if len(size) == 2 else "trilinear"
-        x = self.lateral[-1](stages[-1])
-        for lateral, stage in zip(self.lateral[:-1], stages[:-1], strict=True):
-            x = x + nn.functional.interpolate(lateral(stage), size=size, mode=mode, align_corners=False)
-        return self.body(x)
+            x = self.body(_pool_to(stages[-1], grid))
+        else:
+            x = None
+            for lateral, stage in zip(self.lateral, stages, strict=True):
+                if all(a >= b for a, b in zip(stage.shape[2:], grid, strict=True)):
+                    y = lateral(_pool_to(stage, grid))  # pooling first: both are linear, and the pool is cheaper
+                else:
+                    y = nn.functional.interpolate(lateral(stage), size=grid, mode=mode, align_corners=False)
+                x = y if x is None else x + y
+            x = self.body(x)
+        if tuple(grid) == tuple(full):
+            return x
+        return nn.functional.interpolate(x, size=full, mode=mode, align_corners=False)
+
+
+def _pool_to(x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
+    """Average-pool x onto `grid` (each axis an integer multiple of it, as between U-Net stages)."""
+    if tuple(x.shape[2:]) == tuple(grid):
+        return x
+    kernel = [a // b for a, b in zip(x.shape[2:], grid, strict=True)]
+    pool = nn.functional.avg_pool2d if len(grid) == 2 else nn.functional.avg_pool3d
+    return pool(x, kernel, kernel)
 
 
 def sos_net(in_channels: int, box: Sequence[int], features: int) -> nn.Module:
@@ -136,6 +162,8 @@ class FocusNetV2Network(nn.Module):
         self.register_buffer("focus_labels", torch.zeros(0, dtype=torch.long))
         self.register_buffer("focus_box", torch.zeros(self.dim, dtype=torch.long))
         self.register_buffer("sos_ready", torch.zeros((), dtype=torch.bool))
+        # the SOL head's grid (decoder stage from the full-resolution one) is not visible in its weights' shapes
+        self.register_buffer("focus_sol_stage", torch.zeros((), dtype=torch.long))
         self.sol = None
         self.sos = nn.ModuleList()
         # set by the trainer around validation steps: forward keeps its SNetOutput here, so the heatmap's vital
@@ -177,7 +205,7 @@ class FocusNetV2Network(nn.Module):
         return [stage.output_channels for stage in self.snet.decoder.stages]
 
     def configure(self, labels: Sequence[int], box: Sequence[int], sol_context: bool = True,
-                  sol_features: int | None = None) -> None:
+                  sol_features: int | None = None, sol_stage: int = 0) -> None:
         """Build the SOL head (reading every decoder stage with sol_context, else the last; sol_features wide, None:
         the last decoder stage's width) and one SOS-Net per small organ for these labels and this ROI box."""
         if len(box) != self.dim or min(box) < 1:
@@ -185,7 +213,9 @@ class FocusNetV2Network(nn.Module):
         device = self.focus_labels.device
         self.focus_labels = torch.as_tensor(list(labels), dtype=torch.long, device=device)
         self.focus_box = torch.as_tensor(list(box), dtype=torch.long, device=device)
-        self.sol = SOLHead(self.stage_channels, len(labels), self.dim, sol_context, sol_features).to(device) \
+        self.focus_sol_stage.fill_(int(sol_stage))
+        self.sol = SOLHead(self.stage_channels, len(labels), self.dim, sol_context, sol_features,
+                           stage=sol_stage).to(device) \
             if labels else None
         # SOS input: image, S-Net's last decoder features and S-Net's probability of the organ
         channels = self.num_input_channels + self.feature_channels + 1
@@ -194,6 +224,9 @@ class FocusNetV2Network(nn.Module):
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         if "focus_peak_threshold" not in state_dict:  # checkpoints from before the threshold was calibrated
             state_dict = {**state_dict, "focus_peak_threshold": torch.tensor(self.default_peak_threshold)}
+        if "focus_sol_stage" not in state_dict:  # checkpoints from before the grid was a setting: full resolution
+            state_dict = {**state_dict, "focus_sol_stage": torch.zeros((), dtype=torch.long)}
+        stage = int(state_dict["focus_sol_stage"])
         labels, box = state_dict.get("focus_labels"), state_dict.get("focus_box")
         # the SOL head's form travels in its weights: lateral convs mean context, the first body conv's width
         context = any(k.startswith("sol.lateral.") for k in state_dict)
@@ -201,9 +234,10 @@ class FocusNetV2Network(nn.Module):
         if labels is not None and box is not None and (labels.tolist() != list(self.labels)
                                                          or box.tolist() != list(self.box) or self.sol is None
                                                          or self.sol.context != context
-                                                         or self.sol.body[0].out_channels != width):
+                                                         or self.sol.body[0].out_channels != width
+                                                         or self.sol.stage != stage):
             if len(labels):
-                self.configure(labels.tolist(), box.tolist(), context, width)
+                self.configure(labels.tolist(), box.tolist(), context, width, stage)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ forward pieces
