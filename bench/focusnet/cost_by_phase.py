@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,10 @@ from nnunet_ext.trainers.focusnet_trainers import FocusNetV2Trainer
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 TRAINER = "FocusNetV2Trainer"
+# FocusNetV2Trainer with nnU-Net's mirroring on every axis (bench/focusnet/trainers): on data with left/right label
+# pairs FocusNetV2Trainer leaves the left-right axis out of test-time mirroring (fewer passes than stock), which would
+# otherwise count as a speed-up of the method
+EQUAL_MIRRORING = "FocusNetV2Trainer_mirrored"
 
 
 def phase_fractions(num_epochs: int = 1000) -> dict[str, float]:
@@ -45,6 +50,8 @@ def main() -> int:
     p.add_argument("--iterations", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--predict-cases", type=int, default=2)
+    p.add_argument("--trainer", default=TRAINER, choices=[TRAINER, EQUAL_MIRRORING],
+                   help=f"the trainer timed against stock ({EQUAL_MIRRORING}: the same with stock's mirroring axes)")
     p.add_argument("--work", type=Path, default=REPO / "bench" / "work" / "focusnet")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "focusnet")
     args = p.parse_args()
@@ -58,20 +65,22 @@ def main() -> int:
         if args.plans != "nnUNetPlans":
             raise SystemExit(f"{raw.name}: no preprocessed {args.plans}_{args.configuration}; plan it first")
         stock.plan_and_preprocess(dataset_id, args.configuration, env)
+    env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(HERE / "trainers")])
+    trainer = args.trainer
     fractions = phase_fractions()
     runs = {}
     for i, phase in enumerate(fractions):
         last = i == len(fractions) - 1
-        report = run_benchmark([TRAINER], str(dataset_id), args.configuration, "cpu", args.iterations, args.warmup,
-                               args.predict_cases if last else 0, env=env, phases={TRAINER: phase},
+        report = run_benchmark([trainer], str(dataset_id), args.configuration, "cpu", args.iterations, args.warmup,
+                               args.predict_cases if last else 0, env=env, phases={trainer: phase},
                                plans=args.plans)
         print(markdown_table(report), flush=True)
         runs[phase] = report
-    ratios = {ph: next(r for r in rep["results"] if r["trainer"] == TRAINER)["ratio_iteration"]
+    ratios = {ph: next(r for r in rep["results"] if r["trainer"] == trainer)["ratio_iteration"]
               for ph, rep in runs.items()}
     whole = float(sum(fractions[ph] * ratios[ph] for ph in fractions))
-    last = next(r for r in runs[list(fractions)[-1]]["results"] if r["trainer"] == TRAINER)
-    summary = {"dataset": raw.name, "configuration": args.configuration, "plans": args.plans,
+    last = next(r for r in runs[list(fractions)[-1]]["results"] if r["trainer"] == trainer)
+    summary = {"dataset": raw.name, "configuration": args.configuration, "plans": args.plans, "trainer": trainer,
                "iterations": args.iterations, "warmup": args.warmup, "phase_fractions": fractions,
                "step_ratio_by_phase": ratios,
                "stock_step_s_by_run": {ph: rep["results"][0]["seconds_per_iteration"] for ph, rep in runs.items()},
@@ -79,14 +88,15 @@ def main() -> int:
                "whole_run_ratio_same_snet_budget": whole / fractions["snet"],
                "prediction_ratio": last.get("ratio_prediction"), "runs": runs}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"cost_by_phase_{raw.name}_{args.configuration}_{args.plans}"
+    stem = f"cost_by_phase_{raw.name}_{args.configuration}_{args.plans}" + (
+        "" if trainer == TRAINER else f"_{trainer}")
     (args.out / f"{stem}.json").write_text(json.dumps(summary, indent=1))
-    lines = [f"# FocusNetV2Trainer cost by phase on {raw.name} ({args.configuration}, {args.plans}, CPU)", "",
+    lines = [f"# {trainer} cost by phase on {raw.name} ({args.configuration}, {args.plans}, CPU)", "",
              "Written by bench/focusnet/cost_by_phase.py: bench harness (same batches, nnUNetTrainer timed in the "
              f"same run), median of {args.iterations} steps after {args.warmup} warm-up, per phase.", "",
              "| phase | share of the epochs | stock s/step | FocusNetV2 s/step | x stock |", "|---|---|---|---|---|"]
     for ph, rep in runs.items():
-        s, f = rep["results"][0], next(r for r in rep["results"] if r["trainer"] == TRAINER)
+        s, f = rep["results"][0], next(r for r in rep["results"] if r["trainer"] == trainer)
         lines.append(f"| {ph} | {fractions[ph]:.2f} | {s['seconds_per_iteration']:.3f} | "
                      f"{f['seconds_per_iteration']:.3f} | {ratios[ph]:.2f} |")
     pred, same = summary["prediction_ratio"], summary["whole_run_ratio_same_snet_budget"]

@@ -89,3 +89,10 @@ class FocusNetV2Trainer_cost_sos(_FocusNetV2CostProbe):
 
 class FocusNetV2Trainer_cost_adversarial(_FocusNetV2CostProbe):
     start_phase = "adversarial"
+
+
+class FocusNetV2Trainer_mirrored(FocusNetV2Trainer):
+    """The plans' FocusNetV2Trainer with nnU-Net's mirroring on every axis, for cost_by_phase.py --trainer: its
+    prediction then runs as many mirrored passes as stock's."""
+
+    lateral_axis = None
