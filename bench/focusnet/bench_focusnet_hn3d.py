@@ -18,7 +18,9 @@ Rows (bench/focusnet/trainers; all with the same narrow S-Net, features 8-64), p
   (sol_detach_features = False; the ablation of the detach);
 - stock_mirrored, focusnet_mirrored: stock and focusnet_same_snet with nnU-Net's mirroring along every axis
   (lateral_axis = None). Every other row leaves out the left-right axis, where the labels come in left/right pairs
-  (nnunet_ext.training.mirroring): the rows before 2026-12-01's "lateral" run mirrored along it.
+  (nnunet_ext.training.mirroring): the rows before 2026-12-01's "lateral" run mirrored along it;
+- stock_rot15: stock with in-plane rotation within +-15 degrees instead of nnU-Net's +-180 for near-square 2d
+  patches (a diagnostic: whether a paired organ's side is lost to the slices' orientation).
 How budget is counted: iterations of the segmentation network (S-Net) for "same S-Net budget", all training
 iterations for "equal total"; wall-clock ratios against stock's run on the same machine in the same script.
 
@@ -54,7 +56,7 @@ REPO = HERE.parents[1]
 ROWS = {"stock": "nnUNetTrainer_hnbench", "focusnet_equal_total": "FocusNetV2Trainer_hnbench",
         "focusnet_same_snet": "FocusNetV2Trainer_hnbench_fullsnet", "focusnet_mse": "FocusNetV2Trainer_hnbench_mse",
         "focusnet_attached": "FocusNetV2Trainer_hnbench_attached", "stock_mirrored": "nnUNetTrainer_hnbench_mirrored",
-        "focusnet_mirrored": "FocusNetV2Trainer_hnbench_mirrored"}
+        "focusnet_mirrored": "FocusNetV2Trainer_hnbench_mirrored", "stock_rot15": "nnUNetTrainer_hnbench_rot15"}
 ABLATIONS = ("focusnet_mse", "focusnet_attached", "focusnet_mirrored")
 THRESHOLDS = (0.3, 0.45, 0.6, 0.75, 0.9)
 SPEC_THRESHOLD = 0.6

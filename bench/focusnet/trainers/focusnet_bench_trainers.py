@@ -14,6 +14,7 @@ sets: nnUNet_ext_bench_epochs (E) x nnUNet_ext_bench_iterations; this folder goe
 
 The width is a class attribute (unet_base_features), so stock nnUNetv2_predict builds the same narrow network."""
 
+import math
 import os
 
 import torch
@@ -40,6 +41,21 @@ class nnUNetTrainer_hnbench(_Budget, LateralMirroringMixin, nnUNetExtTrainer):
 
 class nnUNetTrainer_hnbench_mirrored(nnUNetTrainer_hnbench):
     lateral_axis = None
+
+
+class nnUNetTrainer_hnbench_rot15(nnUNetTrainer_hnbench):
+    """Diagnostic: in-plane rotation within +-15 degrees instead of nnU-Net's +-180 for near-square 2d patches (a
+    slice then keeps its orientation, and the side of a paired organ is where it lies)."""
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
+
+        rotation, dummy_2d, initial, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        patch = self.configuration_manager.patch_size
+        if len(patch) == 2:
+            rotation = (-15.0 / 360 * 2 * math.pi, 15.0 / 360 * 2 * math.pi)
+            initial = get_patch_size(patch, rotation, rotation, rotation, (0.85, 1.25))
+        return rotation, dummy_2d, initial, mirror_axes
 
 
 class FocusNetV2Trainer_hnbench(_Budget, FocusNetV2Trainer):
