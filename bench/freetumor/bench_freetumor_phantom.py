@@ -15,12 +15,16 @@ stock nnU-Net behaviour (in (a) one seed: it has never seen a tumour) and FreeTu
 augmentation pipeline), the same U-Net (features from 16), the
 same epochs x iterations x batch (the plans' batch); in (b) also FreeTumorTrainer judged by a frozen baseline: the
 stock (b) model of the same seed (nnUNet_ext_freetumor_baseline, synthesis in the train step), and a short in-step
-run without QC for the cost table. Budget: EPOCHS x ITERATIONS of bench/freetumor/trainers (same for all arms);
-seeds via nnUNet_ext_seed. Scored with `nnunet_ext evaluate` (tumour Dice per class and for any tumour; lesion-wise
-sensitivity by size bin, IoU > 0.1). Cost: the mean epoch time of epochs 1.. (nnU-Net's log) / iterations, as
-ratios to stock in the same bench.
+run without QC for the cost table. A control (arm a_freetumor_matched, long budget, not a target): FreeTumorTrainer
+with the procedural contrast set to the source's own tumour contrast (the generated phantom documents 25-45 HU;
+FreeTumor's default is 40-150 HU), to tell a contrast mismatch from the budget. Budget: EPOCHS x ITERATIONS of
+bench/freetumor/trainers (same for all arms; --budget short/long/xlong); seeds via nnUNet_ext_seed. Scored with
+`nnunet_ext evaluate` (tumour Dice per class and for any tumour; lesion-wise sensitivity by size bin, IoU > 0.1). Cost:
+the mean epoch time of epochs 1.. (nnU-Net's log) / iterations, as ratios to stock in the same bench.
 
-Writes bench/results/freetumor/phantom_<configuration>/results.json, results.md and targets.json.
+Writes bench/results/freetumor/phantom_<configuration>[_<budget>]/results.json, results.md and targets.json (a
+run of the control alone writes no targets.json), and bench/results/freetumor/targets.json from every phantom_*
+folder.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import SimpleITK as sitk
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "trainers"))
-from freetumor_bench_trainers import EPOCHS, ITERATIONS, LONG_EPOCHS  # noqa: E402
+from freetumor_bench_trainers import EPOCHS, ITERATIONS, LONG_EPOCHS, XLONG_EPOCHS  # noqa: E402
 
 from nnunet_ext import stock  # noqa: E402
 from nnunet_ext.evaluation.evaluate import EvaluationSettings, evaluate_folder  # noqa: E402
@@ -48,9 +52,10 @@ from nnunet_ext.phantoms import abdomen3d  # noqa: E402
 
 RESULTS = HERE.parent / "results" / "freetumor"
 STOCK, FREETUMOR = "nnUNetTrainer_ftbench", "FreeTumorTrainer_ftbench"
-ARMS = ("a_stock", "a_freetumor", "b_stock", "b_freetumor", "b_freetumor_qc", "cost_instep")
+ARMS = ("a_stock", "a_freetumor", "b_stock", "b_freetumor", "b_freetumor_qc", "cost_instep", "a_freetumor_matched")
 INSTEP = "FreeTumorTrainer_ftbench_instep"
 SETTINGS = {"organ_only": 861, "scarce": 862}
+BUDGETS = {"short": EPOCHS, "long": LONG_EPOCHS, "xlong": XLONG_EPOCHS}
 MEDIUM_AND_LARGE_MM3 = 524.0  # detection size bins: [0, 524) small (radius < 5 mm), then medium, large
 
 
@@ -174,6 +179,14 @@ def mean_over(runs: list[dict], key) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def combine_targets(results: Path = RESULTS) -> None:
+    """The method's targets.json: every budget's targets (phantom_*/targets.json), each named with its run."""
+    combined = []
+    for f in sorted(results.glob("phantom_*/targets.json")):
+        combined += [{**t, "target": f"[{f.parent.name}] {t['target']}"} for t in json.loads(f.read_text())]
+    (results / "targets.json").write_text(json.dumps(combined, indent=2))
+
+
 def main(argv=None) -> int:
     global CONFIGURATION
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -182,18 +195,24 @@ def main(argv=None) -> int:
     p.add_argument("--configuration", default="2d")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--qc-seeds", type=int, nargs="*", default=[0], help="seeds of the (b) arm with a baseline judge")
-    p.add_argument("--budget", choices=("short", "long"), default="short",
-                   help=f"epochs: short {EPOCHS}, long {LONG_EPOCHS} (x {ITERATIONS} iterations each)")
+    p.add_argument("--budget", choices=tuple(BUDGETS), default="short",
+                   help=f"epochs: short {EPOCHS}, long {LONG_EPOCHS}, xlong {XLONG_EPOCHS} (x {ITERATIONS} iterations "
+                        "each)")
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     p.add_argument("--later-seed-arms", nargs="+", choices=ARMS, default=None,
                    help="arms that also run for the seeds after the first (default: all of --arms)")
+    p.add_argument("--matched-contrast-hu", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="the a_freetumor_matched control (long budget only): procedural contrast set to the source's "
+                        "own tumour contrast, organ minus tumour in HU (default with the generated phantom: its "
+                        "documented range, abdomen3d.TUMOUR_CONTRAST_HU); not a target, it tells contrast mismatch "
+                        "from budget")
     p.add_argument("-o", "--output", default=None,
-                   help="default bench/results/freetumor/phantom_<configuration>[_long]")
+                   help="default bench/results/freetumor/phantom_<configuration>[_<budget>]")
     args = p.parse_args(argv)
     CONFIGURATION = args.configuration
-    suffix = "" if args.budget == "short" else "_long"
+    suffix = "" if args.budget == "short" else f"_{args.budget}"
     stock_tr, freetumor_tr = STOCK + suffix, FREETUMOR + suffix
-    epochs = EPOCHS if args.budget == "short" else LONG_EPOCHS
+    epochs = BUDGETS[args.budget]
     work = Path(args.work).resolve()
     out = Path(args.output) if args.output else RESULTS / f"phantom_{CONFIGURATION}{suffix}"
     (out / "logs").mkdir(parents=True, exist_ok=True)
@@ -209,6 +228,11 @@ def main(argv=None) -> int:
         source = work / "source" / f"Dataset{abdomen3d.DEFAULT_ID}_{abdomen3d.NAME}"
         if not source.exists():
             abdomen3d.generate(work / "source", n_train=24, n_test=8, seed=0)
+    matched = args.matched_contrast_hu
+    if matched is None and not args.source:
+        matched = sorted(-v for v in abdomen3d.TUMOUR_CONTRAST_HU)
+    if "a_freetumor_matched" in args.arms and (matched is None or args.budget != "long"):
+        raise SystemExit("a_freetumor_matched needs --budget long and, with --source, --matched-contrast-hu LOW HIGH")
     made = make_training_sets(source, Path(env["nnUNet_raw"]))
     pairs, sets = made["pairs"], made["sets"]
     for s in sets.values():
@@ -228,6 +252,9 @@ def main(argv=None) -> int:
         if seed == args.seeds[0]:  # stock cannot segment a class it never saw: one seed shows its organ Dice
             arm("a_stock", "organ_only_stock", stock_tr, "organ_only", seed)
         arm("a_freetumor", "organ_only_freetumor", freetumor_tr, "organ_only", seed)
+        if "a_freetumor_matched" in args.arms:
+            arm("a_freetumor_matched", "organ_only_freetumor_matched", freetumor_tr + "_matched", "organ_only", seed,
+                extra_env={"FREETUMOR_BENCH_CONTRAST_HU": ",".join(f"{v:g}" for v in matched)})
         arm("b_stock", "scarce_stock", stock_tr, "scarce", seed)
         arm("b_freetumor", "scarce_freetumor", freetumor_tr, "scarce", seed)
     for seed in args.qc_seeds:
@@ -271,20 +298,23 @@ def main(argv=None) -> int:
         {"target": "(c) in-step synthesis with a baseline QC, time per iteration / stock",
          "measured": cost["step_qc_ratio"], "goal": "<= 1.4", "met": bool(cost["step_qc_ratio"] <= 1.4)},
     ]
+    diagnostics = {"a_freetumor_matched": {
+        "what": "control, not a target: FreeTumorTrainer with the procedural contrast set to the source's own tumour "
+                "contrast", "contrast_hu": matched,
+        "medium_large_sensitivity": per_seed("a_freetumor_matched", "medium_large_sensitivity"),
+        "tumour_dice": per_seed("a_freetumor_matched", "tumour_dice")}} if runs.get("a_freetumor_matched") else {}
     for t in targets:  # an arm this run did not train: no verdict, rather than a miss
         if t["measured"] is None or np.isnan(t["measured"]):
             t["measured"], t["met"] = None, None
     result = {"configuration": CONFIGURATION, "source": str(source), "epochs": epochs, "iterations": ITERATIONS,
               "seeds": args.seeds, "sets": {k: {kk: str(vv) if isinstance(vv, Path) else vv for kk, vv in v.items()}
                                             for k, v in sets.items()},
-              "runs": runs, "cost": cost, "targets": targets}
+              "runs": runs, "cost": cost, "targets": targets, "diagnostics": diagnostics}
     (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
-    (out / "targets.json").write_text(json.dumps(targets, indent=2))
-    if out.parent == RESULTS:  # the method's targets.json: every budget's targets, each named with its run
-        combined = []
-        for f in sorted(RESULTS.glob("phantom_*/targets.json")):
-            combined += [{**t, "target": f"[{f.parent.name}] {t['target']}"} for t in json.loads(f.read_text())]
-        (RESULTS / "targets.json").write_text(json.dumps(combined, indent=2))
+    if any(t["measured"] is not None for t in targets):  # a controls-only run has no verdict to add
+        (out / "targets.json").write_text(json.dumps(targets, indent=2))
+    if out.parent == RESULTS:
+        combine_targets()
     (out / "results.md").write_text(markdown(result))
     print(markdown(result))
     return 0
@@ -310,6 +340,10 @@ def markdown(result: dict) -> str:
     lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {fmt(t['measured'])} | {t['goal']} | "
               f"{'not run' if t['met'] is None else t['met']} |" for t in result["targets"]]
+    for name, d in result.get("diagnostics", {}).items():
+        lines += ["", f"{name} ({d['what']}, {d['contrast_hu'][0]:g}-{d['contrast_hu'][1]:g} HU): medium+large "
+                      f"sensitivity per seed {[fmt(v) for v in d['medium_large_sensitivity']]}, tumour Dice "
+                      f"{[fmt(v) for v in d['tumour_dice']]}"]
     return "\n".join(lines) + "\n"
 
 
