@@ -177,10 +177,13 @@ def write_report(out: Path, work: Path, state: dict, results: dict) -> dict:
     sys.path.insert(0, str(HERE / "trainers"))
     from av_drive_trainers import BUDGET
 
+    # the trainers module was imported before --epochs reached the environment: its BUDGET holds the default epochs,
+    # while the trainings ran (in their own processes) with the work folder's
+    epochs = int(state["epochs"])
     out.mkdir(parents=True, exist_ok=True)
     cfg = json.loads((Path(state["preprocessed"]) / f"{PLANS}.json").read_text())["configurations"][CONFIGURATION]
     feats = cfg["architecture"]["arch_kwargs"]["features_per_stage"]
-    budget = (f"{BUDGET['epochs']} epochs x {BUDGET['iterations']} iterations x batch {cfg['batch_size']} for every "
+    budget = (f"{epochs} epochs x {BUDGET['iterations']} iterations x batch {cfg['batch_size']} for every "
               f"arm (AVFusion runs three U-Nets per step), {cfg['patch_size'][0]}x{cfg['patch_size'][1]} patches, "
               f"U-Net features {'-'.join(map(str, feats))} (plans {PLANS}), 2 shared CPU cores, checkpoint_final, "
               f"prediction without mirroring; test: {state['split']} ({len(state['test_cases'])} images)")
@@ -233,7 +236,7 @@ def write_report(out: Path, work: Path, state: dict, results: dict) -> dict:
               "reported beside it", "plans": PLANS, "configuration": cfg, "state": state, "table": table,
               "results": results, "paper_drive_av_sigmoid": PAPER}
     report["targets"] = targets
-    stem = "av_drive" if BUDGET["epochs"] == DEFAULT_EPOCHS else f"av_drive_E{BUDGET['epochs']}"
+    stem = "av_drive" if epochs == DEFAULT_EPOCHS else f"av_drive_E{epochs}"
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     (out / "targets.json").write_text(json.dumps(targets, indent=2))
 
