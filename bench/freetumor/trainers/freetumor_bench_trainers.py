@@ -45,23 +45,17 @@ class _FreeTumorBenchInStep(_FreeTumorBench):
     synthesis_location = "step"  # the cost of synthesis after augmentation, on the batch, without quality control
 
 
-def _variant(base, name):
-    return short_variant(base, name, epochs=EPOCHS, iterations=ITERATIONS, val_iterations=VAL_ITERATIONS)
+def _variant(base, name, epochs=EPOCHS):
+    return short_variant(base, name, epochs=epochs, iterations=ITERATIONS, val_iterations=VAL_ITERATIONS)
 
 
 nnUNetTrainer_ftbench = _variant(_StockBench, "nnUNetTrainer_ftbench")
 FreeTumorTrainer_ftbench = _variant(_FreeTumorBench, "FreeTumorTrainer_ftbench")
-nnUNetTrainer_ftbench_long = short_variant(_StockBench, "nnUNetTrainer_ftbench_long", epochs=LONG_EPOCHS,
-                                           iterations=ITERATIONS, val_iterations=VAL_ITERATIONS)
-FreeTumorTrainer_ftbench_long = short_variant(_FreeTumorBench, "FreeTumorTrainer_ftbench_long", epochs=LONG_EPOCHS,
-                                              iterations=ITERATIONS, val_iterations=VAL_ITERATIONS)
-nnUNetTrainer_ftbench_xlong = short_variant(_StockBench, "nnUNetTrainer_ftbench_xlong", epochs=XLONG_EPOCHS,
-                                            iterations=ITERATIONS, val_iterations=VAL_ITERATIONS)
-FreeTumorTrainer_ftbench_xlong = short_variant(_FreeTumorBench, "FreeTumorTrainer_ftbench_xlong", epochs=XLONG_EPOCHS,
-                                               iterations=ITERATIONS, val_iterations=VAL_ITERATIONS)
-FreeTumorTrainer_ftbench_long_matched = short_variant(_FreeTumorBenchMatched, "FreeTumorTrainer_ftbench_long_matched",
-                                                      epochs=LONG_EPOCHS, iterations=ITERATIONS,
-                                                      val_iterations=VAL_ITERATIONS)
+nnUNetTrainer_ftbench_long = _variant(_StockBench, "nnUNetTrainer_ftbench_long", LONG_EPOCHS)
+FreeTumorTrainer_ftbench_long = _variant(_FreeTumorBench, "FreeTumorTrainer_ftbench_long", LONG_EPOCHS)
+nnUNetTrainer_ftbench_xlong = _variant(_StockBench, "nnUNetTrainer_ftbench_xlong", XLONG_EPOCHS)
+FreeTumorTrainer_ftbench_xlong = _variant(_FreeTumorBench, "FreeTumorTrainer_ftbench_xlong", XLONG_EPOCHS)
+FreeTumorTrainer_ftbench_long_matched = _variant(_FreeTumorBenchMatched, "FreeTumorTrainer_ftbench_long_matched",
+                                                 LONG_EPOCHS)
 # cost only (no scores): a few epochs are enough for the time per iteration
-FreeTumorTrainer_ftbench_instep = short_variant(_FreeTumorBenchInStep, "FreeTumorTrainer_ftbench_instep", epochs=4,
-                                                iterations=ITERATIONS, val_iterations=VAL_ITERATIONS)
+FreeTumorTrainer_ftbench_instep = _variant(_FreeTumorBenchInStep, "FreeTumorTrainer_ftbench_instep", 4)
