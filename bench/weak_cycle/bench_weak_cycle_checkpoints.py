@@ -9,6 +9,9 @@ samples, through the converters and the stock commands.
     python bench/weak_cycle/bench_weak_cycle_checkpoints.py --dataset isic --data ../shared/data/ISIC2018_weak \\
         --work /tmp/wc_isic
 
+Phantom budgets: 2000 translation iterations (default, with the teacher-update ablation), --long 6000 (--long
+--no-composite: the ablation without the adversarial term on the composite, which writes no targets), --xlong 16000.
+
 --data is the source folder: the real sample, or for the phantom the folder it is generated into (kept there). One
 stock `nnUNetv2_train` per seed with WeakCycleTrainer_ckpt_* (bench/weak_cycle/trainers/
 weak_cycle_checkpoint_trainers.py: quarter-width generators and discriminators) scores at translation checkpoints
@@ -187,7 +190,12 @@ def main(argv=None) -> int:
     p.add_argument("--work", required=True)
     p.add_argument("-o", "--output", default=str(HERE.parents[1] / "bench" / "results" / "weak_cycle"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--long", action="store_true", help="phantom: 6000 translation iterations instead of 2000")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--long", action="store_true", help="phantom: 6000 translation iterations instead of 2000")
+    length.add_argument("--xlong", action="store_true", help="phantom: 16000 translation iterations")
+    p.add_argument("--no-composite", action="store_true",
+                   help="phantom, --long: the ablation without the adversarial term on the composite (writes no "
+                        "targets)")
     p.add_argument("--no-ablation", action="store_true",
                    help="phantom: skip the arm with the teacher's pseudo-label updates ablated")
     args = p.parse_args(argv)
@@ -196,15 +204,21 @@ def main(argv=None) -> int:
     env = stock.work_environment(work / "nnunet", device="cpu")
     env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(TRAINERS)])
     setup = prepare(args.dataset, Path(args.data), work, env)
+    if (args.xlong or args.no_composite) and args.dataset != "phantom":
+        p.error("--xlong and --no-composite are phantom runs")
+    if args.no_composite and not args.long:
+        p.error("--no-composite runs with --long")
     trainer = "WeakCycleTrainer_ckpt_phantom" if args.dataset == "phantom" else "WeakCycleTrainer_ckpt_real"
-    if args.long:
-        trainer += "_long"
+    budget = "_long" if args.long else "_xlong" if args.xlong else ""
+    trainer += budget
     if args.dataset == "isic":
         trainer += "_isic"  # the original's ISIC loss weights
-    tag = f"{args.dataset}_long" if args.long else args.dataset
+    if args.no_composite:
+        trainer += "_nocomposite"
+    tag = args.dataset + budget + ("_nocomposite" if args.no_composite else "")
     runs = [run_seed(tag, setup, trainer, seed, work, env, out) for seed in args.seeds]
     summary, targets = summarise(args.dataset, runs)
-    if args.dataset == "phantom" and not args.long and not args.no_ablation:
+    if args.dataset == "phantom" and not budget and not args.no_ablation:
         # the teacher's pseudo-label updates ablated: the same translation (same seed), the student on the phase-1
         # pseudo-masks with EMA-teacher consistency only
         ablation = [run_seed(f"{tag}_noupdate", setup, f"{trainer}_noupdate", seed, work, env, out)
@@ -214,19 +228,21 @@ def main(argv=None) -> int:
             "student_validation_dice": float(np.mean([r["student_validation_dice"] for r in ablation])),
             "runs": ablation}
     summary["student_validation_dice"] = float(np.mean([r["student_validation_dice"] for r in runs]))
-    if args.long:
+    if budget:
         for t in targets:
-            t["target"] = t["target"].replace("phantom:", "phantom (6000 iterations):", 1)
+            t["target"] = t["target"].replace("phantom:", f"phantom ({summary['final_iterations']} iterations):", 1)
     name = f"weak_cycle_checkpoints_{tag}"
     (out / f"{name}.json").write_text(json.dumps({"summary": summary, "runs": runs, "targets": targets}, indent=1,
                                                  default=str))
     (out / f"{name}.md").write_text(markdown(args.dataset, args, runs, summary, targets))
+    print(json.dumps({"summary": summary, "targets": targets}, indent=1))
+    if args.no_composite:
+        return 0  # an ablation: its numbers stand beside the method's, not as its targets
     targets_file = out / "targets.json"
     previous = json.loads(targets_file.read_text()) if targets_file.is_file() else []
     prefix = targets[0]["target"].split(":")[0] + ":"
     merged = [t for t in previous if not t["target"].startswith(prefix)] + targets
     targets_file.write_text(json.dumps(merged, indent=1))
-    print(json.dumps({"summary": summary, "targets": targets}, indent=1))
     return 0
 
 

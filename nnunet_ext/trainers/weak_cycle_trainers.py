@@ -24,7 +24,8 @@ Generators, discriminators, teacher, their optimizers and the pseudo-masks are i
 either phase. Selection (threshold, nnU-Net's best checkpoint) uses validation cases only, never the test set.
 
 `WeakCycleTrainer_CAM` is the CAM-only baseline: pseudo-masks from G_AB's class activation map instead of its
-attention mask. `WeakCycleTrainer_ISIC` uses the original's ISIC loss weights. Environment variable
+attention mask. `WeakCycleTrainer_ISIC` uses the original's ISIC loss weights, `WeakCycleTrainer_noComposite` drops
+the adversarial term on the composited image (an ablation, docs/weak_cycle.md). Environment variable
 nnUNet_ext_weak_export=ID exports the phase-1 pseudo-masks as a labelled raw data set DatasetID_<name>Pseudo (any
 trainer can then train on it). Vital signs (attention coverage and inside/outside-body means, CAM accuracy,
 validation pseudo-mask Dice, teacher changes) are logged every epoch and plotted to weakcycle_progress.png.
@@ -89,8 +90,8 @@ from nnunet_ext.training.base import env_int, nnUNetExtTrainer, unwrap
 from nnunet_ext.training.phases import NETWORK, Phase, PhasePolyLRScheduler, PhaseSchedule
 from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
 
-__all__ = ["WeakCycleTrainer", "WeakCycleTrainer_CAM", "WeakCycleTrainer_ISIC", "WeakCycleTrainer_debug",
-           "WeakCycleTrainer_demo", "WeakCycleTrainer_CAM_debug", "WeakCycleTrainer_CAM_demo"]
+__all__ = ["WeakCycleTrainer", "WeakCycleTrainer_CAM", "WeakCycleTrainer_ISIC", "WeakCycleTrainer_noComposite",
+           "WeakCycleTrainer_debug", "WeakCycleTrainer_demo", "WeakCycleTrainer_CAM_debug", "WeakCycleTrainer_CAM_demo"]
 
 EXPORT_ENV = "nnUNet_ext_weak_export"
 GENERATORS = ("gen_ab", "gen_ba")
@@ -312,8 +313,10 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         m = self.aux_modules
         d_a, d_b = (m["disc_global_a"], m["disc_local_a"]), (m["disc_global_b"], m["disc_local_b"])
         with self.autocast():
-            losses, translations = cycle_generator_losses(m["gen_ab"], m["gen_ba"], d_a, d_b, disease, normal)
-            generator_loss = weighted_sum(losses, self.current_phase.phase.losses)
+            weights = self.current_phase.phase.losses
+            losses, translations = cycle_generator_losses(m["gen_ab"], m["gen_ba"], d_a, d_b, disease, normal,
+                                                          composite=weights.get("adversarial_composite", 0) > 0)
+            generator_loss = weighted_sum(losses, weights)
         for name in GENERATORS:
             self.aux_optimizers[name].zero_grad(set_to_none=True)
         self.optimizer_step(generator_loss, [self.aux_optimizers[n] for n in GENERATORS],
@@ -464,6 +467,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         full = np.zeros(properties["shape_before_cropping"], np.uint8)
         full[tuple(slice(a, b) for a, b in properties["bbox_used_for_cropping"])] = seg
         return full
+
     def write_phase1_masks(self, dataset_tr) -> None:
         """The phase-1 pseudo-masks in the raw images' geometry and file format (for scoring and the export)."""
         if self.local_rank != 0:
@@ -705,6 +709,13 @@ class WeakCycleTrainer_ISIC(WeakCycleTrainer):
     """The original's ISIC loss weights (cycle 5, identity 50, CAM 1400)."""
 
     cycle_loss_weights = ISIC_LOSS_WEIGHTS
+
+
+class WeakCycleTrainer_noComposite(WeakCycleTrainer):
+    """Ablation: without the adversarial term on the composited image, the one loss that reaches the attention
+    directly (the attention then learns only through the stream blend)."""
+
+    cycle_loss_weights = {**CYCLE_LOSS_WEIGHTS, "adversarial_composite": 0.0}
 
 
 WeakCycleTrainer_debug = short_variant(WeakCycleTrainer, "WeakCycleTrainer_debug", **DEBUG_BUDGET)

@@ -22,12 +22,12 @@ import numpy as np
 from PIL import Image
 
 from nnunet_ext.methods.weak_cycle.data import body_mask, dice
-from nnunet_ext.methods.weak_cycle.loss import ISIC_LOSS_WEIGHTS
+from nnunet_ext.methods.weak_cycle.loss import CYCLE_LOSS_WEIGHTS, ISIC_LOSS_WEIGHTS
 from nnunet_ext.trainers.weak_cycle_trainers import WeakCycleTrainer, load_case_arrays
 from nnunet_ext.training.variants import short_variant
 
 REFERENCE_ENV = "nnUNet_ext_bench_reference"
-CHECKPOINTS = (0, 250, 500, 1000, 2000, 4000, 6000)
+CHECKPOINTS = (0, 250, 500, 1000, 2000, 4000, 6000, 8000, 12000, 16000)
 
 
 class WeakCycleTrainer_checkpoints(WeakCycleTrainer):
@@ -131,6 +131,18 @@ WeakCycleTrainer_ckpt_phantom_keepnone = _phantom_variant("keepnone", teacher_ke
 # the same phantom for 6000 translation iterations (120 epochs) and 1500 refinement iterations (30 epochs)
 WeakCycleTrainer_ckpt_phantom_long = short_variant(WeakCycleTrainer_checkpoints, "WeakCycleTrainer_ckpt_phantom_long",
                                                    epochs=150, iterations=50, val_iterations=2)
+# 16000 translation iterations (320 epochs) and 4000 refinement iterations (80 epochs)
+WeakCycleTrainer_ckpt_phantom_xlong = short_variant(WeakCycleTrainer_checkpoints,
+                                                    "WeakCycleTrainer_ckpt_phantom_xlong", epochs=400, iterations=50,
+                                                    val_iterations=2)
+
+
+class _NoComposite(WeakCycleTrainer_checkpoints):
+    cycle_loss_weights = {**CYCLE_LOSS_WEIGHTS, "adversarial_composite": 0.0}  # ablation: no composite term
+
+
+WeakCycleTrainer_ckpt_phantom_long_nocomposite = short_variant(
+    _NoComposite, "WeakCycleTrainer_ckpt_phantom_long_nocomposite", epochs=150, iterations=50, val_iterations=2)
 
 
 # real samples (160x160 / 256x256 patches): 50 iterations per epoch, 20 translation epochs (1000 iterations), 5

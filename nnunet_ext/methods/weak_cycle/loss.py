@@ -14,8 +14,12 @@ from torch.nn.functional import binary_cross_entropy_with_logits, l1_loss, mse_l
 
 # the original's values per data set (spec: adversarial 1, cycle 5-10, identity 10-50, CAM 1000-1400,
 # reconstruction 10); BraTS is the default
-BRATS_LOSS_WEIGHTS = {"adversarial": 1.0, "cycle": 10.0, "identity": 10.0, "cam": 1000.0, "reconstruction": 10.0}
-ISIC_LOSS_WEIGHTS = {"adversarial": 1.0, "cycle": 5.0, "identity": 50.0, "cam": 1400.0, "reconstruction": 10.0}
+# "adversarial_composite" is the original's second adversarial term, on the composited image (the spec's "adversarial
+# on translated and composited images"); what it changes on the distractor phantom is in docs/weak_cycle.md
+BRATS_LOSS_WEIGHTS = {"adversarial": 1.0, "adversarial_composite": 1.0, "cycle": 10.0, "identity": 10.0,
+                      "cam": 1000.0, "reconstruction": 10.0}
+ISIC_LOSS_WEIGHTS = {"adversarial": 1.0, "adversarial_composite": 1.0, "cycle": 5.0, "identity": 50.0,
+                     "cam": 1400.0, "reconstruction": 10.0}
 CYCLE_LOSS_WEIGHTS = BRATS_LOSS_WEIGHTS
 LOSS_PRESETS = {"brats": BRATS_LOSS_WEIGHTS, "isic": ISIC_LOSS_WEIGHTS}
 
@@ -41,11 +45,14 @@ def discriminator_loss(discriminators: tuple[nn.Module, ...], real: torch.Tensor
 
 
 def cycle_generator_losses(g_ab: nn.Module, g_ba: nn.Module, d_a: tuple[nn.Module, ...], d_b: tuple[nn.Module, ...],
-                           disease: torch.Tensor, normal: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
+                           disease: torch.Tensor, normal: torch.Tensor, composite: bool = True
+                           ) -> tuple[dict[str, torch.Tensor], dict]:
     """Unweighted generator losses by name and the translations (for the discriminator step).
 
-    As the original, every image term acts on the generators' decoder output ("translated"), not on the composite:
-    an L1 on the composite is smallest where the attention is 0, which pushes the mask towards nothing."""
+    As the original, the cycle and identity terms act on the generators' decoder output ("translated"), not on the
+    composite: an L1 on the composite is smallest where the attention is 0, which pushes the mask towards nothing.
+    The adversarial term judges the translated image; "adversarial_composite" (left out when `composite` is False,
+    which saves the discriminator passes) the composite, the only term that reaches the attention directly."""
     ab, ba = g_ab(disease), g_ba(normal)  # disease -> normal, normal -> disease
     aba, bab = g_ba(ab["translated"]), g_ab(ba["translated"])  # cycles
     aa, bb = g_ba(disease), g_ab(normal)  # identities: a generator fed its target domain must leave it alone
@@ -59,6 +66,9 @@ def cycle_generator_losses(g_ab: nn.Module, g_ba: nn.Module, d_a: tuple[nn.Modul
         + cam_bce(ba["cam_logits"], True) + cam_bce(aa["cam_logits"], False),
         "reconstruction": l1_loss(ab["reconstruction"], disease) + l1_loss(ba["reconstruction"], normal),
     }
+    if composite:
+        losses["adversarial_composite"] = sum(lsgan(d(ab["composite"]), True) for d in d_b) + \
+            sum(lsgan(d(ba["composite"]), True) for d in d_a)
     return losses, {"ab": ab, "ba": ba, "bb": bb}
 
 
