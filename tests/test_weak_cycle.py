@@ -420,6 +420,10 @@ def test_refinement_views_teacher_ignore_and_best_checkpoint_restart(weak_prepro
     trainer.update_pseudo_masks_from_teacher()
     assert set(np.unique(trainer.pseudo_masks[case])) == {-1, 2} and trainer._teacher_vitals["teacher/lesion"] == 0
     assert any("collapsed to background" in w for w in trainer.vital_sign_warnings([trainer._teacher_vitals]))
+    # lesion shares of three updates (the xlong phantom run's first, a middle and its last): a shrinking warning
+    shrinking = [{"teacher/lesion": 0.145}, {}, {"teacher/lesion": 0.065}, {"teacher/lesion": 0.030}]
+    assert any("14.5% to 3.0% in 3 updates" in w for w in trainer.vital_sign_warnings(shrinking))
+    assert not any("shrinking" in w for w in trainer.vital_sign_warnings(shrinking[:3] + [{"teacher/lesion": 0.06}]))
     assert np.load(trainer.pseudo_mask_folder / f"{case}.npy").min() == -1  # what the data loader reads
 
     # the teacher runs (and the consistency term acts) on the disease cases' samples only: the others' labels are
