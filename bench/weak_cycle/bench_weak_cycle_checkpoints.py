@@ -199,15 +199,15 @@ def main(argv=None) -> int:
     p.add_argument("--no-ablation", action="store_true",
                    help="phantom: skip the arm with the teacher's pseudo-label updates ablated")
     args = p.parse_args(argv)
+    if (args.xlong or args.no_composite) and args.dataset != "phantom":
+        p.error("--xlong and --no-composite are phantom runs")
+    if args.no_composite and not args.long:
+        p.error("--no-composite runs with --long")
     work, out = Path(args.work), Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     env = stock.work_environment(work / "nnunet", device="cpu")
     env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(TRAINERS)])
     setup = prepare(args.dataset, Path(args.data), work, env)
-    if (args.xlong or args.no_composite) and args.dataset != "phantom":
-        p.error("--xlong and --no-composite are phantom runs")
-    if args.no_composite and not args.long:
-        p.error("--no-composite runs with --long")
     trainer = "WeakCycleTrainer_ckpt_phantom" if args.dataset == "phantom" else "WeakCycleTrainer_ckpt_real"
     budget = "_long" if args.long else "_xlong" if args.xlong else ""
     trainer += budget
