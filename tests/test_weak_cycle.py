@@ -156,11 +156,17 @@ def test_generator_and_discriminator_shapes(dim, size):
     assert discriminator_depths((256, 256)) == (5, 3)
 
 
-def test_generator_losses_reach_every_generator_parameter():
+def _translation_networks():
+    """(G_AB, G_BA, D_A pair, D_B pair), seeded, quarter width, for 1-channel 16x16 images."""
     torch.manual_seed(0)
     g_ab, g_ba = WeakCycleGenerator(1, 2, 8, 2, 1), WeakCycleGenerator(1, 2, 8, 2, 1)
     d_a = (WeakCycleDiscriminator(1, 2, 8, 2), WeakCycleDiscriminator(1, 2, 8, 1))
     d_b = (WeakCycleDiscriminator(1, 2, 8, 2), WeakCycleDiscriminator(1, 2, 8, 1))
+    return g_ab, g_ba, d_a, d_b
+
+
+def test_generator_losses_reach_every_generator_parameter():
+    g_ab, g_ba, d_a, d_b = _translation_networks()
     losses, _ = cycle_generator_losses(g_ab, g_ba, d_a, d_b, torch.randn(2, 1, 16, 16), torch.randn(2, 1, 16, 16))
     assert set(losses) == set(CYCLE_LOSS_WEIGHTS)
     sum(losses.values()).backward()
@@ -171,10 +177,7 @@ def test_weak_cycle_composite_adversarial_term_reaches_the_attention():
     """The original's adversarial term on the composite: its gradient reaches G_AB's attention convolution (the
     composite blends by the attention), it is computed only when asked for, and the noComposite ablation's weights
     switch it off."""
-    torch.manual_seed(0)
-    g_ab, g_ba = WeakCycleGenerator(1, 2, 8, 2, 1), WeakCycleGenerator(1, 2, 8, 2, 1)
-    d_a = (WeakCycleDiscriminator(1, 2, 8, 2), WeakCycleDiscriminator(1, 2, 8, 1))
-    d_b = (WeakCycleDiscriminator(1, 2, 8, 2), WeakCycleDiscriminator(1, 2, 8, 1))
+    g_ab, g_ba, d_a, d_b = _translation_networks()
     disease, normal = torch.randn(2, 1, 16, 16), torch.randn(2, 1, 16, 16)
     losses, _ = cycle_generator_losses(g_ab, g_ba, d_a, d_b, disease, normal)
     losses["adversarial_composite"].backward()

@@ -114,10 +114,10 @@ WeakCycleTrainer_ckpt_phantom = short_variant(WeakCycleTrainer_checkpoints, "Wea
                                               **PHANTOM_BUDGET)
 
 
-def _phantom_variant(suffix: str, **settings) -> type:
-    """WeakCycleTrainer_ckpt_phantom's budget with other trainer settings."""
+def _phantom_variant(suffix: str, budget: dict = PHANTOM_BUDGET, **settings) -> type:
+    """A phantom budget (WeakCycleTrainer_ckpt_phantom's by default) with other trainer settings."""
     base = type(f"_Phantom_{suffix}", (WeakCycleTrainer_checkpoints,), settings)
-    return short_variant(base, f"WeakCycleTrainer_ckpt_phantom_{suffix}", **PHANTOM_BUDGET)
+    return short_variant(base, f"WeakCycleTrainer_ckpt_phantom_{suffix}", **budget)
 
 
 # ablation: no teacher update, the student keeps the phase-1 pseudo-masks (EMA teacher consistency only)
@@ -129,20 +129,13 @@ WeakCycleTrainer_ckpt_phantom_keep100 = _phantom_variant("keep100", teacher_keep
 WeakCycleTrainer_ckpt_phantom_keepnone = _phantom_variant("keepnone", teacher_keep_fraction=None)
 
 # the same phantom for 6000 translation iterations (120 epochs) and 1500 refinement iterations (30 epochs)
-WeakCycleTrainer_ckpt_phantom_long = short_variant(WeakCycleTrainer_checkpoints, "WeakCycleTrainer_ckpt_phantom_long",
-                                                   epochs=150, iterations=50, val_iterations=2)
+LONG_BUDGET = {"epochs": 150, "iterations": 50, "val_iterations": 2}
+WeakCycleTrainer_ckpt_phantom_long = _phantom_variant("long", LONG_BUDGET)
 # 16000 translation iterations (320 epochs) and 4000 refinement iterations (80 epochs)
-WeakCycleTrainer_ckpt_phantom_xlong = short_variant(WeakCycleTrainer_checkpoints,
-                                                    "WeakCycleTrainer_ckpt_phantom_xlong", epochs=400, iterations=50,
-                                                    val_iterations=2)
-
-
-class _NoComposite(WeakCycleTrainer_checkpoints):
-    cycle_loss_weights = {**CYCLE_LOSS_WEIGHTS, "adversarial_composite": 0.0}  # ablation: no composite term
-
-
-WeakCycleTrainer_ckpt_phantom_long_nocomposite = short_variant(
-    _NoComposite, "WeakCycleTrainer_ckpt_phantom_long_nocomposite", epochs=150, iterations=50, val_iterations=2)
+WeakCycleTrainer_ckpt_phantom_xlong = _phantom_variant("xlong", {**LONG_BUDGET, "epochs": 400})
+# ablation: no adversarial term on the composite
+WeakCycleTrainer_ckpt_phantom_long_nocomposite = _phantom_variant(
+    "long_nocomposite", LONG_BUDGET, cycle_loss_weights={**CYCLE_LOSS_WEIGHTS, "adversarial_composite": 0.0})
 
 
 # real samples (160x160 / 256x256 patches): 50 iterations per epoch, 20 translation epochs (1000 iterations), 5
