@@ -427,6 +427,21 @@ def test_refinement_views_teacher_ignore_and_best_checkpoint_restart(weak_prepro
     shrinking = [{"teacher/lesion": 0.145}, {}, {"teacher/lesion": 0.065}, {"teacher/lesion": 0.030}]
     assert any("14.5% to 3.0% in 3 updates" in w for w in trainer.vital_sign_warnings(shrinking))
     assert not any("shrinking" in w for w in trainer.vital_sign_warnings(shrinking[:3] + [{"teacher/lesion": 0.06}]))
+    # with "keep" the unsure pixels keep the labels they had: a lesion/background board survives an unsure teacher,
+    # and only its confident pixels change
+    inside = before != -1
+    board = np.where(inside, (np.indices(before.shape).sum(0) % 2).astype(np.int8), before)
+    trainer.pseudo_masks[case] = board.copy()
+    trainer.teacher_uncertain = "keep"
+    trainer.update_pseudo_masks_from_teacher()
+    assert np.array_equal(trainer.pseudo_masks[case], board)
+    trainer.teacher_keep_fraction = 0.8  # probability 0.70 everywhere: the class-balanced rule calls it all lesion
+    trainer.update_pseudo_masks_from_teacher()
+    assert np.array_equal(trainer.pseudo_masks[case], np.where(inside, 1, before))
+    trainer.teacher_uncertain = "drop"
+    with pytest.raises(ValueError, match="teacher_uncertain must be 'ignore' or 'keep', got 'drop'"):
+        trainer.update_pseudo_masks_from_teacher()
+    trainer.teacher_uncertain = "ignore"
     assert np.load(trainer.pseudo_mask_folder / f"{case}.npy").min() == -1  # what the data loader reads
 
     # the teacher runs (and the consistency term acts) on the disease cases' samples only: the others' labels are

@@ -10,7 +10,8 @@ samples, through the converters and the stock commands.
         --work /tmp/wc_isic
 
 Phantom budgets: 2000 translation iterations (default, with the teacher-update ablation), --long 6000 (--long
---no-composite: the ablation without the adversarial term on the composite, which writes no targets), --xlong 16000.
+--no-composite: the ablation without the adversarial term on the composite; --long --uncertain-keep: the candidate
+teacher rule that keeps the pseudo-label of pixels the teacher is unsure about; neither writes targets), --xlong 16000.
 
 --data is the source folder: the real sample, or for the phantom the folder it is generated into (kept there). One
 stock `nnUNetv2_train` per seed with WeakCycleTrainer_ckpt_* (bench/weak_cycle/trainers/
@@ -196,13 +197,18 @@ def main(argv=None) -> int:
     p.add_argument("--no-composite", action="store_true",
                    help="phantom, --long: the ablation without the adversarial term on the composite (writes no "
                         "targets)")
+    p.add_argument("--uncertain-keep", action="store_true",
+                   help="phantom, --long: the candidate teacher rule that keeps the pseudo-label of pixels the teacher "
+                        "is unsure about (teacher_uncertain = 'keep'); compared on validation, writes no targets")
     p.add_argument("--no-ablation", action="store_true",
                    help="phantom: skip the arm with the teacher's pseudo-label updates ablated")
     args = p.parse_args(argv)
-    if (args.xlong or args.no_composite) and args.dataset != "phantom":
-        p.error("--xlong and --no-composite are phantom runs")
-    if args.no_composite and not args.long:
-        p.error("--no-composite runs with --long")
+    if (args.xlong or args.no_composite or args.uncertain_keep) and args.dataset != "phantom":
+        p.error("--xlong, --no-composite and --uncertain-keep are phantom runs")
+    if (args.no_composite or args.uncertain_keep) and not args.long:
+        p.error("--no-composite and --uncertain-keep run with --long")
+    if args.no_composite and args.uncertain_keep:
+        p.error("--no-composite and --uncertain-keep are separate runs")
     work, out = Path(args.work), Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     env = stock.work_environment(work / "nnunet", device="cpu")
@@ -213,9 +219,9 @@ def main(argv=None) -> int:
     trainer += budget
     if args.dataset == "isic":
         trainer += "_isic"  # the original's ISIC loss weights
-    if args.no_composite:
-        trainer += "_nocomposite"
-    tag = args.dataset + budget + ("_nocomposite" if args.no_composite else "")
+    variant = "_nocomposite" if args.no_composite else "_keep" if args.uncertain_keep else ""
+    trainer += variant
+    tag = args.dataset + budget + variant
     runs = [run_seed(tag, setup, trainer, seed, work, env, out) for seed in args.seeds]
     summary, targets = summarise(args.dataset, runs)
     if args.dataset == "phantom" and not budget and not args.no_ablation:
@@ -236,8 +242,8 @@ def main(argv=None) -> int:
                                                  default=str))
     (out / f"{name}.md").write_text(markdown(args.dataset, args, runs, summary, targets))
     print(json.dumps({"summary": summary, "targets": targets}, indent=1))
-    if args.no_composite:
-        return 0  # an ablation: its numbers stand beside the method's, not as its targets
+    if variant:
+        return 0  # an ablation or a candidate: its numbers stand beside the method's, not as its targets
     targets_file = out / "targets.json"
     previous = json.loads(targets_file.read_text()) if targets_file.is_file() else []
     prefix = targets[0]["target"].split(":")[0] + ":"

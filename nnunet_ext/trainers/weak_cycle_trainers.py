@@ -140,6 +140,9 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     # class-balanced thresholds: each class keeps at least this share of the pixels the teacher assigns to it (its
     # most confident ones), however unsure the teacher; None: the absolute confidence alone
     teacher_keep_fraction: float | None = 0.8  # chosen on validation: bench/weak_cycle/bench_weak_cycle_teacher_rule.py
+    # what an update does with the pixels the teacher is unsure about: "ignore" (the student learns nothing there) or
+    # "keep" (they keep their current pseudo-label, so only confident pixels change it)
+    teacher_uncertain = "ignore"
     pseudo_update_every = 5  # epochs of refinement between pseudo-mask updates; 0: never
     strong_noise_std = 0.1
     strong_contrast = 0.25
@@ -537,7 +540,11 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     def update_pseudo_masks_from_teacher(self) -> None:
         """Confident teacher pixels set the pseudo-labels inside the body (probability >= high: lesion, <= low:
         background; `teacher_thresholds`: teacher_confidence, class-balanced by teacher_keep_fraction); the rest
-        become the ignore label, so the student learns nothing there."""
+        become the ignore label, so the student learns nothing there, or with teacher_uncertain "keep" keep the label
+        they had."""
+        if self.teacher_uncertain not in ("ignore", "keep"):
+            raise ValueError(f"{type(self).__name__}.teacher_uncertain must be 'ignore' or 'keep', got "
+                             f"{self.teacher_uncertain!r}")
         dataset_tr, _ = super().get_tr_and_val_datasets()
         ignore = np.int8(self.label_manager.ignore_label)
         cases = list(self.pseudo_masks)
@@ -552,7 +559,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         for case, body, probability in zip(cases, bodies, probabilities, strict=True):
             old = self.pseudo_masks[case]
             new = np.full(body.shape, np.int8(OUTSIDE), np.int8)
-            new[body] = ignore
+            new[body] = old[0][body] if self.teacher_uncertain == "keep" else ignore
             new[body & (probability >= high)] = self.lesion_label
             new[body & (probability <= low)] = 0
             changed += int((new[body] != old[0][body]).sum())
@@ -567,7 +574,8 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         self.print_to_log_file(f"Teacher updated {changed} pseudo-mask pixels ({100 * changed / max(total, 1):.2f}% of "
                                f"the body), {100 * ignored / max(total, 1):.2f}% now ignored (uncertain): lesion at "
                                f"probability >= {high:.3f}, background <= {low:.3f} (teacher_confidence "
-                               f"{self.teacher_confidence}, teacher_keep_fraction {self.teacher_keep_fraction})")
+                               f"{self.teacher_confidence}, teacher_keep_fraction {self.teacher_keep_fraction}, "
+                               f"uncertain pixels: {self.teacher_uncertain})")
 
     def publish_pseudo_masks(self) -> None:
         """Write the pseudo-masks the data loader reads. Under DDP rank 0 writes and the other ranks, once it is done,

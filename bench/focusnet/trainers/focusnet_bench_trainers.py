@@ -81,6 +81,10 @@ class FocusNetV2Trainer_hnbench_attached(FocusNetV2Trainer_hnbench_fullsnet):
     sol_input = "last"
 
 
+class FocusNetV2Trainer_hnbench_sigma5(FocusNetV2Trainer_hnbench_fullsnet):
+    heatmap_sigma = 5.0
+
+
 class _FocusNetV2CostProbe(FocusNetV2Trainer):
     """For bench/harness/bench_trainers.py, which times the steps of the epoch it starts in and predicts with the
     network as it is: start in `start_phase`, with pasting on and every small organ pasted in every window (threshold
