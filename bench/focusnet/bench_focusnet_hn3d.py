@@ -19,8 +19,8 @@ Rows (bench/focusnet/trainers; all with the same narrow S-Net, features 8-64), p
 - stock_mirrored, focusnet_mirrored: stock and focusnet_same_snet with nnU-Net's mirroring along every axis
   (lateral_axis = None). Every other row leaves out the left-right axis, where the labels come in left/right pairs
   (nnunet_ext.training.mirroring): the rows before 2026-12-01's "lateral" run mirrored along it;
-- focusnet_sigma5: as focusnet_same_snet with the heatmap target's sigma at the original's 5 voxels instead of 3
-  (compared on the validation cases, see the "Validation" table);
+- focusnet_sigma3: as focusnet_same_snet with the heatmap target's sigma at 3 voxels, the default before
+  2026-12-01, instead of the original's 5 (the runs' own validation cases compare them: the "Validation" table);
 - stock_rot15: stock with in-plane rotation within +-15 degrees instead of nnU-Net's +-180 for near-square 2d
   patches (a diagnostic: whether a paired organ's side is lost to the slices' orientation).
 How budget is counted: iterations of the segmentation network (S-Net) for "same S-Net budget", all training
@@ -59,8 +59,8 @@ ROWS = {"stock": "nnUNetTrainer_hnbench", "focusnet_equal_total": "FocusNetV2Tra
         "focusnet_same_snet": "FocusNetV2Trainer_hnbench_fullsnet", "focusnet_mse": "FocusNetV2Trainer_hnbench_mse",
         "focusnet_attached": "FocusNetV2Trainer_hnbench_attached", "stock_mirrored": "nnUNetTrainer_hnbench_mirrored",
         "focusnet_mirrored": "FocusNetV2Trainer_hnbench_mirrored", "stock_rot15": "nnUNetTrainer_hnbench_rot15",
-        "focusnet_sigma5": "FocusNetV2Trainer_hnbench_sigma5"}
-ABLATIONS = ("focusnet_mse", "focusnet_attached", "focusnet_mirrored", "focusnet_sigma5")
+        "focusnet_sigma3": "FocusNetV2Trainer_hnbench_sigma3"}
+ABLATIONS = ("focusnet_mse", "focusnet_attached", "focusnet_mirrored", "focusnet_sigma3")
 THRESHOLDS = (0.3, 0.45, 0.6, 0.75, 0.9)
 SPEC_THRESHOLD = 0.6
 

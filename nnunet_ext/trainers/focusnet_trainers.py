@@ -86,7 +86,7 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
     # reference centroid; patches without the organ always get a predicted-peak crop, which must come out empty
     sos_predicted_crop_fraction = 0.5
     # SOL-Net targets: Gaussian with this sigma in voxels along the finest axis (coarser axes scaled by spacing)
-    heatmap_sigma = 3.0
+    heatmap_sigma = 5.0  # the original's; 3 before 2026-12-01 (bench/results/focusnet/*_sigma.md)
     # losses and optimizers
     heatmap_loss = "focal"  # "focal": penalty-reduced focal (localises); "mse": the original's (collapses, ablation)
     heatmap_weight = 2.0

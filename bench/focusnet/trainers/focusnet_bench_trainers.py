@@ -81,8 +81,8 @@ class FocusNetV2Trainer_hnbench_attached(FocusNetV2Trainer_hnbench_fullsnet):
     sol_input = "last"
 
 
-class FocusNetV2Trainer_hnbench_sigma5(FocusNetV2Trainer_hnbench_fullsnet):
-    heatmap_sigma = 5.0
+class FocusNetV2Trainer_hnbench_sigma3(FocusNetV2Trainer_hnbench_fullsnet):
+    heatmap_sigma = 3.0
 
 
 class _FocusNetV2CostProbe(FocusNetV2Trainer):
