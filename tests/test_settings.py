@@ -623,7 +623,7 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     (WeakCycleTrainer, "consistency_on_certain"): Step(True, weak_consistency_samples),
     (WeakCycleTrainer, "teacher_confidence"): Step(0.5, weak_teacher_rewrites),
     (WeakCycleTrainer, "teacher_keep_fraction"): Step(None, weak_teacher_rewrites),
-    (WeakCycleTrainer, "teacher_uncertain"): Step("keep", weak_teacher_rewrites),
+    (WeakCycleTrainer, "teacher_uncertain"): Step("ignore", weak_teacher_rewrites),
     (WeakCycleTrainer, "pseudo_update_every"): Step(2, weak_update_epochs),
     (WeakCycleTrainer, "strong_noise_std"): Step(0.5, weak_strong_view),
     (WeakCycleTrainer, "strong_contrast"): Step(0.5, weak_strong_view),

@@ -403,6 +403,7 @@ def test_refinement_views_teacher_ignore_and_best_checkpoint_restart(weak_prepro
 
     case = trainer.weak_cases.disease[0]
     before = trainer.pseudo_masks[case].copy()
+    trainer.teacher_uncertain = "ignore"  # unsure pixels become ignore (the default keeps their labels: below)
     head = unwrap(trainer.aux_modules["teacher"]).decoder.seg_layers[-1]
     with torch.no_grad():
         head.weight.zero_()
@@ -427,8 +428,8 @@ def test_refinement_views_teacher_ignore_and_best_checkpoint_restart(weak_prepro
     shrinking = [{"teacher/lesion": 0.145}, {}, {"teacher/lesion": 0.065}, {"teacher/lesion": 0.030}]
     assert any("14.5% to 3.0% in 3 updates" in w for w in trainer.vital_sign_warnings(shrinking))
     assert not any("shrinking" in w for w in trainer.vital_sign_warnings(shrinking[:3] + [{"teacher/lesion": 0.06}]))
-    # with "keep" the unsure pixels keep the labels they had: a lesion/background board survives an unsure teacher,
-    # and only its confident pixels change
+    # with "keep" (the default) the unsure pixels keep the labels they had: a lesion/background board survives an
+    # unsure teacher, and only its confident pixels change
     inside = before != -1
     board = np.where(inside, (np.indices(before.shape).sum(0) % 2).astype(np.int8), before)
     trainer.pseudo_masks[case] = board.copy()

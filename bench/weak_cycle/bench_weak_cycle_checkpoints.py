@@ -10,8 +10,8 @@ samples, through the converters and the stock commands.
         --work /tmp/wc_isic
 
 Phantom budgets: 2000 translation iterations (default, with the teacher-update ablation), --long 6000 (--long
---no-composite: the ablation without the adversarial term on the composite; --long --uncertain-keep: the candidate
-teacher rule that keeps the pseudo-label of pixels the teacher is unsure about; neither writes targets), --xlong 16000.
+--no-composite: the ablation without the adversarial term on the composite; --long --uncertain-ignore: the teacher
+rule before 2026-12-01, pixels the teacher is unsure about become ignore; neither writes targets), --xlong 16000.
 
 --data is the source folder: the real sample, or for the phantom the folder it is generated into (kept there). One
 stock `nnUNetv2_train` per seed with WeakCycleTrainer_ckpt_* (bench/weak_cycle/trainers/
@@ -197,18 +197,18 @@ def main(argv=None) -> int:
     p.add_argument("--no-composite", action="store_true",
                    help="phantom, --long: the ablation without the adversarial term on the composite (writes no "
                         "targets)")
-    p.add_argument("--uncertain-keep", action="store_true",
-                   help="phantom, --long: the candidate teacher rule that keeps the pseudo-label of pixels the teacher "
-                        "is unsure about (teacher_uncertain = 'keep'); compared on validation, writes no targets")
+    p.add_argument("--uncertain-ignore", action="store_true",
+                   help="phantom, --long: the teacher rule before 2026-12-01, pixels the teacher is unsure about "
+                        "become ignore (teacher_uncertain = 'ignore'); an ablation, writes no targets")
     p.add_argument("--no-ablation", action="store_true",
                    help="phantom: skip the arm with the teacher's pseudo-label updates ablated")
     args = p.parse_args(argv)
-    if (args.xlong or args.no_composite or args.uncertain_keep) and args.dataset != "phantom":
-        p.error("--xlong, --no-composite and --uncertain-keep are phantom runs")
-    if (args.no_composite or args.uncertain_keep) and not args.long:
-        p.error("--no-composite and --uncertain-keep run with --long")
-    if args.no_composite and args.uncertain_keep:
-        p.error("--no-composite and --uncertain-keep are separate runs")
+    if (args.xlong or args.no_composite or args.uncertain_ignore) and args.dataset != "phantom":
+        p.error("--xlong, --no-composite and --uncertain-ignore are phantom runs")
+    if (args.no_composite or args.uncertain_ignore) and not args.long:
+        p.error("--no-composite and --uncertain-ignore run with --long")
+    if args.no_composite and args.uncertain_ignore:
+        p.error("--no-composite and --uncertain-ignore are separate runs")
     work, out = Path(args.work), Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     env = stock.work_environment(work / "nnunet", device="cpu")
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
     trainer += budget
     if args.dataset == "isic":
         trainer += "_isic"  # the original's ISIC loss weights
-    variant = "_nocomposite" if args.no_composite else "_keep" if args.uncertain_keep else ""
+    variant = "_nocomposite" if args.no_composite else "_ignore" if args.uncertain_ignore else ""
     trainer += variant
     tag = args.dataset + budget + variant
     runs = [run_seed(tag, setup, trainer, seed, work, env, out) for seed in args.seeds]

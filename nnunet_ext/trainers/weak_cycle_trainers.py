@@ -140,9 +140,10 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     # class-balanced thresholds: each class keeps at least this share of the pixels the teacher assigns to it (its
     # most confident ones), however unsure the teacher; None: the absolute confidence alone
     teacher_keep_fraction: float | None = 0.8  # chosen on validation: bench/weak_cycle/bench_weak_cycle_teacher_rule.py
-    # what an update does with the pixels the teacher is unsure about: "ignore" (the student learns nothing there) or
-    # "keep" (they keep their current pseudo-label, so only confident pixels change it)
-    teacher_uncertain = "ignore"
+    # what an update does with the pixels the teacher is unsure about: "keep" (they keep their current pseudo-label, so
+    # only confident pixels change it) or "ignore" (the student learns nothing there, which shrank the lesion share
+    # update by update); chosen on validation: bench/results/weak_cycle/weak_cycle_checkpoints_phantom_long_keep.md
+    teacher_uncertain = "keep"
     pseudo_update_every = 5  # epochs of refinement between pseudo-mask updates; 0: never
     strong_noise_std = 0.1
     strong_contrast = 0.25

@@ -136,8 +136,9 @@ WeakCycleTrainer_ckpt_phantom_xlong = _phantom_variant("xlong", {**LONG_BUDGET, 
 # ablation: no adversarial term on the composite
 WeakCycleTrainer_ckpt_phantom_long_nocomposite = _phantom_variant(
     "long_nocomposite", LONG_BUDGET, cycle_loss_weights={**CYCLE_LOSS_WEIGHTS, "adversarial_composite": 0.0})
-# candidate teacher rule: pixels the teacher is unsure about keep their pseudo-label instead of becoming ignore
-WeakCycleTrainer_ckpt_phantom_long_keep = _phantom_variant("long_keep", LONG_BUDGET, teacher_uncertain="keep")
+# the teacher rule before 2026-12-01: pixels the teacher is unsure about become ignore (the default keeps their label;
+# the run that chose it used the then-candidate WeakCycleTrainer_ckpt_phantom_long_keep, the default trainer now)
+WeakCycleTrainer_ckpt_phantom_long_ignore = _phantom_variant("long_ignore", LONG_BUDGET, teacher_uncertain="ignore")
 
 
 # real samples (160x160 / 256x256 patches): 50 iterations per epoch, 20 translation epochs (1000 iterations), 5
