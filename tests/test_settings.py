@@ -61,7 +61,9 @@ from nnunet_ext.training.base import nnUNetExtTrainer, unwrap
 from nnunet_ext.training.mirroring import LateralMirroringMixin
 
 # `nnunet_ext demo` metadata and the bench harness's batch source, not training behaviour
-NOT_SETTINGS = {"demo_phantom", "demo_dice_floor", "benchmark_own_batches"}
+NOT_SETTINGS = {"demo_phantom", "demo_dice_floor", "benchmark_own_batches", "setting_choices"}
+# string settings that name something (a file) rather than pick one of a few behaviours: no setting_choices entry
+FREE_FORM = {"progress_plot"}
 
 TRAINERS = (nnUNetExtTrainer, AVFusionTrainer, AVFusionTrainer_GAN, FTSegNetTrainer, FTSegNetTrainer_DiceFocal,
             FocusNetV2Trainer, WeakCycleTrainer, FreeTumorTrainer, FreeTumorSynthesisTrainer)
@@ -705,6 +707,46 @@ def test_settings_all_have_probes():
         for name, owner in settings_of(cls).items():
             default = SPECS[cls].base.get(name, getattr(cls, name))
             assert PROBES[(owner, name)].value != default, f"{cls.__name__}.{name}: the probe's value is the default"
+
+
+def test_settings_choices_declared():
+    """Every setting that picks a behaviour by name declares its allowed values (setting_choices), which hold its
+    default and its probe's value: a new one cannot skip the start-up check below."""
+    for cls in TRAINERS:
+        choices = cls.declared_setting_choices()
+        settings = settings_of(cls)
+        assert set(choices) <= set(settings), f"{cls.__name__}: choices for non-settings {set(choices) - set(settings)}"
+        for name, owner in settings.items():
+            default = getattr(cls, name)
+            if isinstance(default, str) and name not in FREE_FORM:
+                assert name in choices, f"{cls.__name__}.{name} picks a behaviour by name but has no setting_choices"
+            if name in choices:
+                assert default in choices[name], f"{cls.__name__}.{name}: default {default!r} not allowed"
+                assert PROBES[(owner, name)].value in choices[name], f"{cls.__name__}.{name}: probe value not allowed"
+
+
+@pytest.mark.parametrize("trainer", [c for c in TRAINERS if c.declared_setting_choices()], ids=lambda c: c.__name__)
+def test_settings_mistyped_choice_refused_at_start(trainer, request, tmp_path, monkeypatch):
+    """A mistyped choice fails initialize() with the setting, the value and the allowed ones named, before the
+    network is built: not at the phase that first reads it (WeakCycle's teacher rule: after the whole translation)."""
+    spec = SPECS[trainer]
+    pre = request.getfixturevalue(spec.fixture)
+    base = type(f"{trainer.__name__}_choices", (trainer,), {"__module__": __name__, **spec.base})
+    t = build_trainer(base, pre, tmp_path, monkeypatch, spec.configuration, **dict(spec.env))
+    for name, allowed in trainer.declared_setting_choices().items():
+        typo = f"{allowed[0]}_"
+        setattr(t, name, typo)
+        with pytest.raises(ValueError) as error:
+            t.initialize()
+        delattr(t, name)
+        assert f"{name} must be one of {list(allowed)}, got {typo!r}" in str(error.value)
+        assert t.network is None and not t.was_initialized
+    # and in a subclass, as variants set them
+    name, allowed = next(iter(trainer.declared_setting_choices().items()))
+    variant = type(f"{base.__name__}_typo", (base,), {"__module__": __name__, name: allowed[0].upper()})
+    with pytest.raises(ValueError, match=f"{variant.__name__}.{name} must be one of"):
+        build_trainer(variant, pre, tmp_path / "variant", monkeypatch, spec.configuration,
+                      **dict(spec.env)).initialize()
 
 
 # ---------------------------------------------------------------------------------------------- the test

@@ -23,7 +23,7 @@ from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
 
 from nnunet_ext.methods.av_fusion.loss import BranchLoss, branch_target, find_av_labels
-from nnunet_ext.methods.av_fusion.network import AVFusionNetwork, PixelDiscriminator
+from nnunet_ext.methods.av_fusion.network import FUSION_MODES, AVFusionNetwork, PixelDiscriminator
 from nnunet_ext.training.base import nnUNetExtTrainer
 from nnunet_ext.training.phases import Phase, PhaseSchedule
 from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
@@ -47,6 +47,7 @@ class AVFusionTrainer(nnUNetExtTrainer):
     demo_phantom = "av2d"
     demo_dice_floor = 0.75
     branch_loss_weight = 1.0  # weight of the artery and vein branches' Dice+BCE beside the fused Dice+CE
+    setting_choices = {"fusion_mode": FUSION_MODES}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

@@ -107,6 +107,7 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
     # phases in which the SOL head trains ("snet" always): in "sos" S-Net is frozen and the head keeps fitting its
     # features, as the original's heatmap-only stage; its poly schedule spans these phases
     sol_phases = ("snet", "sos")
+    setting_choices = {"heatmap_loss": tuple(HEATMAP_LOSSES), "sol_input": SOL_INPUTS}
     latent_weight = 5.0
     feature_weight = 1.0
     mse_weight = 1.0
@@ -200,6 +201,7 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
         self.sigma = tuple(self.heatmap_sigma * finest / s for s in spacing)
 
     def initialize(self):
+        self.check_settings()  # before planning the organs, which takes a pass over the training cases
         if not self.was_initialized:
             self.plan_focus()
         super().initialize()

@@ -236,6 +236,7 @@ class FreeTumorTrainer(_FreeTumorBase):
     # checkpoint when one is given, else "baseline" when at least qc_min_tumour_cases training cases hold a real
     # tumour, else "off" (a judge that has seen almost no tumour rejects every synthetic one: measured)
     quality_control = "auto"
+    setting_choices = {"synthesis_location": LOCATIONS, "quality_control": QC_MODES}
     qc_threshold = QC_THRESHOLD  # share of a synthetic tumour's voxels the judge must call tumour to keep it
     qc_min_tumour_cases = 10
     qc_baseline_fraction: int | float = 0.25  # "baseline": epochs (float: share of num_epochs) before the freeze
@@ -312,6 +313,7 @@ class FreeTumorTrainer(_FreeTumorBase):
         return location
 
     def initialize(self):
+        self.check_settings()  # the base checks too, but the resolutions below read the settings first
         # before the base builds the phase schedule and the auxiliary modules, which follow the judge
         self.pairs = organ_tumour_pairs(self.dataset_json, self.organ_tumour_labels, self.plans_manager.dataset_name)
         self.qc_mode, self.qc_reason = self.resolve_quality_control()

@@ -40,7 +40,7 @@ from torch import nn
 
 from nnunet_ext.methods.ftsegnet.loss import DC_and_Focal_loss
 from nnunet_ext.methods.ftsegnet.network import ClassificationPrior, FTSegNetwork, count_parameters, prior_strides
-from nnunet_ext.methods.ftsegnet.optim import GroupPolyLR, SGDAdamW
+from nnunet_ext.methods.ftsegnet.optim import RULES, GroupPolyLR, SGDAdamW
 from nnunet_ext.methods.ftsegnet.prior import (
     CLASS_TABLE,
     PRIOR,
@@ -75,6 +75,7 @@ class FTSegNetTrainer(nnUNetExtTrainer):
     transformer_weight_decay = 1e-2
     transformer_warmup = 50  # iterations of linear warm-up (AdamW only)
     progress_plot = "ftsegnet_progress.png"
+    setting_choices = {"transformer_optimizer": RULES}
     # `nnunet_ext demo --trainer FTSegNetTrainer`: the tumour phantom, and the Dice its _demo variant reached there
     # (0.988 measured on CPU, phantom seed 0). One false-positive speck on one of the 2 tumour-free held-out images
     # costs ~0.17 (Dice 0 there); background only lands at ~0.33

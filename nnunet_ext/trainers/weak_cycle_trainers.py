@@ -148,6 +148,8 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     strong_noise_std = 0.1
     strong_contrast = 0.25
     strong_brightness = 0.2
+    setting_choices = {"pseudo_source": ("attention", "cam"), "threshold_mode": ("otsu", "validation"),
+                       "teacher_uncertain": ("keep", "ignore")}
     # bench harness: the step needs this trainer's own batches (stacked strong and weak views), not stock's
     benchmark_own_batches = True
 

@@ -107,6 +107,10 @@ class nnUNetExtTrainer(nnUNetTrainer):
     unet_base_features: int | None = None
     # the fold folder's plot of epoch_vital_signs() (training/vitals.py), beside nnU-Net's progress.png
     progress_plot: str | None = None
+    # settings that take one of a few values, {setting: allowed values}: initialize() refuses any other value at
+    # once, instead of a phase switch hours into training tripping over a typo. Each class declares its own; the
+    # declarations of every class in the MRO apply (declared_setting_choices).
+    setting_choices: dict[str, tuple] = {}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -171,6 +175,21 @@ class nnUNetExtTrainer(nnUNetTrainer):
     def vital_sign_warnings(self, history: list[dict]) -> list[str]:
         """Warnings about the vital signs so far (history: one dict per epoch, with "epoch"), e.g. a collapse."""
         return []
+
+    @classmethod
+    def declared_setting_choices(cls) -> dict[str, tuple]:
+        """setting_choices of cls and every class it inherits from, the most derived declaration winning."""
+        choices: dict[str, tuple] = {}
+        for klass in reversed(cls.__mro__):
+            choices.update(vars(klass).get("setting_choices", {}))
+        return choices
+
+    def check_settings(self) -> None:
+        """ValueError naming the trainer, the setting and the allowed values for a value outside setting_choices."""
+        for name, allowed in self.declared_setting_choices().items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{type(self).__name__}.{name} must be one of {list(allowed)}, got {value!r}")
 
     # ------------------------------------------------------------------ network
     @classmethod
@@ -244,6 +263,7 @@ class nnUNetExtTrainer(nnUNetTrainer):
         return {NETWORK: self.network, **self.aux_modules}
 
     def initialize(self):
+        self.check_settings()
         self.phase_schedule = self.build_phase_schedule()
         if self.seed is not None:
             # ranks draw different batches, as in stock nnU-Net; DDP broadcasts rank 0's initial weights anyway
