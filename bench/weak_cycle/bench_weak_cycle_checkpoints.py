@@ -11,7 +11,8 @@ samples, through the converters and the stock commands.
 
 Phantom budgets: 2000 translation iterations (default, with the teacher-update ablation), --long 6000 (--long
 --no-composite: the ablation without the adversarial term on the composite; --long --uncertain-ignore: the teacher
-rule before 2026-12-01, pixels the teacher is unsure about become ignore; neither writes targets), --xlong 16000.
+rule before 2026-12-01, pixels the teacher is unsure about become ignore; neither writes targets), --xlong 16000
+(--xlong --uncertain-ignore: that rule at this budget, no targets).
 
 --data is the source folder: the real sample, or for the phantom the folder it is generated into (kept there). One
 stock `nnUNetv2_train` per seed with WeakCycleTrainer_ckpt_* (bench/weak_cycle/trainers/
@@ -198,15 +199,17 @@ def main(argv=None) -> int:
                    help="phantom, --long: the ablation without the adversarial term on the composite (writes no "
                         "targets)")
     p.add_argument("--uncertain-ignore", action="store_true",
-                   help="phantom, --long: the teacher rule before 2026-12-01, pixels the teacher is unsure about "
-                        "become ignore (teacher_uncertain = 'ignore'); an ablation, writes no targets")
+                   help="phantom, --long or --xlong: the teacher rule before 2026-12-01, pixels the teacher is "
+                        "unsure about become ignore (teacher_uncertain = 'ignore'); an ablation, writes no targets")
     p.add_argument("--no-ablation", action="store_true",
                    help="phantom: skip the arm with the teacher's pseudo-label updates ablated")
     args = p.parse_args(argv)
     if (args.xlong or args.no_composite or args.uncertain_ignore) and args.dataset != "phantom":
         p.error("--xlong, --no-composite and --uncertain-ignore are phantom runs")
-    if (args.no_composite or args.uncertain_ignore) and not args.long:
-        p.error("--no-composite and --uncertain-ignore run with --long")
+    if args.no_composite and not args.long:
+        p.error("--no-composite runs with --long")
+    if args.uncertain_ignore and not (args.long or args.xlong):
+        p.error("--uncertain-ignore runs with --long or --xlong")
     if args.no_composite and args.uncertain_ignore:
         p.error("--no-composite and --uncertain-ignore are separate runs")
     work, out = Path(args.work), Path(args.output)

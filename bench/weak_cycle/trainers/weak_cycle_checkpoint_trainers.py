@@ -139,6 +139,8 @@ WeakCycleTrainer_ckpt_phantom_long_nocomposite = _phantom_variant(
 # the teacher rule before 2026-12-01: pixels the teacher is unsure about become ignore (the default keeps their label;
 # the run that chose it used the then-candidate WeakCycleTrainer_ckpt_phantom_long_keep, the default trainer now)
 WeakCycleTrainer_ckpt_phantom_long_ignore = _phantom_variant("long_ignore", LONG_BUDGET, teacher_uncertain="ignore")
+WeakCycleTrainer_ckpt_phantom_xlong_ignore = _phantom_variant("xlong_ignore", {**LONG_BUDGET, "epochs": 400},
+                                                              teacher_uncertain="ignore")
 
 
 # real samples (160x160 / 256x256 patches): 50 iterations per epoch, 20 translation epochs (1000 iterations), 5
