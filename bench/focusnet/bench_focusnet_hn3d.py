@@ -31,7 +31,7 @@ mean, train and predict wall time. For FocusNetV2 rows, on each held-out case an
 the patch size around the organ (the slice where it is largest, in 2d) through the trained network: heatmap peak
 height, peak-to-centroid error in mm, peak inside half the ROI box, paste rate (peak above peak_threshold); the
 oracle row (SOS with its box on the reference centroid) beside S-Net in the same box; and the window Dice of the
-fused output for peak thresholds 0.3-0.9. Results: bench/results/focusnet/ (JSON, Markdown, targets.json).
+fused output for peak thresholds 0.1-0.9. Results: bench/results/focusnet/ (JSON, Markdown, targets.json).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ ROWS = {"stock": "nnUNetTrainer_hnbench", "focusnet_equal_total": "FocusNetV2Tra
         "focusnet_mirrored": "FocusNetV2Trainer_hnbench_mirrored", "stock_rot15": "nnUNetTrainer_hnbench_rot15",
         "focusnet_sigma3": "FocusNetV2Trainer_hnbench_sigma3"}
 ABLATIONS = ("focusnet_mse", "focusnet_attached", "focusnet_mirrored", "focusnet_sigma3")
-THRESHOLDS = (0.3, 0.45, 0.6, 0.75, 0.9)
+THRESHOLDS = (0.1, 0.2, 0.3, 0.45, 0.6, 0.75, 0.9)
 SPEC_THRESHOLD = 0.6
 
 

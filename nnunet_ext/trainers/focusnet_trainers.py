@@ -73,8 +73,9 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
     sos_features = 16  # SOS-Net base features (x1, x2, x4 over its three stages)
     peak_threshold = 0.6  # SOS replaces S-Net in a box only when the heatmap maximum exceeds this (spec)
     # after training the threshold is chosen among these on nnU-Net's validation cases of the fold, predicted as
-    # nnUNetv2_predict does (sliding window, mirroring), and saved with the final weights; None: keep peak_threshold
-    peak_threshold_candidates: tuple[float, ...] | None = (0.3, 0.45, 0.6, 0.75)
+    # nnUNetv2_predict does (sliding window, mirroring), and saved with the final weights; None: keep peak_threshold.
+    # 0.1 and 0.2 since 2026-12-01: every bench run had chosen 0.3, the lowest candidate then, on validation
+    peak_threshold_candidates: tuple[float, ...] | None = (0.1, 0.2, 0.3, 0.45, 0.6, 0.75)
     # small organs and ROI (nnunet_ext.methods.focusnet.organs)
     small_organs: tuple[str | int, ...] | None = None  # override; env nnUNet_ext_focusnet_small_organs wins
     small_organ_fraction = 0.01  # median voxels per case below this fraction of the median foreground
