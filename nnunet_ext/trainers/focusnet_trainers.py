@@ -220,12 +220,7 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
         return unwrap(self.network)
 
     def configure_optimizers(self):
-        if self.heatmap_loss not in HEATMAP_LOSSES:
-            raise ValueError(f"{self.__class__.__name__}.heatmap_loss must be one of {sorted(HEATMAP_LOSSES)}, got "
-                             f"{self.heatmap_loss!r}")
-        net = self.focus_network
-        if self.sol_input not in SOL_INPUTS:
-            raise ValueError(f"{self.__class__.__name__}.sol_input must be one of {SOL_INPUTS}, got {self.sol_input!r}")
+        net = self.focus_network  # heatmap_loss and sol_input: checked by initialize (setting_choices)
         if not 0 <= int(self.sol_stage) < len(net.stage_channels):
             raise ValueError(f"{self.__class__.__name__}.sol_stage must be a decoder stage of S-Net, 0 (full "
                              f"resolution) to {len(net.stage_channels) - 1}, got {self.sol_stage!r}")

@@ -275,8 +275,6 @@ class FreeTumorTrainer(_FreeTumorBase):
 
     def resolve_quality_control(self) -> tuple[str, str]:
         mode = self.quality_control
-        if mode not in QC_MODES:
-            raise ValueError(f"{self.__class__.__name__}.quality_control = {mode!r}; choose from {QC_MODES}")
         checkpoint = self.baseline_checkpoint or self.generator_checkpoint
         if mode in ("auto", "checkpoint") and checkpoint:
             return "checkpoint", f"judge {BASELINE_ENV if self.baseline_checkpoint else GENERATOR_ENV}={checkpoint}"
@@ -301,8 +299,6 @@ class FreeTumorTrainer(_FreeTumorBase):
 
     def resolve_location(self) -> str:
         location = self.synthesis_location
-        if location not in LOCATIONS:
-            raise ValueError(f"{self.__class__.__name__}.synthesis_location = {location!r}; choose from {LOCATIONS}")
         needs_step = self.qc_mode != "off" or self.generator_checkpoint is not None
         if location == "workers" and needs_step:
             raise ValueError(f"{self.__class__.__name__}.synthesis_location = 'workers' cannot run "
@@ -313,7 +309,9 @@ class FreeTumorTrainer(_FreeTumorBase):
         return location
 
     def initialize(self):
-        self.check_settings()  # the base checks too, but the resolutions below read the settings first
+        # the base checks too, but the resolutions below read quality_control and synthesis_location first, and rely
+        # on them being among their choices
+        self.check_settings()
         # before the base builds the phase schedule and the auxiliary modules, which follow the judge
         self.pairs = organ_tumour_pairs(self.dataset_json, self.organ_tumour_labels, self.plans_manager.dataset_name)
         self.qc_mode, self.qc_reason = self.resolve_quality_control()
