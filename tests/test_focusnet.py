@@ -543,8 +543,84 @@ def test_focusnet_warns_when_no_organ_would_be_pasted_after_the_snet_phase():
         SimpleNamespace(phase_fractions=(0.5, 0.1, 0.25), heatmap_weight=2.0, latent_weight=5.0, feature_weight=1.0,
                         mse_weight=1.0)))
     row = {"peak/chiasm": 0.2, "paste_rate/chiasm": 0.0, "paste_rate/optic_nerve_l": None}
-    warn = FocusNetV2Trainer.vital_sign_warnings
+    warn = FocusNetV2Trainer.paste_warnings
     assert warn(fake, [{"epoch": 3, **row}]) == []  # still in the snet phase (epochs 0-4)
     (message,) = warn(fake, [{"epoch": 4, **row}])
     assert "peak_threshold 0.6" in message and "'chiasm': 0.2" in message and "S-Net's alone" in message
     assert warn(fake, [{"epoch": 6, **row, "paste_rate/chiasm": 0.25}]) == []
+
+
+@pytest.mark.mechanism
+def test_focusnet_sos_crops_without_the_organ_stay_in_proportion():
+    """In 2d a small organ shows in about one slice of 24: SOS gets as many crops without it (drawn at random) as
+    with it, at least one, instead of ~18 empty crops per organ crop, under which half the bench's SOS-Nets
+    collapsed to 'never the organ'."""
+    seg = torch.zeros(19, 1, 40, 40)
+    seg[3, 0, 10:13, 20:23] = 5
+    fake = SimpleNamespace(selection=SimpleNamespace(labels=(5,)), box=(8, 8), roi_jitter=0.0, case_labels={},
+                           sos_predicted_crop_fraction=0.5, sos_absent_crop_ratio=1.0)
+    fake.organ_crops = lambda s, k, jitter=True: FocusNetV2Trainer.organ_crops(fake, s, k, jitter)
+    fake.organ_present = lambda keys, b, lab: FocusNetV2Trainer.organ_present(fake, keys, b, lab)
+    heat = torch.zeros(19, 1, 40, 40)
+    heat[:, 0, 30, 30] = 1.0  # every peak far from the organ: the absent items' crops sit there
+    np.random.seed(0)
+    draws = [FocusNetV2Trainer.sos_crops(fake, seg, heat, 0, None) for _ in range(40)]
+    assert all(len(d) == 2 and 3 in [b for b, _ in d] for d in draws)
+    others = {b for d in draws for b, _ in d if b != 3}
+    assert len(others) > 10  # the empty crop is drawn anew each step, not always the same item
+    assert all(not crop(seg[b:b + 1] == 5, s, fake.box).any() for d in draws for b, s in d if b != 3)
+    seg[7, 0, 30:33, 5:8] = 5
+    assert len(FocusNetV2Trainer.sos_crops(fake, seg, heat, 0, None)) == 4  # two with the organ, two without
+    assert len(FocusNetV2Trainer.sos_crops(fake, torch.zeros(19, 1, 40, 40), heat, 0, None)) == 1
+    fake.sos_absent_crop_ratio = None
+    assert len(FocusNetV2Trainer.sos_crops(fake, seg, heat, 0, None)) == 19
+
+
+def test_focusnet_warns_when_an_sos_net_marks_nothing_in_its_boxes():
+    fake = SimpleNamespace(sos_collapse_epochs=3)
+    warn = FocusNetV2Trainer.sos_warnings
+
+    def history(marks: list[float | None]) -> list[dict]:
+        return [{"epoch": e, "sos_marks/chiasm": m, "sos_marks/optic_nerve_l": 0.5 if m is not None else None}
+                for e, m in enumerate(marks)]
+
+    assert warn(fake, history([None, None, 0.0, 0.0])) == []  # two epochs of the sos phase: too early to tell
+    (message,) = warn(fake, history([None, 0.0, 0.0, 0.0]))
+    assert "chiasm" in message and "optic_nerve_l" not in message and "3 epochs" in message
+    assert warn(fake, history([None, 0.0, 0.2, 0.0])) == []  # it marked something in between
+    assert warn(fake, history([0.0, 0.0, 0.0, None])) == []  # the last epoch measured nothing (organ not shown)
+
+
+@pytest.mark.mechanism
+def test_focusnet_shape_prior_acts_on_crops_that_hold_the_organ_only(hn_preprocessed, tmp_path, monkeypatch):
+    """In the adversarial phase the autoencoder's terms constrain organ shapes: a batch whose crops are all empty
+    trains the SOS-Nets with their segmentation loss alone and leaves the autoencoder as it was; with the organs in
+    the crops the autoencoder moves. The SOS-Nets' learning rate anneals over their phases."""
+    t = build_trainer(_Narrow, hn_preprocessed, tmp_path, monkeypatch, nnUNet_ext_seed="0")
+    t.num_epochs = 10
+    t.initialize()
+    full_batch, _ = _one_case_batch(t)
+    empty_batch = {**full_batch, "target": [level.clone() for level in full_batch["target"]]}
+    for level in empty_batch["target"]:
+        for lab in t.selection.labels:
+            level[level == lab] = 0
+    _enter_phase(t, "adversarial")
+    net, ae = t.focus_network, t.aux_modules["shape_ae"]
+
+    def snapshot(module):
+        return [p.detach().clone() for p in module.parameters()]
+
+    ae_before, sos_before = snapshot(ae), snapshot(net.sos)
+    t.train_step(empty_batch)
+    assert all(torch.equal(a, p) for a, p in zip(ae_before, ae.parameters(), strict=True))
+    assert not all(torch.equal(a, p) for a, p in zip(sos_before, net.sos.parameters(), strict=True))
+    t.train_step(full_batch)
+    assert not all(torch.equal(a, p) for a, p in zip(ae_before, ae.parameters(), strict=True))
+
+    sos = t.phase_schedule.resolved("sos", t.num_epochs)
+    rates = []
+    for epoch in (sos.start, t.num_epochs - 1):
+        t.current_epoch = epoch
+        t.on_train_epoch_start()
+        rates.append(t.sos_optimizer.param_groups[0]["lr"])
+    assert rates[0] == t.sos_lr and 0 < rates[1] < 0.5 * t.sos_lr

@@ -312,6 +312,20 @@ def sos_crop_starts(t) -> list:
     return t.sos_crops(seg, heat, 0, None)
 
 
+def sos_crop_items(t) -> list:
+    """Batch items that get an SOS crop when one item of six shows the organs and five do not."""
+    seg = torch.cat([organ_seg(t), torch.zeros((5, 1, *patch(t)))])
+    heat = torch.zeros((6, len(t.selection.labels), *seg.shape[2:]))
+    np.random.seed(0)
+    return [b for b, _ in t.sos_crops(seg, heat, 0, None)]
+
+
+def sos_collapse_warnings(t) -> int:
+    """Warnings after three epochs in which organ 0's SOS-Net marked nothing in any validation box."""
+    organ = t.selection.names[0]
+    return len(t.sos_warnings([{"epoch": e, f"sos_marks/{organ}": 0.0} for e in range(3)]))
+
+
 def sos_params(cls, t) -> int:
     net = network(cls, t)
     net.configure(t.selection.labels, t.box)
@@ -586,6 +600,8 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     (FocusNetV2Trainer, "roi_percentile"): Plan(0.0, lambda t: t.box),
     (FocusNetV2Trainer, "roi_jitter"): Step(0.0, roi_crop_starts),
     (FocusNetV2Trainer, "sos_predicted_crop_fraction"): Step(1.0, sos_crop_starts),
+    (FocusNetV2Trainer, "sos_absent_crop_ratio"): Step(None, sos_crop_items),
+    (FocusNetV2Trainer, "sos_collapse_epochs"): Step(2, sos_collapse_warnings),
     (FocusNetV2Trainer, "heatmap_loss"): Step("mse", heatmap_loss_at_zero),
     (FocusNetV2Trainer, "sol_lr"): Init(1e-3, lambda t: t.sol_optimizer.param_groups[0]["lr"]),
     (FocusNetV2Trainer, "sol_detach_features"): Init(False, lambda t: t.focus_network.sol_detached),

@@ -440,7 +440,7 @@ def test_refinement_views_teacher_ignore_and_best_checkpoint_restart(weak_prepro
     trainer.update_pseudo_masks_from_teacher()
     assert np.array_equal(trainer.pseudo_masks[case], np.where(inside, 1, before))
     trainer.teacher_uncertain = "drop"
-    with pytest.raises(ValueError, match="teacher_uncertain must be 'ignore' or 'keep', got 'drop'"):
+    with pytest.raises(ValueError, match=r"teacher_uncertain must be one of \['keep', 'ignore'\], got 'drop'"):
         trainer.update_pseudo_masks_from_teacher()
     trainer.teacher_uncertain = "ignore"
     assert np.load(trainer.pseudo_mask_folder / f"{case}.npy").min() == -1  # what the data loader reads

@@ -21,6 +21,8 @@ Rows (bench/focusnet/trainers; all with the same narrow S-Net, features 8-64), p
   (nnunet_ext.training.mirroring): the rows before 2026-12-01's "lateral" run mirrored along it;
 - focusnet_sigma3: as focusnet_same_snet with the heatmap target's sigma at 3 voxels, the default before
   2026-12-01, instead of the original's 5 (the runs' own validation cases compare them: the "Validation" table);
+- focusnet_keep_absent: as focusnet_same_snet with an SOS crop for every patch without the organ
+  (sos_absent_crop_ratio = None, the code before 2026-12-02: the ablation of keeping them in proportion);
 - stock_rot15: stock with in-plane rotation within +-15 degrees instead of nnU-Net's +-180 for near-square 2d
   patches (a diagnostic: whether a paired organ's side is lost to the slices' orientation).
 How budget is counted: iterations of the segmentation network (S-Net) for "same S-Net budget", all training
@@ -59,8 +61,9 @@ ROWS = {"stock": "nnUNetTrainer_hnbench", "focusnet_equal_total": "FocusNetV2Tra
         "focusnet_same_snet": "FocusNetV2Trainer_hnbench_fullsnet", "focusnet_mse": "FocusNetV2Trainer_hnbench_mse",
         "focusnet_attached": "FocusNetV2Trainer_hnbench_attached", "stock_mirrored": "nnUNetTrainer_hnbench_mirrored",
         "focusnet_mirrored": "FocusNetV2Trainer_hnbench_mirrored", "stock_rot15": "nnUNetTrainer_hnbench_rot15",
-        "focusnet_sigma3": "FocusNetV2Trainer_hnbench_sigma3"}
-ABLATIONS = ("focusnet_mse", "focusnet_attached", "focusnet_mirrored", "focusnet_sigma3")
+        "focusnet_sigma3": "FocusNetV2Trainer_hnbench_sigma3",
+        "focusnet_keep_absent": "FocusNetV2Trainer_hnbench_keep_absent"}
+ABLATIONS = ("focusnet_mse", "focusnet_attached", "focusnet_mirrored", "focusnet_sigma3", "focusnet_keep_absent")
 THRESHOLDS = (0.1, 0.2, 0.3, 0.45, 0.6, 0.75, 0.9)
 SPEC_THRESHOLD = 0.6
 
@@ -202,7 +205,11 @@ def run_row(row: str, seed: int, raw: Path, args, env: dict, work: Path) -> dict
     model = results / raw.name / f"{trainer}__{args.plans}__{args.configuration}"
     entry_file = work / f"{row}_seed{seed}.json"
     if entry_file.is_file():
-        return json.loads(entry_file.read_text())
+        entry = json.loads(entry_file.read_text())
+        if not row.startswith("stock") and "sos_validation" not in entry:  # entries of runs before it was recorded
+            entry["sos_validation"] = sos_validation(model / "fold_0" / "checkpoint_final.pth")
+            entry_file.write_text(json.dumps(entry, indent=1))
+        return entry
     t0 = time.time()
     stock.train(dataset_id, args.configuration, 0, trainer, run_env, log_file=work / f"{row}_seed{seed}.log",
                 plans=args.plans)
@@ -231,13 +238,45 @@ def run_row(row: str, seed: int, raw: Path, args, env: dict, work: Path) -> dict
         entry["fixed_threshold"] = fixed_threshold_row(model, raw, SPEC_THRESHOLD, work / f"pred_{row}_seed{seed}_t"
                                                        f"{SPEC_THRESHOLD}", run_env)
         entry["vital_signs_last_epoch"] = _last_vitals(model / "fold_0" / "checkpoint_final.pth")
+        entry["sos_validation"] = sos_validation(model / "fold_0" / "checkpoint_final.pth")
     entry_file.write_text(json.dumps(entry, indent=1))
     return entry
 
 
+def _vital_history(checkpoint: Path) -> list[dict]:
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["nnunet_ext"].get("vitals", [])
+
+
 def _last_vitals(checkpoint: Path) -> dict:
-    history = torch.load(checkpoint, map_location="cpu", weights_only=False)["nnunet_ext"].get("vitals", [])
+    history = _vital_history(checkpoint)
     return history[-1] if history else {}
+
+
+def sos_validation(checkpoint: Path, last: int = 3) -> dict:
+    """The SOS-Nets' vital sign (Dice in the oracle box on nnU-Net's validation patches), per small organ: mean of the
+    last `last` epochs of the sos phase and of the run, and the lowest epoch value in the adversarial phase; shows
+    whether the adversarial phase keeps what the sos phase learnt. The last epochs are fewer where the phase is."""
+    if not checkpoint.is_file():
+        return {}
+    from nnunet_ext.trainers.focusnet_trainers import FocusNetV2Trainer
+
+    history = _vital_history(checkpoint)
+    schedule = FocusNetV2Trainer.build_phase_schedule(FocusNetV2Trainer)
+    sos, adversarial = (schedule.resolved(name, len(history)) for name in ("sos", "adversarial"))
+    organs = [k.split("/", 1)[1] for k in history[-1] if k.startswith("sos_dice/")] if history else []
+
+    def values(rows: list[dict], organ: str) -> list[float]:
+        return [r[f"sos_dice/{organ}"] for r in rows if r.get(f"sos_dice/{organ}") is not None]
+
+    out = {}
+    for organ in organs:
+        end_sos = values(history[max(sos.start, sos.end - last):sos.end], organ)
+        end_run = values(history[-last:], organ)
+        adv = values(history[adversarial.start:adversarial.end], organ)
+        out[organ] = {"end_of_sos_phase": float(np.mean(end_sos)) if end_sos else None,
+                      "end_of_run": float(np.mean(end_run)) if end_run else None,
+                      "adversarial_min": float(min(adv)) if adv else None}
+    return out
 
 
 def mean_over_seeds(entries: list[dict], small: list[str]) -> dict:
@@ -347,6 +386,19 @@ def markdown(report: dict, small: list[str], large: list[str]) -> str:
             peaks = [f"{vitals[f'peak/{o}']:.3f}" if f"peak/{o}" in vitals else "-" for o in small]
             lines.append(f"| {row} | {e['seed']} | {v['chosen']} | {v['mean_small_organ_dice'][str(v['chosen'])]:.3f}"
                          f" | " + " | ".join(peaks) + " |")
+    sos_rows = [(row, e) for row, es in report["runs"].items() for e in es if e.get("sos_validation")]
+    if sos_rows:
+        lines += ["", "SOS-Nets on the validation patches (vital sign `sos_dice`: Dice in the box at the reference "
+                  "centroid, nnU-Net's fold-0 validation): mean of the last 3 epochs of the sos phase / of the run, "
+                  "and the lowest epoch of the adversarial phase:", "",
+                  "| row | seed | " + " | ".join(small) + " |", "|---|---|" + "---|" * len(small)]
+        for row, e in sos_rows:
+            cells = []
+            for o in small:
+                v = e["sos_validation"].get(o, {})
+                cells.append(" / ".join("-" if v.get(k) is None else f"{v[k]:.2f}"
+                                        for k in ("end_of_sos_phase", "end_of_run", "adversarial_min")))
+            lines.append(f"| {row} | {e['seed']} | " + " | ".join(cells) + " |")
     lines += ["", "Targets (issue 16):", "", "| target | measured | goal | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['measured']} | {t['goal']} | {'yes' if t['met'] else 'no'} |"
               for t in report["targets"]]

@@ -10,9 +10,12 @@ Phases of the epoch budget (nnunet_ext.training.phases; each resumes with --c):
   shape        the shape autoencoder on ground-truth small-organ crops (reconstruction)
   sos          one SOS-Net per small organ on ROI crops (binary focal + Tversky-Dice); S-Net frozen. Crops sit at the
                predicted heatmap peak (organ inside or not: SOS learns "nothing here") or, for a share
-               1 - sos_predicted_crop_fraction, at the jittered reference centroid
-  adversarial  SOS-Nets with their loss + 5 latent MSE + intermediate-feature MSE + MSE(sigmoid, reference), and the
-               autoencoder updated to reconstruct true shapes and to separate predicted from true shapes in latent space
+               1 - sos_predicted_crop_fraction, at the jittered reference centroid; crops without the organ at most
+               sos_absent_crop_ratio per crop with it (in 2d most patches miss a small organ)
+  adversarial  SOS-Nets with their loss + 5 latent MSE + intermediate-feature MSE + MSE(sigmoid, reference), the
+               shape terms on the crops that hold the organ, and the autoencoder updated on those to reconstruct true
+               shapes and to separate predicted from true shapes in latent space; the SOS-Nets' Adam anneals (poly)
+               over sos and adversarial
 
 Budget: S-Net trains in the snet phase only (phase_fractions[0] of the epochs) and anneals there; the later phases
 train the small networks with S-Net frozen. A run whose S-Net should get a stock run's E epochs therefore needs
@@ -20,7 +23,9 @@ E / phase_fractions[0] epochs in all (bench/focusnet/ reports both ways of count
 
 Vital signs every epoch (log and focusnet_progress.png): per small organ on the validation patches that show it, the
 heatmap peak height, the peak-to-centroid distance in mm, the share of peaks inside half the ROI box and the paste
-rate (peak above peak_threshold); a WARNING when no organ would be pasted once the snet phase is over.
+rate (peak above peak_threshold), and once the sos phase has begun the SOS-Net's Dice in the box around the
+reference centroid (oracle box); a WARNING when no organ would be pasted once the snet phase is over, and one when an
+SOS-Net marks nothing in any oracle box (collapsed to "never the organ": pasting it erases the organ).
 
 When training ends, the peak threshold above which SOS is pasted is chosen among peak_threshold_candidates on the
 fold's validation cases (predicted as nnUNetv2_predict would), logged, written to focusnet_peak_threshold.json and
@@ -35,6 +40,7 @@ label values, comma-separated).
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -86,6 +92,13 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
     # share of SOS training crops placed at the predicted heatmap peak (what inference does), the rest at the jittered
     # reference centroid; patches without the organ always get a predicted-peak crop, which must come out empty
     sos_predicted_crop_fraction = 0.5
+    # crops of patches without the organ kept per organ and batch: at most this many per crop that shows it (at least
+    # one; None: all). In 2d a small organ shows in ~1 slice in 24, so keeping all made SOS see ~20 empty crops per
+    # organ crop and half the bench's SOS-Nets collapsed to "never the organ" (oracle-box Dice 0, docs/focusnet.md)
+    sos_absent_crop_ratio: float | None = 1.0
+    # epochs in a row an SOS-Net may mark no voxel in any validation oracle box before the log warns that it has
+    # collapsed (its first steps, from random weights, can sit below 0.5 everywhere)
+    sos_collapse_epochs = 5
     # SOL-Net targets: Gaussian with this sigma in voxels along the finest axis (coarser axes scaled by spacing)
     heatmap_sigma = 5.0  # the original's; 3 before 2026-12-01 (bench/results/focusnet/*_sigma.md)
     # losses and optimizers
@@ -131,7 +144,9 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
         self.sos_optimizer: torch.optim.Optimizer | None = None
         self.sol_optimizer: torch.optim.Optimizer | None = None
         self.sol_scheduler: PhasePolyLRScheduler | None = None
+        self.sos_scheduler: PhasePolyLRScheduler | None = None
         self._localisation: dict[int, list[tuple[float, float, bool, bool]]] = {}
+        self._sos: dict[int, list[tuple[float, float]]] = {}
 
     def build_phase_schedule(self) -> PhaseSchedule:
         snet, shape, sos = self.phase_fractions
@@ -240,6 +255,9 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
         self.sol_optimizer = torch.optim.Adam(net.sol.parameters(), lr=self.sol_lr)
         self.sol_scheduler = PhasePolyLRScheduler(self.sol_optimizer, self.sol_lr, snet.start, last.end)
         self.sos_optimizer = torch.optim.Adam(net.sos.parameters(), lr=self.sos_lr)
+        # the SOS-Nets anneal over the phases they train in (sos, adversarial), as S-Net over its own
+        sos = self.phase_schedule.resolved("sos", self.num_epochs)
+        self.sos_scheduler = PhasePolyLRScheduler(self.sos_optimizer, self.sos_lr, sos.start, self.num_epochs)
         return optimizer, PhasePolyLRScheduler(optimizer, self.initial_lr, snet.start, snet.end)
 
     def build_aux_modules(self) -> dict[str, nn.Module]:
@@ -267,6 +285,7 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         self.sol_scheduler.step(self.current_epoch)
+        self.sos_scheduler.step(self.current_epoch)
 
     # ------------------------------------------------------------------ targets
     def heatmap_targets(self, seg: torch.Tensor, keys) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,18 +331,22 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
     def sos_crops(self, seg: torch.Tensor, heat: torch.Tensor, k: int, keys) -> list[tuple[int, tuple[int, ...]]]:
         """(batch item, box start) of organ k's SOS training crops: at the predicted heatmap peak (what inference
         pastes, with its localisation error) for a share sos_predicted_crop_fraction of the items that show the
-        organ and for every item whose patch misses it (the crop then holds no organ: SOS learns to say so); at the
-        jittered reference centroid for the others. Items of cases without the organ annotated get no crop."""
+        organ and for the items whose patch misses it (the crop then holds no organ: SOS learns to say so; at most
+        sos_absent_crop_ratio of them per item that shows it, at least one, drawn at random); at the jittered reference
+        centroid for the others. Items of cases without the organ annotated get no crop."""
         lab = self.selection.labels[k]
         reference = dict(self.organ_crops(seg, k))
         spatial = tuple(seg.shape[2:])
+        absent = [b for b in range(seg.shape[0]) if b not in reference and self.organ_present(keys, b, lab)]
+        if self.sos_absent_crop_ratio is not None:
+            keep = max(1, math.ceil(self.sos_absent_crop_ratio * len(reference)))
+            if len(absent) > keep:
+                absent = sorted(np.random.choice(absent, keep, replace=False).tolist())
         out = []
         for b in range(seg.shape[0]):
-            if not self.organ_present(keys, b, lab):
-                continue
             if b in reference and np.random.uniform() >= self.sos_predicted_crop_fraction:
                 out.append((b, reference[b]))
-            else:
+            elif b in reference or b in absent:
                 out.append((b, place_box(peak(heat[b, k])[0], self.box, spatial)))
         return out
 
@@ -406,16 +429,20 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
         data, _, full, keys = self._batch(batch)
         phase = self.current_phase.phase
         ae, ae_opt = unwrap(self.aux_modules["shape_ae"]), self.aux_optimizers["shape_ae"]
-        # SOS-Nets: segmentation loss plus the shape-prior terms, the autoencoder fixed (its grads dropped below)
+        # SOS-Nets: segmentation loss on every crop plus the shape-prior terms on the crops that hold the organ, the
+        # autoencoder fixed (its grads dropped below). An empty crop has no shape to constrain, and the autoencoder,
+        # which learnt organ shapes only, codes it arbitrarily: with the terms on empty crops the SOS-Nets' validation
+        # Dice fell from ~0.8 to 0-0.4 during this phase on the bench (docs/focusnet.md)
         self.sos_optimizer.zero_grad(set_to_none=True)
         with self.autocast():
             results = self._sos_predictions(data, full, keys)
-            total = []
-            for k, logits, ref in results:
+            shaped = [(k, logits[has], ref[has]) for k, logits, ref in results
+                      if (has := ref.flatten(1).any(1)).any()]
+            total = [phase.loss_weight("sos") * fl.sos_loss(logits, ref) for _, logits, ref in results]
+            for k, logits, ref in shaped:
                 terms = fl.shape_prior_terms(ae, k, torch.sigmoid(logits.float()), ref)
-                total.append(phase.loss_weight("sos") * fl.sos_loss(logits, ref)
-                             + sum(phase.loss_weight(name) * value for name, value in terms.items()))
-            loss = torch.stack(total).mean() if total else None
+                total.append(sum(phase.loss_weight(name) * value for name, value in terms.items()))
+            loss = torch.stack(total).sum() / len(results) if results else None
         if not self.any_rank(loss is not None):
             return {"loss": np.array(0.0)}
         self._step(loss, self.sos_optimizer, self.focus_network.sos.parameters())
@@ -423,8 +450,9 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
         ae_opt.zero_grad(set_to_none=True)
         with self.autocast():
             ae_loss = torch.stack([fl.autoencoder_adversarial_loss(ae, k, torch.sigmoid(logits.detach().float()), ref)
-                                   for k, logits, ref in results]).mean() if results else None
-        self._step(ae_loss, ae_opt, ae.parameters())
+                                   for k, logits, ref in shaped]).mean() if shaped else None
+        if self.any_rank(ae_loss is not None):
+            self._step(ae_loss, ae_opt, ae.parameters())
         return {"loss": np.array(0.0) if loss is None else loss.detach().cpu().numpy()}
 
     # ------------------------------------------------------------------ threshold on validation
@@ -499,6 +527,7 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
     def on_validation_epoch_start(self):
         super().on_validation_epoch_start()
         self._localisation = {lab: [] for lab in self.selection.labels}
+        self._sos = {lab: [] for lab in self.selection.labels}
 
     def validation_step(self, batch: dict) -> dict:
         # nnU-Net's validation pass, with the S-Net output it computes kept for the heatmap's vital signs
@@ -512,7 +541,24 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
         if out is not None and out.heat_logits is not None:
             target = batch["target"][0] if isinstance(batch["target"], list) else batch["target"]
             self.record_localisation(torch.sigmoid(out.heat_logits.float()).cpu(), target.cpu(), batch.get("keys"))
+            if bool(net.sos_ready):
+                self.record_sos(batch["data"].to(self.device, non_blocking=True), out, target.to(self.device),
+                                batch.get("keys"))
         return result
+
+    @torch.no_grad()
+    def record_sos(self, data: torch.Tensor, out, seg: torch.Tensor, keys) -> None:
+        """Per item and small organ shown in the patch: the SOS-Net's Dice in the box at the reference centroid (what
+        it would paste were the peak exact) and whether it marks any voxel there."""
+        net = self.focus_network
+        for k, lab in enumerate(self.selection.labels):
+            for b, start in self.organ_crops(seg, k, jitter=False):
+                if not self.organ_present(keys, b, lab):
+                    continue
+                pred = net.sos[k](net.sos_input(data, out, k, b, start))[0, 0] > 0
+                ref = crop(seg[b:b + 1] == lab, start, self.box)[0, 0]
+                dice = 2 * float((pred & ref).sum()) / max(1.0, float(pred.sum() + ref.sum()))
+                self._sos.setdefault(lab, []).append((dice, float(pred.any())))
 
     def record_localisation(self, heat: torch.Tensor, seg: torch.Tensor, keys) -> None:
         """Per item and small organ shown in the patch: (peak height, peak-to-centroid distance in mm, peak within
@@ -538,9 +584,17 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
             means = np.asarray(rows, float).mean(0).tolist() if rows else [None] * 4
             for group, value in zip(("peak", "error_mm", "in_half_box", "paste_rate"), means, strict=True):
                 vitals[f"{group}/{names[lab]}"] = value
+        for lab, rows in self._sos.items():
+            # None before the sos phase (SOS untrained, never pasted) and where no validation patch showed the organ
+            means = np.asarray(rows, float).mean(0).tolist() if rows else [None] * 2
+            for group, value in zip(("sos_dice", "sos_marks"), means, strict=True):
+                vitals[f"{group}/{names[lab]}"] = value
         return vitals
 
     def vital_sign_warnings(self, history: list[dict]) -> list[str]:
+        return self.paste_warnings(history) + self.sos_warnings(history)
+
+    def paste_warnings(self, history: list[dict]) -> list[str]:
         snet = self.phase_schedule.resolved("snet", self.num_epochs)
         last = history[-1]
         rates = {k: v for k, v in last.items() if k.startswith("paste_rate/") and v is not None}
@@ -549,6 +603,18 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
         peaks = {k.split("/", 1)[1]: round(v, 3) for k, v in last.items() if k.startswith("peak/") and v is not None}
         return [f"FocusNetV2: no small organ's heatmap peak exceeds peak_threshold {self.peak_threshold} on the "
                 f"validation patches (mean peaks {peaks}): SOS is never pasted and the predictions are S-Net's alone"]
+
+    def sos_warnings(self, history: list[dict]) -> list[str]:
+        """An SOS-Net that has marked no voxel in any validation oracle box for sos_collapse_epochs epochs in a row."""
+        recent = [row for row in history if any(k.startswith("sos_marks/") and v is not None for k, v in row.items())]
+        recent = recent[-self.sos_collapse_epochs:]
+        if len(recent) < self.sos_collapse_epochs or recent[-1] is not history[-1]:
+            return []
+        organs = [k.split("/", 1)[1] for k, v in recent[-1].items() if k.startswith("sos_marks/") and v is not None]
+        dead = [o for o in organs if all(row.get(f"sos_marks/{o}") == 0 for row in recent)]
+        return [f"FocusNetV2: the SOS-Net of {organ} has marked no voxel in any validation box around the organ for "
+                f"{self.sos_collapse_epochs} epochs: it has collapsed to 'never the organ', and where its heatmap "
+                "peak is pasted the organ is erased" for organ in dead]
 
 
 FocusNetV2Trainer_debug = short_variant(FocusNetV2Trainer, "FocusNetV2Trainer_debug", **{**DEBUG_BUDGET, "epochs": 5})

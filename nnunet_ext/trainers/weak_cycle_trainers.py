@@ -370,9 +370,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     def lesion_probability(self, generator: nn.Module, data: np.ndarray, body: np.ndarray | None = None
                            ) -> np.ndarray:
         """The pseudo-mask source map (`pseudo_source`: attention or CAM) on one case, 0 outside the body."""
-        if self.pseudo_source not in ("attention", "cam"):
-            raise ValueError(f"{self.__class__.__name__}.pseudo_source must be 'attention' or 'cam', got "
-                             f"{self.pseudo_source!r}")
+        self.check_settings("pseudo_source")
         probability = self.generator_maps(generator, data)[self.pseudo_source]
         return probability if body is None else probability * body
 
@@ -397,9 +395,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         """The threshold `threshold_mode` asks for: None (per-image Otsu) or the one chosen on validation."""
         if self.threshold_mode == "otsu":
             return None
-        if self.threshold_mode != "validation":
-            raise ValueError(f"{self.__class__.__name__}.threshold_mode must be 'otsu' or 'validation', got "
-                             f"{self.threshold_mode!r}")
+        self.check_settings("threshold_mode")
         chosen = self.pseudo_threshold or {}
         return chosen.get("threshold")
 
@@ -545,9 +541,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         background; `teacher_thresholds`: teacher_confidence, class-balanced by teacher_keep_fraction); the rest
         become the ignore label, so the student learns nothing there, or with teacher_uncertain "keep" keep the label
         they had."""
-        if self.teacher_uncertain not in ("ignore", "keep"):
-            raise ValueError(f"{type(self).__name__}.teacher_uncertain must be 'ignore' or 'keep', got "
-                             f"{self.teacher_uncertain!r}")
+        self.check_settings("teacher_uncertain")
         dataset_tr, _ = super().get_tr_and_val_datasets()
         ignore = np.int8(self.label_manager.ignore_label)
         cases = list(self.pseudo_masks)

@@ -184,9 +184,11 @@ class nnUNetExtTrainer(nnUNetTrainer):
             choices.update(vars(klass).get("setting_choices", {}))
         return choices
 
-    def check_settings(self) -> None:
-        """ValueError naming the trainer, the setting and the allowed values for a value outside setting_choices."""
-        for name, allowed in self.declared_setting_choices().items():
+    def check_settings(self, *names: str) -> None:
+        """ValueError naming the trainer, the setting and the allowed values for a value outside setting_choices; of
+        the settings `names` only where given (a setting read long after initialize may have been changed since)."""
+        declared = self.declared_setting_choices()
+        for name, allowed in declared.items() if not names else ((n, declared[n]) for n in names):
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"{type(self).__name__}.{name} must be one of {list(allowed)}, got {value!r}")

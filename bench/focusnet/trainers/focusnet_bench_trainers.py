@@ -11,6 +11,8 @@ sets: nnUNet_ext_bench_epochs (E) x nnUNet_ext_bench_iterations; this folder goe
 - FocusNetV2Trainer_hnbench_mse: as _fullsnet with the original's MSE heatmap loss (the ablation).
 - FocusNetV2Trainer_hnbench_attached: as _fullsnet with the SOL head as before issue 16's second round: on the last
   decoder stage only, its loss back-propagating into S-Net's features (the ablation of sol_input and the detach).
+- FocusNetV2Trainer_hnbench_keep_absent: as _fullsnet with an SOS crop for every patch without the organ (the ablation
+  of sos_absent_crop_ratio; the code before 2026-12-02).
 
 The width is a class attribute (unet_base_features), so stock nnUNetv2_predict builds the same narrow network."""
 
@@ -83,6 +85,10 @@ class FocusNetV2Trainer_hnbench_attached(FocusNetV2Trainer_hnbench_fullsnet):
 
 class FocusNetV2Trainer_hnbench_sigma3(FocusNetV2Trainer_hnbench_fullsnet):
     heatmap_sigma = 3.0
+
+
+class FocusNetV2Trainer_hnbench_keep_absent(FocusNetV2Trainer_hnbench_fullsnet):
+    sos_absent_crop_ratio = None  # every patch without the organ gives SOS an empty crop (before 2026-12-02)
 
 
 class _FocusNetV2CostProbe(FocusNetV2Trainer):
