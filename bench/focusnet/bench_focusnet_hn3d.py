@@ -234,6 +234,10 @@ def run_row(row: str, seed: int, raw: Path, args, env: dict, work: Path) -> dict
         if sweep_file.is_file():
             entry["peak_threshold_validation"] = json.loads(sweep_file.read_text())
         entry["localisation"] = summarise_localisation(loc, loc["peak_threshold"])
+        # per held-out case: which windows go unpasted, and whether it is the same case in every seed
+        entry["localisation_cases"] = {organ: [{"case": r["case"], "peak": round(r["peak"], 3),
+                                                "error_mm": round(r["error_mm"], 2)} for r in rows]
+                                       for organ, rows in loc["rows"].items()}
         entry["roi_box"] = loc["box"]
         entry["fixed_threshold"] = fixed_threshold_row(model, raw, SPEC_THRESHOLD, work / f"pred_{row}_seed{seed}_t"
                                                        f"{SPEC_THRESHOLD}", run_env)
