@@ -539,15 +539,21 @@ def test_focusnet_sos_trains_a_crop_without_its_organ_towards_empty(hn_preproces
 
 
 def test_focusnet_warns_when_no_organ_would_be_pasted_after_the_snet_phase():
-    fake = SimpleNamespace(num_epochs=10, peak_threshold=0.6, phase_schedule=FocusNetV2Trainer.build_phase_schedule(
-        SimpleNamespace(phase_fractions=(0.5, 0.1, 0.25), heatmap_weight=2.0, latent_weight=5.0, feature_weight=1.0,
-                        mse_weight=1.0)))
-    row = {"peak/chiasm": 0.2, "paste_rate/chiasm": 0.0, "paste_rate/optic_nerve_l": None}
+    fake = SimpleNamespace(num_epochs=10, peak_threshold=0.6, peak_threshold_candidates=(0.3, 0.1, 0.6),
+                           phase_schedule=FocusNetV2Trainer.build_phase_schedule(
+                               SimpleNamespace(phase_fractions=(0.5, 0.1, 0.25), heatmap_weight=2.0, latent_weight=5.0,
+                                               feature_weight=1.0, mse_weight=1.0)))
+    fake.paste_floor = FocusNetV2Trainer.paste_floor.fget(fake)
+    assert fake.paste_floor == 0.1
+    row = {"peak/chiasm": 0.05, "paste_rate/chiasm": 0.0, "pasteable/chiasm": 0.0, "pasteable/optic_nerve_l": None}
     warn = FocusNetV2Trainer.paste_warnings
     assert warn(fake, [{"epoch": 3, **row}]) == []  # still in the snet phase (epochs 0-4)
     (message,) = warn(fake, [{"epoch": 4, **row}])
-    assert "peak_threshold 0.6" in message and "'chiasm': 0.2" in message and "S-Net's alone" in message
-    assert warn(fake, [{"epoch": 6, **row, "paste_rate/chiasm": 0.25}]) == []
+    assert "exceeds 0.1, the lowest" in message and "'chiasm': 0.05" in message and "S-Net's alone" in message
+    # nothing above the training-time 0.6, but the end of training can still choose a threshold that pastes
+    assert warn(fake, [{"epoch": 6, **row, "pasteable/chiasm": 0.25}]) == []
+    fake.peak_threshold_candidates = None
+    assert FocusNetV2Trainer.paste_floor.fget(fake) == 0.6
 
 
 @pytest.mark.mechanism

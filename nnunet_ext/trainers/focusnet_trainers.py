@@ -24,7 +24,8 @@ E / phase_fractions[0] epochs in all (bench/focusnet/ reports both ways of count
 Vital signs every epoch (log and focusnet_progress.png): per small organ on the validation patches that show it, the
 heatmap peak height, the peak-to-centroid distance in mm, the share of peaks inside half the ROI box and the paste
 rate (peak above peak_threshold), and once the sos phase has begun the SOS-Net's Dice in the box around the
-reference centroid (oracle box); a WARNING when no organ would be pasted once the snet phase is over, and one when an
+reference centroid (oracle box); a WARNING when no organ would be pasted even at the lowest peak threshold candidate
+once the snet phase is over, and one when an
 SOS-Net marks nothing in any oracle box (collapsed to "never the organ": pasting it erases the organ).
 
 When training ends, the peak threshold above which SOS is pasted is chosen among peak_threshold_candidates on the
@@ -562,7 +563,8 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
 
     def record_localisation(self, heat: torch.Tensor, seg: torch.Tensor, keys) -> None:
         """Per item and small organ shown in the patch: (peak height, peak-to-centroid distance in mm, peak within
-        half the box on every axis, peak above peak_threshold)."""
+        half the box on every axis, peak above peak_threshold, peak above the lowest threshold the end of training may
+        choose)."""
         spacing = np.asarray(self.configuration_manager.spacing, float)
         half = np.asarray(self.box, float) / 2
         for b in range(seg.shape[0]):
@@ -574,15 +576,16 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
                 offset = np.abs(np.asarray(index, float) - np.asarray(c))
                 self._localisation.setdefault(lab, []).append(
                     (value, float(np.linalg.norm(offset * spacing)), bool((offset < half).all()),
-                     value > self.peak_threshold))
+                     value > self.peak_threshold, value > self.paste_floor))
 
     def epoch_vital_signs(self) -> dict[str, float]:
         names = dict(zip(self.selection.labels, self.selection.names, strict=True))
         vitals = {}
         for lab, rows in self._localisation.items():
             # None, not NaN, where no validation patch showed the organ: checkpoints of a resumed run compare equal
-            means = np.asarray(rows, float).mean(0).tolist() if rows else [None] * 4
-            for group, value in zip(("peak", "error_mm", "in_half_box", "paste_rate"), means, strict=True):
+            means = np.asarray(rows, float).mean(0).tolist() if rows else [None] * 5
+            for group, value in zip(("peak", "error_mm", "in_half_box", "paste_rate", "pasteable"), means,
+                                    strict=True):
                 vitals[f"{group}/{names[lab]}"] = value
         for lab, rows in self._sos.items():
             # None before the sos phase (SOS untrained, never pasted) and where no validation patch showed the organ
@@ -594,15 +597,24 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
     def vital_sign_warnings(self, history: list[dict]) -> list[str]:
         return self.paste_warnings(history) + self.sos_warnings(history)
 
+    @property
+    def paste_floor(self) -> float:
+        """The lowest peak threshold prediction can end up with: the end of training picks among the candidates."""
+        return min(self.peak_threshold_candidates) if self.peak_threshold_candidates else self.peak_threshold
+
     def paste_warnings(self, history: list[dict]) -> list[str]:
+        """After the snet phase: no validation peak of any small organ above even the lowest threshold the end of
+        training may choose (judged at peak_threshold alone, the warning fired in runs that then chose 0.1-0.3 and
+        pasted)."""
         snet = self.phase_schedule.resolved("snet", self.num_epochs)
         last = history[-1]
-        rates = {k: v for k, v in last.items() if k.startswith("paste_rate/") and v is not None}
+        rates = {k: v for k, v in last.items() if k.startswith("pasteable/") and v is not None}
         if last["epoch"] < snet.end - 1 or not rates or any(v > 0 for v in rates.values()):
             return []
         peaks = {k.split("/", 1)[1]: round(v, 3) for k, v in last.items() if k.startswith("peak/") and v is not None}
-        return [f"FocusNetV2: no small organ's heatmap peak exceeds peak_threshold {self.peak_threshold} on the "
-                f"validation patches (mean peaks {peaks}): SOS is never pasted and the predictions are S-Net's alone"]
+        return [f"FocusNetV2: no small organ's heatmap peak exceeds {self.paste_floor}, the lowest peak threshold "
+                f"the end of training may choose, on the validation patches (mean peaks {peaks}): SOS would never be "
+                "pasted and the predictions would be S-Net's alone"]
 
     def sos_warnings(self, history: list[dict]) -> list[str]:
         """An SOS-Net that has marked no voxel in any validation oracle box for sos_collapse_epochs epochs in a row."""
