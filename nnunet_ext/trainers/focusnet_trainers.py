@@ -25,8 +25,8 @@ Vital signs every epoch (log and focusnet_progress.png): per small organ on the 
 heatmap peak height, the peak-to-centroid distance in mm, the share of peaks inside half the ROI box and the paste
 rate (peak above peak_threshold), and once the sos phase has begun the SOS-Net's Dice in the box around the
 reference centroid (oracle box); a WARNING when no organ would be pasted even at the lowest peak threshold candidate
-once the snet phase is over, and one when an
-SOS-Net marks nothing in any oracle box (collapsed to "never the organ": pasting it erases the organ).
+once the snet phase is over, and one when an SOS-Net marks nothing in any oracle box (collapsed to "never the organ":
+pasting it erases the organ).
 
 When training ends, the peak threshold above which SOS is pasted is chosen among peak_threshold_candidates on the
 fold's validation cases (predicted as nnUNetv2_predict would), logged, written to focusnet_peak_threshold.json and
@@ -94,7 +94,7 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
     # reference centroid; patches without the organ always get a predicted-peak crop, which must come out empty
     sos_predicted_crop_fraction = 0.5
     # crops of patches without the organ kept per organ and batch: at most this many per crop that shows it (at least
-    # one; None: all). In 2d a small organ shows in ~1 slice in 24, so keeping all made SOS see ~20 empty crops per
+    # one; None: all). In 2d a small organ shows in ~1 slice in 24, so keeping all made SOS see ~18 empty crops per
     # organ crop and half the bench's SOS-Nets collapsed to "never the organ" (oracle-box Dice 0, docs/focusnet.md)
     sos_absent_crop_ratio: float | None = 1.0
     # epochs in a row an SOS-Net may mark no voxel in any validation oracle box before the log warns that it has
@@ -146,7 +146,7 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
         self.sol_optimizer: torch.optim.Optimizer | None = None
         self.sol_scheduler: PhasePolyLRScheduler | None = None
         self.sos_scheduler: PhasePolyLRScheduler | None = None
-        self._localisation: dict[int, list[tuple[float, float, bool, bool]]] = {}
+        self._localisation: dict[int, list[tuple[float, float, bool, bool, bool]]] = {}
         self._sos: dict[int, list[tuple[float, float]]] = {}
 
     def build_phase_schedule(self) -> PhaseSchedule:
