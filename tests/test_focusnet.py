@@ -616,10 +616,11 @@ def test_focusnet_shape_prior_acts_on_crops_that_hold_the_organ_only(hn_preproce
     def snapshot(module):
         return [p.detach().clone() for p in module.parameters()]
 
-    ae_before, sos_before = snapshot(ae), snapshot(net.sos)
+    ae_before, sos_before, snet_before = snapshot(ae), snapshot(net.sos), snapshot(net.snet)
     t.train_step(empty_batch)
     assert all(torch.equal(a, p) for a, p in zip(ae_before, ae.parameters(), strict=True))
     assert not all(torch.equal(a, p) for a, p in zip(sos_before, net.sos.parameters(), strict=True))
+    assert all(torch.equal(a, p) for a, p in zip(snet_before, net.snet.parameters(), strict=True))  # frozen here
     t.train_step(full_batch)
     assert not all(torch.equal(a, p) for a, p in zip(ae_before, ae.parameters(), strict=True))
 

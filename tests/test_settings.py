@@ -610,7 +610,7 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     (FocusNetV2Trainer, "sol_stage"): Init(0, lambda t: t.focus_network.sol.stage),
     (LateralMirroringMixin, "lateral_axis"): Init(
         None, lambda t: t.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[3]),
-    (FocusNetV2Trainer, "sol_phases"): Init(("snet",), lambda t: t.sol_scheduler.max_steps),
+    (FocusNetV2Trainer, "sol_phases"): Init(("snet", "sos", "adversarial"), lambda t: t.sol_scheduler.max_steps),
     (FocusNetV2Trainer, "heatmap_sigma"): Plan(1.0, heatmap_mass),
     (FocusNetV2Trainer, "heatmap_weight"): Init(0.5, loss_weight("snet", "heatmap")),
     (FocusNetV2Trainer, "latent_weight"): Init(2.5, loss_weight("adversarial", "latent")),

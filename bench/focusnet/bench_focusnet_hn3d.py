@@ -23,6 +23,8 @@ Rows (bench/focusnet/trainers; all with the same narrow S-Net, features 8-64), p
   2026-12-01, instead of the original's 5 (the runs' own validation cases compare them: the "Validation" table);
 - focusnet_keep_absent: as focusnet_same_snet with an SOS crop for every patch without the organ
   (sos_absent_crop_ratio = None, the code before 2026-12-02: the ablation of keeping them in proportion);
+- focusnet_sol_adversarial: as focusnet_same_snet with the SOL head training in the adversarial phase too
+  (sol_phases; the `soladv` run of 2026-12-02 had it as the default of both FocusNetV2 rows);
 - stock_rot15: stock with in-plane rotation within +-15 degrees instead of nnU-Net's +-180 for near-square 2d
   patches (a diagnostic: whether a paired organ's side is lost to the slices' orientation).
 How budget is counted: iterations of the segmentation network (S-Net) for "same S-Net budget", all training
@@ -62,8 +64,10 @@ ROWS = {"stock": "nnUNetTrainer_hnbench", "focusnet_equal_total": "FocusNetV2Tra
         "focusnet_attached": "FocusNetV2Trainer_hnbench_attached", "stock_mirrored": "nnUNetTrainer_hnbench_mirrored",
         "focusnet_mirrored": "FocusNetV2Trainer_hnbench_mirrored", "stock_rot15": "nnUNetTrainer_hnbench_rot15",
         "focusnet_sigma3": "FocusNetV2Trainer_hnbench_sigma3",
-        "focusnet_keep_absent": "FocusNetV2Trainer_hnbench_keep_absent"}
-ABLATIONS = ("focusnet_mse", "focusnet_attached", "focusnet_mirrored", "focusnet_sigma3", "focusnet_keep_absent")
+        "focusnet_keep_absent": "FocusNetV2Trainer_hnbench_keep_absent",
+        "focusnet_sol_adversarial": "FocusNetV2Trainer_hnbench_sol_adversarial"}
+ABLATIONS = ("focusnet_mse", "focusnet_attached", "focusnet_mirrored", "focusnet_sigma3", "focusnet_keep_absent",
+             "focusnet_sol_adversarial")
 THRESHOLDS = (0.1, 0.2, 0.3, 0.45, 0.6, 0.75, 0.9)
 SPEC_THRESHOLD = 0.6
 

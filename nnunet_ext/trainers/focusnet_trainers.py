@@ -119,8 +119,9 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
     # are interpolated back to full resolution. At 1 the head costs a fraction of S-Net instead of as much as a
     # narrow S-Net's whole pass (docs/focusnet.md)
     sol_stage = 1
-    # phases in which the SOL head trains ("snet" always): in "sos" S-Net is frozen and the head keeps fitting its
-    # features, as the original's heatmap-only stage; its poly schedule spans these phases
+    # phases in which the SOL head trains ("snet" always): in "sos" and "adversarial" S-Net is frozen and the head
+    # keeps fitting its features, as the original's heatmap-only stage; its poly schedule runs from the snet phase to
+    # the end of the last one named. Adding "adversarial" did not raise the validation peaks (docs/focusnet.md)
     sol_phases = ("snet", "sos")
     setting_choices = {"heatmap_loss": tuple(HEATMAP_LOSSES), "sol_input": SOL_INPUTS}
     latent_weight = 5.0
@@ -248,11 +249,12 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
         optimizer = torch.optim.SGD(net.snet.parameters(), self.initial_lr, weight_decay=self.weight_decay,
                                     momentum=0.99, nesterov=True)
         # the heatmap head gets its own Adam (the original's): under S-Net's SGD it collapsed to all-zero maps
-        unknown = set(self.sol_phases) - {"snet", "sos"}
+        order = ("snet", "sos", "adversarial")  # the shape phase runs no S-Net, so no features for the head
+        unknown = set(self.sol_phases) - set(order)
         if "snet" not in self.sol_phases or unknown:
-            raise ValueError(f"{self.__class__.__name__}.sol_phases must hold 'snet' and may add 'sos', got "
-                             f"{self.sol_phases!r}")
-        last = self.phase_schedule.resolved("sos" if "sos" in self.sol_phases else "snet", self.num_epochs)
+            raise ValueError(f"{self.__class__.__name__}.sol_phases must hold 'snet' and may add 'sos' and "
+                             f"'adversarial', got {self.sol_phases!r}")
+        last = self.phase_schedule.resolved([p for p in order if p in self.sol_phases][-1], self.num_epochs)
         self.sol_optimizer = torch.optim.Adam(net.sol.parameters(), lr=self.sol_lr)
         self.sol_scheduler = PhasePolyLRScheduler(self.sol_optimizer, self.sol_lr, snet.start, last.end)
         self.sos_optimizer = torch.optim.Adam(net.sos.parameters(), lr=self.sos_lr)
@@ -436,7 +438,7 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
         # Dice fell from ~0.8 to 0-0.4 during this phase on the bench (docs/focusnet.md)
         self.sos_optimizer.zero_grad(set_to_none=True)
         with self.autocast():
-            results = self._sos_predictions(data, full, keys)
+            results = self._sos_predictions(data, full, keys, train_sol="adversarial" in self.sol_phases)
             shaped = [(k, logits[has], ref[has]) for k, logits, ref in results
                       if (has := ref.flatten(1).any(1)).any()]
             total = [phase.loss_weight("sos") * fl.sos_loss(logits, ref) for _, logits, ref in results]

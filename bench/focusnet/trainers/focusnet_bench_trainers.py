@@ -13,6 +13,8 @@ sets: nnUNet_ext_bench_epochs (E) x nnUNet_ext_bench_iterations; this folder goe
   decoder stage only, its loss back-propagating into S-Net's features (the ablation of sol_input and the detach).
 - FocusNetV2Trainer_hnbench_keep_absent: as _fullsnet with an SOS crop for every patch without the organ (the ablation
   of sos_absent_crop_ratio; the code before 2026-12-02).
+- FocusNetV2Trainer_hnbench_sol_adversarial: as _fullsnet with the SOL head training in the adversarial phase too
+  (sol_phases; tried as the default on 2026-12-02, the bench's `soladv` run, and not adopted).
 
 The width is a class attribute (unet_base_features), so stock nnUNetv2_predict builds the same narrow network."""
 
@@ -89,6 +91,10 @@ class FocusNetV2Trainer_hnbench_sigma3(FocusNetV2Trainer_hnbench_fullsnet):
 
 class FocusNetV2Trainer_hnbench_keep_absent(FocusNetV2Trainer_hnbench_fullsnet):
     sos_absent_crop_ratio = None  # every patch without the organ gives SOS an empty crop (before 2026-12-02)
+
+
+class FocusNetV2Trainer_hnbench_sol_adversarial(FocusNetV2Trainer_hnbench_fullsnet):
+    sol_phases = ("snet", "sos", "adversarial")
 
 
 class _FocusNetV2CostProbe(FocusNetV2Trainer):
