@@ -164,6 +164,32 @@ def localisation(model_dir: Path, raw: Path, configuration: str) -> dict:
     return {"box": list(net.box), "rows": rows, "peak_threshold": chosen}
 
 
+def evaluate(labels: Path, pred: Path, env: dict) -> dict:
+    """Per-organ mean Dice and HD95 of a prediction folder against `labels` (`nnunet_ext evaluate`)."""
+    subprocess.run([sys.executable, "-m", "nnunet_ext.cli", "evaluate", "-ref", str(labels), "-pred", str(pred), "-o",
+                    str(pred / "evaluation"), "--no-plots", "-np", "1"], check=True, env=env, stdout=subprocess.DEVNULL)
+    summary = json.loads((pred / "evaluation" / "summary.json").read_text())
+    return {organ: {m: v["mean"] for m, v in metrics.items() if m in ("dice", "hd95")}
+            for organ, metrics in summary["per_class"].items()}
+
+
+def model_folder(work: Path, row: str, seed: int, raw: Path, args) -> Path:
+    """The trained model of one row and seed inside the bench's work folder."""
+    return work / f"{row}_seed{seed}" / raw.name / f"{ROWS[row]}__{args.plans}__{args.configuration}"
+
+
+def work_folder(raw: Path, args) -> Path:
+    return args.work / (f"{raw.name}_{args.configuration}_E{args.epochs}x{args.iterations}"
+                        + (f"_{args.preset}" if args.preset else "") + (f"_{args.tag}" if args.tag else ""))
+
+
+def add_bench_environment(env: dict, args) -> None:
+    """The budget the bench trainers read, single-process augmentation, and this folder's trainers findable."""
+    env.update(nnUNet_n_proc_DA="0", nnUNet_ext_bench_epochs=str(args.epochs),
+               nnUNet_ext_bench_iterations=str(args.iterations))
+    env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(HERE / "trainers")])
+
+
 def fixed_threshold_row(model_dir: Path, raw: Path, threshold: float, out: Path, env: dict) -> dict:
     """Held-out whole-case Dice / HD95 with the peak threshold forced to `threshold` (the spec's fixed 0.6) instead of
     the one chosen on validation: the control for that choice."""
@@ -176,13 +202,7 @@ def fixed_threshold_row(model_dir: Path, raw: Path, threshold: float, out: Path,
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     predictor.predict_from_files_sequential(str(raw / "imagesTs"), str(out), save_probabilities=False, overwrite=True)
-    subprocess.run([sys.executable, "-m", "nnunet_ext.cli", "evaluate", "-ref", str(raw / "labelsTs"), "-pred",
-                    str(out), "-o", str(out / "evaluation"), "--no-plots", "-np", "1"], check=True, env=env,
-                   stdout=subprocess.DEVNULL)
-    summary = json.loads((out / "evaluation" / "summary.json").read_text())
-    return {"threshold": threshold,
-            "per_class": {organ: {m: v["mean"] for m, v in metrics.items() if m in ("dice", "hd95")}
-                          for organ, metrics in summary["per_class"].items()}}
+    return {"threshold": threshold, "per_class": evaluate(raw / "labelsTs", out, env)}
 
 
 def summarise_localisation(loc: dict, threshold: float) -> dict:
@@ -204,9 +224,8 @@ def summarise_localisation(loc: dict, threshold: float) -> dict:
 def run_row(row: str, seed: int, raw: Path, args, env: dict, work: Path) -> dict:
     trainer = ROWS[row]
     dataset_id = int(raw.name[len("Dataset"):].split("_")[0])
-    results = work / f"{row}_seed{seed}"
-    run_env = dict(env, nnUNet_ext_seed=str(seed), nnUNet_results=str(results))
-    model = results / raw.name / f"{trainer}__{args.plans}__{args.configuration}"
+    run_env = dict(env, nnUNet_ext_seed=str(seed), nnUNet_results=str(work / f"{row}_seed{seed}"))
+    model = model_folder(work, row, seed, raw, args)
     entry_file = work / f"{row}_seed{seed}.json"
     if entry_file.is_file():
         entry = json.loads(entry_file.read_text())
@@ -223,13 +242,8 @@ def run_row(row: str, seed: int, raw: Path, args, env: dict, work: Path) -> dict
     t0 = time.time()
     stock.predict(raw / "imagesTs", pred, dataset_id, args.configuration, trainer, run_env, plans=args.plans)
     predict_s = time.time() - t0
-    subprocess.run([sys.executable, "-m", "nnunet_ext.cli", "evaluate", "-ref", str(raw / "labelsTs"), "-pred",
-                    str(pred), "-o", str(pred / "evaluation"), "--no-plots", "-np", "1"], check=True, env=run_env,
-                   stdout=subprocess.DEVNULL)
-    summary = json.loads((pred / "evaluation" / "summary.json").read_text())
     entry = {"trainer": trainer, "seed": seed, "train_s": round(train_s, 1), "predict_s": round(predict_s, 1),
-             "per_class": {organ: {m: v["mean"] for m, v in metrics.items() if m in ("dice", "hd95")}
-                           for organ, metrics in summary["per_class"].items()}}
+             "per_class": evaluate(raw / "labelsTs", pred, run_env)}
     if not row.startswith("stock"):
         os.environ.update(run_env)  # the predictor finds the trainer class through nnUNet_extTrainer
         loc = localisation(model, raw, args.configuration)
@@ -443,11 +457,8 @@ def main() -> int:
             stock.plan_and_preprocess(dataset_id, args.configuration, env)
         else:
             stock.plan(dataset_id, args.preset, env, [args.configuration])
-    env.update(nnUNet_n_proc_DA="0", nnUNet_ext_bench_epochs=str(args.epochs),
-               nnUNet_ext_bench_iterations=str(args.iterations))
-    env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(HERE / "trainers")])
-    work = args.work / (f"{raw.name}_{args.configuration}_E{args.epochs}x{args.iterations}"
-                        + (f"_{args.preset}" if args.preset else "") + (f"_{args.tag}" if args.tag else ""))
+    add_bench_environment(env, args)
+    work = work_folder(raw, args)
     work.mkdir(parents=True, exist_ok=True)
     entries = {row: [] for row in args.rows}
     ablation_seeds = args.seeds if args.ablation_seeds is None else args.ablation_seeds

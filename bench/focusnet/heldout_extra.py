@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -54,22 +53,17 @@ def extra_cases(folder: Path, n_train: int, n_test: int, n_extra: int) -> Path:
 
 
 def score_row(row: str, seed: int, raw: Path, extra: Path, args, env: dict, work: Path) -> dict:
-    trainer = bench.ROWS[row]
     dataset_id = int(raw.name[len("Dataset"):].split("_")[0])
-    results = work / f"{row}_seed{seed}"
-    model = results / raw.name / f"{trainer}__{args.plans}__{args.configuration}"
+    model = bench.model_folder(work, row, seed, raw, args)
     if not (model / "fold_0" / "checkpoint_final.pth").is_file():
         raise SystemExit(f"{model}: no checkpoint_final.pth - run bench_focusnet_hn3d.py with the same arguments first")
-    run_env = dict(env, nnUNet_ext_seed=str(seed), nnUNet_results=str(results))
+    run_env = dict(env, nnUNet_ext_seed=str(seed), nnUNet_results=str(work / f"{row}_seed{seed}"))
     pred = work / "extra" / f"pred_{row}_seed{seed}"
     shutil.rmtree(pred, ignore_errors=True)
-    stock.predict(extra / "imagesTs", pred, dataset_id, args.configuration, trainer, run_env, plans=args.plans)
-    subprocess.run([sys.executable, "-m", "nnunet_ext.cli", "evaluate", "-ref", str(extra / "labelsTs"), "-pred",
-                    str(pred), "-o", str(pred / "evaluation"), "--no-plots", "-np", "1"], check=True, env=run_env,
-                   stdout=subprocess.DEVNULL)
-    summary = json.loads((pred / "evaluation" / "summary.json").read_text())
+    stock.predict(extra / "imagesTs", pred, dataset_id, args.configuration, bench.ROWS[row], run_env,
+                  plans=args.plans)
     entry = {"row": row, "seed": seed,
-             "per_class": {organ: metrics["dice"]["mean"] for organ, metrics in summary["per_class"].items()}}
+             "per_class": {organ: v["dice"] for organ, v in bench.evaluate(extra / "labelsTs", pred, run_env).items()}}
     own = json.loads((work / f"{row}_seed{seed}.json").read_text())
     entry["bench_per_class"] = {o: v["dice"] for o, v in own["per_class"].items()}
     if not row.startswith("stock"):
@@ -167,13 +161,10 @@ def main() -> int:
     env = stock.work_environment(args.work / "nnunet", device="cpu")
     raw = Path(env["nnUNet_raw"]) / f"Dataset{hn3d.DEFAULT_ID}_{hn3d.NAME}"
     args.plans = "nnUNetPlans" if args.preset is None else f"nnUNetPlans_{args.preset}"
-    work = args.work / (f"{raw.name}_{args.configuration}_E{args.epochs}x{args.iterations}"
-                        + (f"_{args.preset}" if args.preset else "") + (f"_{args.tag}" if args.tag else ""))
+    work = bench.work_folder(raw, args)
     if not work.is_dir():
         raise SystemExit(f"{work}: no bench work folder - run bench_focusnet_hn3d.py with the same arguments first")
-    env.update(nnUNet_n_proc_DA="0", nnUNet_ext_bench_epochs=str(args.epochs),
-               nnUNet_ext_bench_iterations=str(args.iterations))
-    env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(bench.HERE / "trainers")])
+    bench.add_bench_environment(env, args)
     extra = extra_cases(args.work / f"extra_{args.n_train + args.n_test}_{args.n_extra}", args.n_train, args.n_test,
                         args.n_extra)
     entries = {row: [score_row(row, seed, raw, extra, args, env, work) for seed in args.seeds] for row in args.rows}
