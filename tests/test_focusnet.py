@@ -27,7 +27,8 @@ from nnunet_ext.methods.focusnet.threshold import choose_threshold, organ_dice
 from nnunet_ext.phantoms import hn3d
 from nnunet_ext.phantoms.common import case_rng
 from nnunet_ext.trainers.focusnet_trainers import FocusNetV2Trainer
-from nnunet_ext.training.mirroring import lateral_pairs, lateral_patch_axis
+from nnunet_ext.training.base import nnUNetExtTrainer
+from nnunet_ext.training.mirroring import LateralMirroringMixin, lateral_pairs, lateral_patch_axis
 
 FOREGROUND = [v for v in hn3d.LABELS.values() if v]
 
@@ -457,6 +458,45 @@ def test_focusnet_detached_head_leaves_snet_update_as_without_it(hn_preprocessed
     assert sum(float(u.abs().sum()) for u in updates[0]) > 0
     for default, heavy in zip(*updates, strict=True):
         torch.testing.assert_close(heavy, default, rtol=1e-5, atol=1e-8)
+
+
+class _NarrowStock(LateralMirroringMixin, nnUNetExtTrainer):
+    """Stock nnU-Net training with _Narrow's S-Net (and, as FocusNetV2Trainer, no left-right mirroring)."""
+
+    unet_base_features = 8
+
+
+@pytest.mark.mechanism
+def test_focusnet_snet_phase_is_stock_training_on_the_same_draws(hn_preprocessed, tmp_path, monkeypatch):
+    """With the same seed, S-Net's phase draws the batches and augmentations a stock run draws and, the SOL head
+    detached, updates S-Net as stock updates its network: after a few steps through nnU-Net's own loader the weights
+    are stock's. The heads and the shape autoencoder take their initial weights from a copy of the random stream;
+    drawn from the stream itself, they shifted every later augmentation, and the two runs differed from the first
+    batch on (at the bench budget one seed's S-Net then failed to tell the parotids apart where stock's did)."""
+    steps, weights, batches = 3, [], []
+    for cls in (_NarrowStock, _Narrow):
+        t = build_trainer(cls, hn_preprocessed, tmp_path / cls.__name__, monkeypatch, nnUNet_ext_seed="0")
+        t.num_epochs = 8
+        t.initialize()
+        t.dataloader_train, t.dataloader_val = t.get_dataloaders()
+        t.current_epoch = 0
+        t.on_train_epoch_start()
+        network = t.focus_network.snet if cls is _Narrow else t.network
+        start = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        seen = []
+        for _ in range(steps):
+            batch = next(t.dataloader_train)
+            seen.append(batch["data"].clone())
+            t.train_step(batch)
+        weights.append({k: v.detach().clone() for k, v in network.state_dict().items()})
+        assert any(not torch.equal(weights[-1][k], v) for k, v in start.items())  # the steps trained it
+        batches.append(seen)
+    for stock_batch, focus_batch in zip(*batches, strict=True):
+        assert torch.equal(stock_batch, focus_batch)
+    stock_weights, focus_weights = weights
+    assert stock_weights.keys() == focus_weights.keys()
+    for k, w in stock_weights.items():
+        torch.testing.assert_close(focus_weights[k], w, rtol=0, atol=0, msg=k)
 
 
 STEPS_TO_LOCALISE = 80  # peaks 0.69-0.74, all inside half the box, at 80 steps (0.59-0.60 at 50; measured, seed 0)

@@ -626,6 +626,7 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     (WeakCycleTrainer, "generator_features"):
         Init(16, lambda t: unwrap(t.aux_modules["gen_ab"]).encoder[0].out_channels),
     (WeakCycleTrainer, "generator_blocks"): Init(2, lambda t: len(unwrap(t.aux_modules["gen_ab"]).blocks)),
+    (WeakCycleTrainer, "attention_min_cells"): Init(0, lambda t: unwrap(t.aux_modules["gen_ab"]).n_down),
     (WeakCycleTrainer, "discriminator_features"):
         Init(16, lambda t: unwrap(t.aux_modules["disc_global_a"]).body[0].out_channels),
     (WeakCycleTrainer, "translation_lr"):

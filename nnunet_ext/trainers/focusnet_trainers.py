@@ -241,8 +241,12 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
         if not 0 <= int(self.sol_stage) < len(net.stage_channels):
             raise ValueError(f"{self.__class__.__name__}.sol_stage must be a decoder stage of S-Net, 0 (full "
                              f"resolution) to {len(net.stage_channels) - 1}, got {self.sol_stage!r}")
-        net.configure(self.selection.labels, self.box, sol_context=self.sol_input == "context",
-                      sol_features=self.sol_features, sol_stage=int(self.sol_stage))
+        # the heads draw their initial weights from a copy of the random stream, so that S-Net then trains on the
+        # draws (augmentation, sampling) a stock run with the same seed makes: with the heads detached, its phase is
+        # stock's training, and a comparison with stock is paired rather than two independent seeds
+        with torch.random.fork_rng(devices=[]):
+            net.configure(self.selection.labels, self.box, sol_context=self.sol_input == "context",
+                          sol_features=self.sol_features, sol_stage=int(self.sol_stage))
         net.sol_detached = bool(self.sol_detach_features)
         snet = self.phase_schedule.resolved("snet", self.num_epochs)
         # S-Net keeps nnU-Net's SGD; its poly schedule spans the epochs it trains, so it anneals as a stock run would
@@ -264,7 +268,8 @@ class FocusNetV2Trainer(LateralMirroringMixin, nnUNetExtTrainer):
         return optimizer, PhasePolyLRScheduler(optimizer, self.initial_lr, snet.start, snet.end)
 
     def build_aux_modules(self) -> dict[str, nn.Module]:
-        return {"shape_ae": ShapeAutoencoder(self.box, len(self.selection.labels), self.shape_features)}
+        with torch.random.fork_rng(devices=[]):  # stock's random stream left as it is (configure_optimizers)
+            return {"shape_ae": ShapeAutoencoder(self.box, len(self.selection.labels), self.shape_features)}
 
     def configure_aux_optimizers(self):
         return {"shape_ae": (torch.optim.Adam(self.aux_modules["shape_ae"].parameters(), lr=self.shape_lr), None)}

@@ -79,6 +79,7 @@ from nnunet_ext.methods.weak_cycle.loss import (
     weighted_sum,
 )
 from nnunet_ext.methods.weak_cycle.network import (
+    MIN_ATTENTION_CELLS,
     WeakCycleDiscriminator,
     WeakCycleGenerator,
     discriminator_depths,
@@ -120,6 +121,9 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     translation_fraction = 0.5  # share of the epochs spent on phase 1
     generator_features = 32
     generator_blocks = 4
+    # the generator downsamples twice (the original's) unless that leaves the attention mask, which becomes the
+    # lesion mask, under this many cells on the smallest axis; then once. 0: always twice
+    attention_min_cells = MIN_ATTENTION_CELLS
     discriminator_features = 32
     translation_lr = 1e-4  # Adam, betas (0.5, 0.999), as the original
     translation_weight_decay = 2e-5  # the original's
@@ -195,7 +199,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
 
     def build_aux_modules(self) -> dict[str, nn.Module]:
         patch, dim, channels = self.configuration_manager.patch_size, self.spatial_dims, self.num_input_channels
-        n_down = generator_downsamplings(patch)
+        n_down = generator_downsamplings(patch, self.attention_min_cells)
         global_depth, local_depth = discriminator_depths(patch)
         modules = {name: WeakCycleGenerator(channels, dim, self.generator_features, n_down, self.generator_blocks)
                    for name in GENERATORS}

@@ -210,10 +210,17 @@ def discriminator_depths(patch_size) -> tuple[int, int]:
     return depth, max(1, min(3, depth - 2))
 
 
-def generator_downsamplings(patch_size) -> int:
-    """Two stride-2 encoder convolutions as in U-GAT-IT, fewer for tiny patches (each axis must stay >= 4)."""
+MIN_ATTENTION_CELLS = 24
+
+
+def generator_downsamplings(patch_size, min_attention: int = MIN_ATTENTION_CELLS) -> int:
+    """Two stride-2 encoder convolutions as in U-GAT-IT (on the original's 256x256 images a 64x64 attention mask),
+    one where two would leave the attention grid under `min_attention` cells on the smallest axis: the attention is
+    the lesion mask, and on a 48x48 image a 12x12 grid gives lesions a few pixels wide one or two cells, too coarse
+    to outline them. In 2D the residual blocks cost the same either way (half the channels on four times the
+    cells), in 3D twice as much with one."""
     smallest = int(min(patch_size))
-    return max(1, min(2, smallest.bit_length() - 3))
+    return 2 if smallest / 4 >= min_attention else 1
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: tuple[int, ...]) -> tuple[torch.Tensor, tuple[slice, ...]]:
