@@ -173,9 +173,19 @@ def evaluate(labels: Path, pred: Path, env: dict) -> dict:
             for organ, metrics in summary["per_class"].items()}
 
 
+def row_results(work: Path, row: str, seed: int) -> Path:
+    """nnUNet_results of one row and seed inside the bench's work folder."""
+    return work / f"{row}_seed{seed}"
+
+
+def row_environment(env: dict, work: Path, row: str, seed: int) -> dict:
+    """The environment one row and seed trains and predicts in: its seed and its own results folder."""
+    return dict(env, nnUNet_ext_seed=str(seed), nnUNet_results=str(row_results(work, row, seed)))
+
+
 def model_folder(work: Path, row: str, seed: int, raw: Path, args) -> Path:
     """The trained model of one row and seed inside the bench's work folder."""
-    return work / f"{row}_seed{seed}" / raw.name / f"{ROWS[row]}__{args.plans}__{args.configuration}"
+    return row_results(work, row, seed) / raw.name / f"{ROWS[row]}__{args.plans}__{args.configuration}"
 
 
 def work_folder(raw: Path, args) -> Path:
@@ -224,7 +234,7 @@ def summarise_localisation(loc: dict, threshold: float) -> dict:
 def run_row(row: str, seed: int, raw: Path, args, env: dict, work: Path) -> dict:
     trainer = ROWS[row]
     dataset_id = int(raw.name[len("Dataset"):].split("_")[0])
-    run_env = dict(env, nnUNet_ext_seed=str(seed), nnUNet_results=str(work / f"{row}_seed{seed}"))
+    run_env = row_environment(env, work, row, seed)
     model = model_folder(work, row, seed, raw, args)
     entry_file = work / f"{row}_seed{seed}.json"
     if entry_file.is_file():

@@ -57,7 +57,7 @@ def score_row(row: str, seed: int, raw: Path, extra: Path, args, env: dict, work
     model = bench.model_folder(work, row, seed, raw, args)
     if not (model / "fold_0" / "checkpoint_final.pth").is_file():
         raise SystemExit(f"{model}: no checkpoint_final.pth - run bench_focusnet_hn3d.py with the same arguments first")
-    run_env = dict(env, nnUNet_ext_seed=str(seed), nnUNet_results=str(work / f"{row}_seed{seed}"))
+    run_env = bench.row_environment(env, work, row, seed)
     pred = work / "extra" / f"pred_{row}_seed{seed}"
     shutil.rmtree(pred, ignore_errors=True)
     stock.predict(extra / "imagesTs", pred, dataset_id, args.configuration, bench.ROWS[row], run_env,
