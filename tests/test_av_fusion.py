@@ -21,6 +21,7 @@ from nnunet_ext.evaluation.av_protocol import (
 )
 from nnunet_ext.methods.av_fusion.loss import BranchLoss, branch_target, find_av_labels
 from nnunet_ext.methods.av_fusion.network import AVFusionNetwork
+from nnunet_ext.methods.av_fusion.vitals import vital_counts, vital_values, vital_warnings
 from nnunet_ext.phantoms import av2d
 from nnunet_ext.trainers.av_fusion_trainers import AVFusionTrainer, AVFusionTrainer_attached, AVFusionTrainer_GAN
 
@@ -168,9 +169,12 @@ def test_gan_train_stop_resume_predict_through_stock_commands(av_preprocessed, t
     pre = av_preprocessed
     name = "AVFusionTrainer_GAN_tiny"  # tests/ext_trainers: 2 epochs x 2 iterations
     env = results_env(pre.env, tmp_path / "results", nnUNet_ext_seed="7", nnUNet_ext_stop_after_epochs="1")
-    stock.train(pre.dataset_id, "2d", 0, name, env)
+    log = stock.train(pre.dataset_id, "2d", 0, name, env)
     fold = tmp_path / "results" / pre.raw_dir.name / f"{name}__nnUNetPlans__2d" / "fold_0"
+    assert "Vital signs: branches: artery dice " in log and "fusion: overrides branches " in log
+    assert (fold / "avfusion_progress.png").is_file()
     stopped = torch.load(fold / "checkpoint_latest.pth", weights_only=False)
+    assert "branches/vein dice" in stopped["nnunet_ext"]["vitals"][0]
     assert stopped["current_epoch"] == 1 and not (fold / "checkpoint_final.pth").exists()
     disc_state = stopped["nnunet_ext"]["aux_optimizers"]["discriminator"]["state"]
     assert {int(s["step"]) for s in disc_state.values()} == {2}
@@ -265,6 +269,65 @@ def test_av_fusion_gan_per_pixel_discriminators_reach_fused_output_and_branches(
     trainer.train_step(next(trainer.get_dataloaders()[0]))
     for name, module in trainer.aux_modules.items():
         assert any(not torch.equal(a, b) for a, b in zip(before[name], module.parameters(), strict=True)), name
+
+
+def test_av_fusion_vital_signs_counted_by_hand():
+    """Eight pixels in a row, every count worked out by hand (artery 1, vein 2, crossing 3)."""
+    av = find_av_labels(DRIVE_LABELS)
+    target = torch.tensor([0, 1, 1, 2, 2, 3, 3, 0]).view(1, 1, 1, 8)
+    artery = torch.tensor([-2.0, 2, 2, -2, -2, 2, -2, 2]).view(1, 1, 1, 8)  # marks 1, 2, 5, 7
+    vein = torch.tensor([-1.0, -1, -1, 1, -1, 1, 1, -1]).view(1, 1, 1, 8)  # marks 3, 5, 6
+    fused_labels = torch.tensor([0, 1, 2, 2, 2, 3, 2, 1])
+    fused = torch.nn.functional.one_hot(fused_labels, 4).T.float().view(1, 4, 1, 8)
+    values = vital_values(vital_counts(fused, artery, vein, target, av))
+    # artery branch vs {1, 3} = pixels 1, 2, 5, 6: hits 1, 2, 5, false 7, missed 6 -> 6 / 8
+    assert values["branches/artery dice"] == pytest.approx(0.75)
+    # vein branch vs {2, 3} = pixels 3, 4, 5, 6: hits 3, 5, 6, missed 4 -> 6 / 7
+    assert values["branches/vein dice"] == pytest.approx(6 / 7)
+    assert values["crossings/both branches"] == pytest.approx(0.5)  # crossing 5 marked by both, 6 by the vein only
+    # fused artery/vein where a branch marks a vessel: 1, 2, 3, 6, 7; the branches say artery at 1, 2, 7 (the larger
+    # logit), vein at 3, 6; the fused output says vein at 2: one of five
+    assert values["fusion/overrides branches"] == pytest.approx(0.2)
+    assert values["fused/artery vs reference"] == pytest.approx(1.0)  # 1, 7 against 1, 2
+    assert values["fused/vein vs reference"] == pytest.approx(2.0)  # 2, 3, 4, 6 against 3, 4
+    # the ignore label drops its pixels from every count (here label 4 over pixels 6 and 7)
+    ignored = target.clone()
+    ignored[..., 6:] = 4
+    values = vital_values(vital_counts(fused, artery, vein, ignored, av, ignore_label=4))
+    assert values["branches/artery dice"] == pytest.approx(1.0)  # hits 1, 2, 5; the false 7 and missed 6 ignored
+    assert values["crossings/both branches"] == pytest.approx(1.0)  # crossing 5 only
+    assert values["fusion/overrides branches"] == pytest.approx(1 / 3)  # judged 1, 2, 3; overridden 2
+    healthy = [{"epoch": e, "branches/artery dice": 0.6, "branches/vein dice": 0.7, "fused/artery vs reference": 0.9,
+                "fused/vein vs reference": 1.1} for e in range(6)]
+    assert vital_warnings(healthy, 5) == []
+
+
+@pytest.mark.mechanism
+def test_av_fusion_mechanism_vital_signs_warn_when_a_branch_collapses(av_preprocessed, tmp_path, monkeypatch):
+    """Through the trainer's own validation (nnU-Net's validation_step, one forward pass): an artery branch that
+    marks nothing shows as Dice 0 and, after vital_collapse_epochs epochs, as a WARNING; a vein branch that marks
+    everything shows the Dice that the batch's labels give by hand."""
+    torch.manual_seed(0)
+    trainer = build_trainer(AVFusionTrainer, av_preprocessed, tmp_path, monkeypatch, "2d")
+    trainer.initialize()
+    with torch.no_grad():
+        trainer.network.artery.decoder.seg_layers[-1].bias.fill_(-50.0)
+        trainer.network.vein.decoder.seg_layers[-1].bias.fill_(50.0)
+    batch = next(trainer.get_dataloaders()[1])
+    labels = batch["target"][0]
+    vessel = int(torch.isin(labels, torch.tensor([2, 3])).sum())
+    history = []
+    for epoch in range(trainer.vital_collapse_epochs):
+        trainer.on_validation_epoch_start()
+        trainer.on_validation_epoch_end([trainer.validation_step(batch)])
+        history.append({"epoch": epoch, **trainer.epoch_vital_signs()})
+        warnings = trainer.vital_sign_warnings(history)
+        assert bool(warnings) == (epoch == trainer.vital_collapse_epochs - 1), (epoch, warnings)
+    assert history[-1]["branches/artery dice"] == 0.0
+    assert history[-1]["branches/vein dice"] == pytest.approx(2 * vessel / (vessel + labels.numel()))
+    # the fused output of an untrained network may also warn; the branches' warnings are the artery's only
+    assert [w for w in warnings if "branch" in w] == [next(w for w in warnings if w.startswith("the artery branch"))]
+    assert trainer.network.last_outputs is None and not trainer.network.keep_outputs  # training forward keeps nothing
 
 
 # ---------------------------------------------------------------------------------------------- evaluation

@@ -231,6 +231,11 @@ def vitals_plot(t) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- AV fusion
+def av_collapse_warnings(t) -> int:
+    """Warnings after three epochs in which the artery branch marked none of its validation pixels."""
+    return len(t.vital_sign_warnings([{"epoch": e, "branches/artery dice": 0.0} for e in range(3)]))
+
+
 @torch.no_grad()
 def av_fused_reaches_branches(cls, t) -> bool:
     torch.manual_seed(0)
@@ -573,6 +578,7 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     (AVFusionTrainer, "detach_branches"): Structural(False, av_fused_reaches_branches),
     (AVFusionTrainer, "allow_3d"): Structural(True, av_refuses_3d),
     (AVFusionTrainer, "branch_loss_weight"): Step(0.25, av_segmentation_loss),
+    (AVFusionTrainer, "vital_collapse_epochs"): Step(2, av_collapse_warnings),
     (AVFusionTrainer_GAN, "adversarial_weight"): Init(0.5, loss_weight("adversarial", "adversarial")),
     (AVFusionTrainer_GAN, "mse_weight"): Init(2.0, loss_weight("adversarial", "mse")),
     (AVFusionTrainer_GAN, "discriminator_lr"): Init(1e-3, aux_lr("discriminator")),

@@ -11,7 +11,8 @@ training with a checkpoint_final, a prediction folder with all cases are not red
   patches lose the optic disc and vessel tracing that tell arteries from veins);
 - time: seconds per training step and per predicted case of stock and AVFusionTrainer on those plans
   (bench/harness, same run), for the cost target (AVFusion step <= 1.05 x three stock steps);
-- train: for each seed, the three arms (bench/av_fusion/trainers: same epochs x iterations x batch) with the stock
+- train: for each seed, the arms (default stock, AVFusionTrainer, AVFusionTrainer_attached; AVFusionTrainer_mean on
+  request; bench/av_fusion/trainers: same epochs x iterations x batch) with the stock
   nnUNetv2_train, then nnUNetv2_predict --save_probabilities (no mirroring, the same for all) of the held-out cases;
 - evaluate: `nnunet_ext evaluate --av` (paper protocol, probability protocol, intra-segment misclassification,
   crossing F1), then bench/results/av_fusion/av_drive.{json,md} and targets.json.
@@ -42,7 +43,9 @@ PRESET = "cpu_context"
 PLANS = PRESETS[PRESET].plans_identifier
 CONFIGURATION = "2d"
 ARMS = {"stock": "nnUNetTrainer_drivecpu", "AVFusionTrainer": "AVFusionTrainer_drivecpu",
-        "AVFusionTrainer_attached": "AVFusionTrainer_attached_drivecpu"}
+        "AVFusionTrainer_attached": "AVFusionTrainer_attached_drivecpu",
+        "AVFusionTrainer_mean": "AVFusionTrainer_mean_drivecpu"}
+DEFAULT_ARMS = ("stock", "AVFusionTrainer", "AVFusionTrainer_attached")  # the mean-fusion arm on request (--arms)
 HOLDOUT = ("37_training", "38_training", "39_training", "40_training")
 PAPER = {"sensitivity": 69.83, "auc_roc": 84.2, "f1": 71.26, "auc_pr": 72.41, "mse": 2.92}  # sigmoid version, %
 STAGES = ("prepare", "time", "train", "evaluate")
@@ -276,7 +279,7 @@ def write_report(out: Path, work: Path, state: dict, results: dict) -> dict:
         for seed, row in by_seed.items():
             p = row["probability_mode_weighted"]
             lines.append(f"- {arm} seed {seed}: {_pct(p['auc_roc'])} / {_pct(p['auc_pr'])} / {_pct(p['mse'])}")
-    for arm in ("AVFusionTrainer", "AVFusionTrainer_attached"):
+    for arm in (a for a in ARMS if a != "stock"):
         for seed in seeds:
             if seed not in table.get(arm, {}) or seed not in table.get("stock", {}):
                 continue
@@ -304,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/av_drive"))
     p.add_argument("--stage", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    p.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(DEFAULT_ARMS))
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
                    help="epochs x 100 iterations for every arm (results: av_drive_E<epochs>.* unless the default; "
@@ -337,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     if "train" in a.stage:
         train_arms(a.work, env, a.seeds, a.arms, log, state)
     if "evaluate" in a.stage:
-        results = evaluate_arms(a.work, env, a.seeds, a.arms, log)
+        # every arm trained in this work folder, so that adding an arm later keeps the others in the report
+        results = evaluate_arms(a.work, env, a.seeds, list(ARMS), log)
         write_report(a.out, a.work, state, results)
     return 0
 

@@ -19,12 +19,14 @@ an instance: variants therefore set class attributes (fusion_mode, detach_branch
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
 
 from nnunet_ext.methods.av_fusion.loss import BranchLoss, branch_target, find_av_labels
 from nnunet_ext.methods.av_fusion.network import FUSION_MODES, AVFusionNetwork, PixelDiscriminator
-from nnunet_ext.training.base import nnUNetExtTrainer
+from nnunet_ext.methods.av_fusion.vitals import vital_counts, vital_values, vital_warnings
+from nnunet_ext.training.base import nnUNetExtTrainer, unwrap
 from nnunet_ext.training.phases import Phase, PhaseSchedule
 from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
 
@@ -48,12 +50,17 @@ class AVFusionTrainer(nnUNetExtTrainer):
     demo_dice_floor = 0.75
     branch_loss_weight = 1.0  # weight of the artery and vein branches' Dice+BCE beside the fused Dice+CE
     setting_choices = {"fusion_mode": FUSION_MODES}
+    # vital signs (methods/av_fusion/vitals.py), drawn into this file of the fold folder; a branch or a fused class
+    # that stays collapsed this many epochs in a row is logged as a WARNING
+    progress_plot = "avfusion_progress.png"
+    vital_collapse_epochs = 5
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.av_labels = find_av_labels(dataset_json["labels"], self.plans_manager.dataset_name)
         self.branch_loss: BranchLoss | None = None
+        self._vital_counts: torch.Tensor | None = None
 
     @classmethod
     def check_dataset(cls, plans_manager, configuration_manager, label_manager, dataset_json: dict,
@@ -110,6 +117,41 @@ class AVFusionTrainer(nnUNetExtTrainer):
         if self.current_phase is None:
             return self.train_step_fusion(batch)
         return super().train_step(batch)  # train_step_<phase>
+
+    # ------------------------------------------------------------------ vital signs
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self._vital_counts = None
+        unwrap(self.network).keep_outputs = True
+
+    def validation_step(self, batch: dict) -> dict:
+        result = super().validation_step(batch)
+        net = unwrap(self.network)
+        if net.last_outputs is not None:
+            fused, artery_logits, vein_logits = net.last_outputs
+            net.last_outputs = None
+            target = batch["target"]
+            target = (target[0] if isinstance(target, list) else target).to(fused.device, non_blocking=True)
+            counts = vital_counts(fused, artery_logits, vein_logits, target, self.av_labels,
+                                  self.label_manager.ignore_label).cpu()
+            self._vital_counts = counts if self._vital_counts is None else self._vital_counts + counts
+        return result
+
+    def on_validation_epoch_end(self, val_outputs):
+        net = unwrap(self.network)
+        net.keep_outputs, net.last_outputs = False, None
+        if self.is_ddp and self._vital_counts is not None:
+            # every rank validated its own batches: the counts of all of them, the same on every rank
+            counts = self._vital_counts.to(self.device)
+            dist.all_reduce(counts)
+            self._vital_counts = counts.cpu()
+        super().on_validation_epoch_end(val_outputs)
+
+    def epoch_vital_signs(self) -> dict[str, float]:
+        return {} if self._vital_counts is None else vital_values(self._vital_counts)
+
+    def vital_sign_warnings(self, history: list[dict]) -> list[str]:
+        return vital_warnings(history, self.vital_collapse_epochs)
 
 
 class AVFusionTrainer_attached(AVFusionTrainer):

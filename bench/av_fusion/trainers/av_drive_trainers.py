@@ -1,10 +1,11 @@
 """Equal CPU budgets for the DRIVE-AV comparison (bench/av_fusion/bench_av_drive.py): stock nnU-Net behaviour,
-AVFusionTrainer (detached branches, the default) and AVFusionTrainer_attached, same epochs x iterations x batch, same
-plans. This folder goes on nnUNet_extTrainer for that run only."""
+AVFusionTrainer (detached branches, the default), AVFusionTrainer_attached and AVFusionTrainer_mean (the authors'
+later feature-mean fusion), same epochs x iterations x batch, same plans. This folder goes on nnUNet_extTrainer for
+that run only."""
 
 import os
 
-from nnunet_ext.trainers.av_fusion_trainers import AVFusionTrainer, AVFusionTrainer_attached
+from nnunet_ext.trainers.av_fusion_trainers import AVFusionTrainer, AVFusionTrainer_attached, AVFusionTrainer_mean
 from nnunet_ext.training.base import nnUNetExtTrainer
 from nnunet_ext.training.variants import short_variant
 
@@ -35,7 +36,12 @@ class _AVFusionAttachedDrive(_NoFinalValidation, AVFusionTrainer_attached):
     pass
 
 
+class _AVFusionMeanDrive(_NoFinalValidation, AVFusionTrainer_mean):
+    pass
+
+
 nnUNetTrainer_drivecpu = short_variant(_StockDrive, "nnUNetTrainer_drivecpu", **BUDGET)
 AVFusionTrainer_drivecpu = short_variant(_AVFusionDrive, "AVFusionTrainer_drivecpu", **BUDGET)
 AVFusionTrainer_attached_drivecpu = short_variant(_AVFusionAttachedDrive, "AVFusionTrainer_attached_drivecpu",
                                                   **BUDGET)
+AVFusionTrainer_mean_drivecpu = short_variant(_AVFusionMeanDrive, "AVFusionTrainer_mean_drivecpu", **BUDGET)

@@ -60,6 +60,10 @@ class AVFusionNetwork(nn.Module):
         # initialised like the rest of the plans' networks (nnU-Net's He init): PyTorch's default is about 2.5x
         # smaller here and left the fused output at background for the first ~150 iterations on DRIVE-AV
         self.fusion.apply(InitWeights_He(1e-2))
+        # set by the trainer during validation: forward then keeps (fused, artery, vein) logits for the vital signs,
+        # so that they come from nnU-Net's own validation pass instead of a second one
+        self.keep_outputs = False
+        self.last_outputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def decoder(self) -> nn.Module:
@@ -82,6 +86,8 @@ class AVFusionNetwork(nn.Module):
             if self.detach_branches:
                 a_features, v_features = a_features.detach(), v_features.detach()
             fused = self.fusion((a_features + g_features + v_features) / 3)
+        if self.keep_outputs:
+            self.last_outputs = (fused.detach(), a_logits.detach(), v_logits.detach())
         output = [fused, *side] if deep_supervision else fused
         if return_branches:
             return output, a_logits, v_logits
