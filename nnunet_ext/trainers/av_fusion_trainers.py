@@ -44,8 +44,8 @@ class AVFusionTrainer(nnUNetExtTrainer):
     # set True in a subclass for data that really are 3D vessel trees (the method and its phantom are 2D fundus)
     allow_3d = False
     # `nnunet_ext demo --trainer AVFusionTrainer`: the A/V phantom, and the Dice its _demo variant reached there
-    # (0.899 measured on CPU, seed 0, with the attached branches of the time: artery 0.98, vein 0.97, crossing 0.75;
-    # a lost class lands below 0.67; not re-measured since detached became the default)
+    # (0.845 measured on CPU, seed 0, detached: artery 0.98, vein 0.975, crossing 0.58; 0.899 with the attached
+    # branches of before; a lost class lands below 0.67)
     demo_phantom = "av2d"
     demo_dice_floor = 0.75
     branch_loss_weight = 1.0  # weight of the artery and vein branches' Dice+BCE beside the fused Dice+CE
