@@ -117,6 +117,21 @@ def run_dir(work: Path, seed: int) -> Path:
     return work / f"seed{seed}"
 
 
+def model_folder(work: Path, seed: int, arm: str) -> Path:
+    """The trained model (its fold_0 inside) of one arm and seed in the work folder."""
+    return run_dir(work, seed) / "results" / "Dataset711_DRIVE_AV" / f"{ARMS[arm]}__{PLANS}__{CONFIGURATION}"
+
+
+def bench_environment(work: Path, epochs: int) -> dict:
+    """The environment the bench's stock commands run in: nnU-Net folders under the work folder, our and the bench's
+    trainers findable, single-process augmentation, the epochs for the bench trainers."""
+    env = stock.work_environment(work / "nnunet", "cpu")
+    env["nnUNet_extTrainer"] = f"{env['nnUNet_extTrainer']}:{HERE / 'trainers'}"
+    env["nnUNet_n_proc_DA"] = "0"
+    env[EPOCHS_ENV] = str(epochs)
+    return env
+
+
 def train_arms(work: Path, env: dict, seeds: list[int], arms: list[str], log: Path, state: dict) -> None:
     raw = Path(env["nnUNet_raw"]) / "Dataset711_DRIVE_AV"
     n_test = len(list((raw / "imagesTs").glob("*_0000.png")))
@@ -124,8 +139,7 @@ def train_arms(work: Path, env: dict, seeds: list[int], arms: list[str], log: Pa
         for arm in arms:
             trainer = ARMS[arm]
             seed_env = dict(env, nnUNet_results=str(run_dir(work, seed) / "results"), nnUNet_ext_seed=str(seed))
-            fold = (run_dir(work, seed) / "results" / "Dataset711_DRIVE_AV" / f"{trainer}__{PLANS}__{CONFIGURATION}"
-                    / "fold_0")
+            fold = model_folder(work, seed, arm) / "fold_0"
             key = f"seed {seed} {arm}"
             if not (fold / "checkpoint_final.pth").exists():
                 t0 = time.perf_counter()
@@ -318,10 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     a.work.mkdir(parents=True, exist_ok=True)
-    env = stock.work_environment(a.work / "nnunet", "cpu")
-    env["nnUNet_extTrainer"] = f"{env['nnUNet_extTrainer']}:{HERE / 'trainers'}"
-    env["nnUNet_n_proc_DA"] = "0"
-    env[EPOCHS_ENV] = os.environ[EPOCHS_ENV] = str(a.epochs)
+    env = bench_environment(a.work, a.epochs)
+    os.environ[EPOCHS_ENV] = str(a.epochs)
     if state_budget_differs(a.work, a.epochs):
         print(f"error: {a.work} holds trainings of another budget; use a fresh --work for --epochs {a.epochs}",
               file=sys.stderr)

@@ -25,26 +25,13 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "trainers"))
-from av_drive_trainers import EPOCHS_ENV  # noqa: E402
+sys.path.insert(0, str(HERE))
+from bench_av_drive import ARMS, bench_environment, model_folder  # noqa: E402
 
 RESULTS = HERE.parent / "results" / "av_fusion"
 DATASET = "Dataset711_DRIVE_AV"
-TRAINERS = {"AVFusionTrainer": "AVFusionTrainer_drivecpu",
-            "AVFusionTrainer_attached": "AVFusionTrainer_attached_drivecpu",
-            "AVFusionTrainer_mean": "AVFusionTrainer_mean_drivecpu"}
-PLANS, CONFIGURATION = "nnUNetPlans_cpu_context", "2d"
+FUSION_ARMS = [arm for arm in ARMS if arm != "stock"]
 DECISIONS = ("fused", "branches", "branches_no_crossing")
-
-
-def set_environment(work: Path, epochs: int) -> None:
-    """nnU-Net reads its folders at import: set them (and our trainer folders) before anything imports nnunetv2."""
-    from nnunet_ext import stock
-
-    env = stock.work_environment(work / "nnunet", "cpu")
-    env["nnUNet_extTrainer"] = f"{env['nnUNet_extTrainer']}:{HERE / 'trainers'}"
-    env[EPOCHS_ENV] = str(epochs)
-    os.environ.update(env)
 
 
 class BranchDecision:
@@ -120,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("work", type=Path, help="bench_av_drive.py work folder (trained and predicted)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--arms", nargs="+", choices=list(TRAINERS), default=None,
+    p.add_argument("--arms", nargs="+", choices=FUSION_ARMS, default=None,
                    help="default: every AVFusion arm trained in WORK for all the seeds")
     p.add_argument("--out", type=Path, default=RESULTS)
     a = p.parse_args(argv)
@@ -130,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     state = json.loads(state_file.read_text())
     epochs = int(state["epochs"])
-    set_environment(a.work, epochs)
+    os.environ.update(bench_environment(a.work, epochs))
 
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -138,11 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(2)
     raw = a.work / "nnunet" / "nnUNet_raw" / DATASET
     cases = sorted(state["test_cases"])
-    def model_folder(seed: int, arm: str) -> Path:
-        return a.work / f"seed{seed}" / "results" / DATASET / f"{TRAINERS[arm]}__{PLANS}__{CONFIGURATION}"
-
-    arms = a.arms or [arm for arm in TRAINERS
-                      if all((model_folder(s, arm) / "fold_0" / "checkpoint_final.pth").is_file() for s in a.seeds)]
+    arms = a.arms or [arm for arm in FUSION_ARMS if all(
+        (model_folder(a.work, s, arm) / "fold_0" / "checkpoint_final.pth").is_file() for s in a.seeds)]
     report: dict = {"work": str(a.work), "epochs": epochs, "test_cases": cases, "split": state["split"], "rows": {}}
     for seed in a.seeds:
         run = a.work / f"seed{seed}"
@@ -153,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                       "weighted_f1": stock_summary["paper"]["weighted"]["f1"]["mean"],
                       "crossing_f1": stock_summary["paper"]["per_class"]["uncertain"]["f1"]["mean"]}}
         for arm in arms:
-            folder = model_folder(seed, arm)
+            folder = model_folder(a.work, seed, arm)
             if not (folder / "fold_0" / "checkpoint_final.pth").is_file():
                 print(f"error: {folder}/fold_0 has no checkpoint_final.pth", file=sys.stderr)
                 return 2

@@ -36,23 +36,22 @@ def vital_counts(fused_logits: torch.Tensor, artery_logits: torch.Tensor, vein_l
     labels = target[:, 0].long()
     valid = torch.ones_like(labels, dtype=torch.bool) if ignore_label is None else labels != ignore_label
     artery_value, vein_value = av.artery[0], av.vein[0]
-    shared = torch.as_tensor(av.artery[1:], device=labels.device, dtype=labels.dtype)
 
     def isin(values: tuple[int, ...]) -> torch.Tensor:
         return torch.isin(labels, torch.as_tensor(values, device=labels.device, dtype=labels.dtype)) & valid
 
     artery_marked, vein_marked = artery_logits[:, 0] > 0, vein_logits[:, 0] > 0
-    artery_target, vein_target = isin(av.artery), isin(av.vein)
-    crossing = torch.isin(labels, shared) & valid
+    # the branch targets (a crossing in both) and the crossings alone, each inside the valid pixels
+    artery_target, vein_target, crossing = isin(av.artery), isin(av.vein), isin(av.artery[1:])
     fused = fused_logits.argmax(1)
     fused_artery, fused_vein = (fused == artery_value) & valid, (fused == vein_value) & valid
     judged = (fused_artery | fused_vein) & (artery_marked | vein_marked)
     branch_says_artery = artery_logits[:, 0] > vein_logits[:, 0]
-    counts = [artery_marked & artery_target & valid, artery_marked & ~artery_target & valid,
-              ~artery_marked & artery_target, vein_marked & vein_target & valid, vein_marked & ~vein_target & valid,
-              ~vein_marked & vein_target, crossing, crossing & artery_marked & vein_marked, judged,
-              judged & (fused_artery != branch_says_artery), fused_artery, (labels == artery_value) & valid,
-              fused_vein, (labels == vein_value) & valid]
+    counts = [artery_marked & artery_target, artery_marked & ~artery_target & valid, ~artery_marked & artery_target,
+              vein_marked & vein_target, vein_marked & ~vein_target & valid, ~vein_marked & vein_target,
+              crossing, crossing & artery_marked & vein_marked, judged,
+              judged & (fused_artery != branch_says_artery), fused_artery, isin((artery_value,)),
+              fused_vein, isin((vein_value,))]
     return torch.stack([c.sum() for c in counts]).double()
 
 
