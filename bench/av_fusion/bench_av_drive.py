@@ -1,31 +1,40 @@
-"""Stock nnU-Net vs AVFusionTrainer (detached branches) vs AVFusionTrainer_attached on real DRIVE-AV, equal CPU budget.
+"""Stock nnU-Net vs AVFusionTrainer (detached branches) vs AVFusionTrainer_attached on real DRIVE-AV (or LES-AV,
+HRF-AV), equal CPU budget.
 
     python bench/av_fusion/bench_av_drive.py SOURCE [--work /tmp/av_drive] [--stage prepare time train evaluate]
-                                             [--seeds 0 1] [--arms ...] [--epochs 10]
+                                             [--seeds 0 1] [--arms ...] [--epochs 10] [--dataset auto]
 
-SOURCE is the DRIVE-AV folder (training/ and, when present, the official test/). Stages, each restartable (a
-training with a checkpoint_final, a prediction folder with all cases are not redone):
-- prepare: convert (Dataset711), hold out the test cases (the official test/ split when the source has one, else
-  training images 37-40: never seen in training or in checkpoint choice), `nnunet_ext plan --preset cpu_context -c
-  2d` (plans/presets.py: 8-128 features, patch never below 256 px a side; on DRIVE-AV 256x256, batch 2; 128-pixel
-  patches lose the optic disc and vessel tracing that tell arteries from veins);
+SOURCE is an A/V fundus folder in its public layout (training/ and, when present, a test/ split): DRIVE-AV, LES-AV
+or HRF-AV, told apart by their file names (`--dataset` to say it). Stages, each restartable (a training with a
+checkpoint_final, a prediction folder with all cases are not redone):
+- prepare: convert (Dataset711 / 712 / 713), hold out the test cases (the source's test/ split when it has one, else
+  DRIVE-AV's training images 37-40, or for LES-AV and HRF-AV, which have no official split, the last fifth of the
+  training cases in numeric order, at least one: never seen in training or in checkpoint choice), `nnunet_ext plan
+  --preset cpu_context -c 2d` (plans/presets.py: 8-128 features, patch never below 256 px a side; on DRIVE-AV
+  256x256, batch 2; 128-pixel patches lose the optic disc and vessel tracing that tell arteries from veins); with
+  fewer than 8 training cases the one case that gives nnU-Net's per-epoch pseudo-Dice stays in training (nothing
+  is chosen on it, and a set of 3 would otherwise train on 2);
 - time: seconds per training step and per predicted case of stock and AVFusionTrainer on those plans
   (bench/harness, same run), for the cost target (AVFusion step <= 1.05 x three stock steps);
 - train: for each seed, the arms (default stock, AVFusionTrainer, AVFusionTrainer_attached; AVFusionTrainer_mean on
   request; bench/av_fusion/trainers: same epochs x iterations x batch) with the stock
   nnUNetv2_train, then nnUNetv2_predict --save_probabilities (no mirroring, the same for all) of the held-out cases;
 - evaluate: `nnunet_ext evaluate --av` (paper protocol, probability protocol, intra-segment misclassification,
-  crossing F1), then bench/results/av_fusion/av_drive.{json,md} and targets.json.
+  crossing F1), then bench/results/av_fusion/av_drive[_E<epochs>].{json,md} (LES-AV: av_les_av_E<epochs>.*, HRF-AV:
+  av_hrf_av_E<epochs>.*) and this data set's rows of targets.json (the other data sets' rows are kept).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +47,6 @@ from nnunet_ext import stock  # noqa: E402
 from nnunet_ext.plans import PRESETS  # noqa: E402
 
 RESULTS = HERE.parent / "results" / "av_fusion"
-DATASET = 711
 PRESET = "cpu_context"
 PLANS = PRESETS[PRESET].plans_identifier
 CONFIGURATION = "2d"
@@ -46,10 +54,71 @@ ARMS = {"stock": "nnUNetTrainer_drivecpu", "AVFusionTrainer": "AVFusionTrainer_d
         "AVFusionTrainer_attached": "AVFusionTrainer_attached_drivecpu",
         "AVFusionTrainer_mean": "AVFusionTrainer_mean_drivecpu"}
 DEFAULT_ARMS = ("stock", "AVFusionTrainer", "AVFusionTrainer_attached")  # the mean-fusion arm on request (--arms)
-HOLDOUT = ("37_training", "38_training", "39_training", "40_training")
-PAPER = {"sensitivity": 69.83, "auc_roc": 84.2, "f1": 71.26, "auc_pr": 72.41, "mse": 2.92}  # sigmoid version, %
 STAGES = ("prepare", "time", "train", "evaluate")
 DEFAULT_EPOCHS = 10
+METRICS = ("sensitivity", "auc_roc", "f1", "auc_pr", "mse")
+MIN_TRAIN_FOR_SEPARATE_VAL = 8
+
+
+@dataclass(frozen=True)
+class AVSet:
+    key: str
+    title: str
+    dataset_id: int
+    converter: str  # module in nnunet_ext.dataset_conversion, named as the data set folder it writes
+    paper: tuple  # Zhou et al. 2021, sigmoid version, %: METRICS in order
+    holdout: tuple = ()  # fixed held-out training cases when the source has no test/; empty: the last fifth
+
+    @property
+    def folder(self) -> str:
+        return self.converter
+
+    @property
+    def paper_metrics(self) -> dict:
+        return dict(zip(METRICS, self.paper, strict=True))
+
+    def stem(self, epochs: int) -> str:
+        base = "av_drive" if self.key == "drive" else f"av_{self.folder.split('_', 1)[1].lower()}"
+        return base if epochs == DEFAULT_EPOCHS and self.key == "drive" else f"{base}_E{epochs}"
+
+
+SETS = {s.key: s for s in (
+    AVSet("drive", "DRIVE-AV", 711, "Dataset711_DRIVE_AV", (69.83, 84.2, 71.26, 72.41, 2.92),
+          ("37_training", "38_training", "39_training", "40_training")),
+    AVSet("les", "LES-AV", 712, "Dataset712_LES_AV", (67.08, 83.01, 68.22, 69.63, 2.19)),
+    AVSet("hrf", "HRF-AV", 713, "Dataset713_HRF_AV", (69.19, 84.15, 71.92, 73.65, 1.94)),
+)}
+DRIVE = SETS["drive"]
+
+
+def detect_set(source: Path) -> AVSet | None:
+    """Which public A/V set a source folder holds, from its images' names: DRIVE `NN_training.tif`, HRF `NN_x.jpg`
+    (x = dr, g, h), LES-AV plain numbers `N.png`."""
+    stems = [f.stem for split in ("training", "train", "test", "testing") for f in (source / split / "images").glob("*")
+             if f.is_file()]
+    if not stems:
+        return None
+    if all(re.fullmatch(r"\d+_(training|test)", s) for s in stems):
+        return SETS["drive"]
+    if all(re.fullmatch(r"\d+_(dr|g|h)", s) for s in stems):
+        return SETS["hrf"]
+    if all(re.fullmatch(r"\d+", s) for s in stems):
+        return SETS["les"]
+    return None
+
+
+def numeric_order(case: str) -> tuple:
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", case))
+
+
+def default_holdout(raw: Path, ds: AVSet) -> tuple[str, ...]:
+    """The set's fixed held-out cases, else the last fifth of the training cases in numeric order (at least one)."""
+    if ds.holdout:
+        return ds.holdout
+    cases = sorted((p.name[:-len("_0000.png")] for p in (raw / "imagesTr").glob("*_0000.png")), key=numeric_order)
+    if len(cases) < 3:
+        raise SystemExit(f"{raw}: {len(cases)} training images; holding some out needs at least 3")
+    return tuple(cases[-max(1, math.ceil(len(cases) / 5)):])
 
 
 def hold_out(raw: Path, cases: tuple[str, ...]) -> list[str]:
@@ -69,39 +138,52 @@ def hold_out(raw: Path, cases: tuple[str, ...]) -> list[str]:
     return list(cases)
 
 
-def write_split(preprocessed: Path, n_val: int = 1) -> None:
-    """Fold 0 trains on all but one case; nnU-Net's per-epoch pseudo-Dice uses that one, nothing is chosen on it."""
+def write_split(preprocessed: Path, n_val: int = 1) -> bool:
+    """Fold 0 trains on all but one case; nnU-Net's per-epoch pseudo-Dice uses that one, nothing is chosen on it.
+    With fewer than MIN_TRAIN_FOR_SEPARATE_VAL cases that one stays in training too (returns True then)."""
     cases = sorted(p.name[:-len(".b2nd")] for p in (preprocessed / f"{PLANS}_{CONFIGURATION}").glob("*.b2nd")
                    if not p.name.endswith("_seg.b2nd"))
-    (preprocessed / "splits_final.json").write_text(json.dumps([{"train": cases[:-n_val], "val": cases[-n_val:]}]))
+    shared = len(cases) < MIN_TRAIN_FOR_SEPARATE_VAL
+    train = cases if shared else cases[:-n_val]
+    (preprocessed / "splits_final.json").write_text(json.dumps([{"train": train, "val": cases[-n_val:]}]))
+    return shared
 
 
-def prepare(source: Path, env: dict, log: Path) -> dict:
-    from nnunet_ext.dataset_conversion.Dataset711_DRIVE_AV import convert
+def prepare(source: Path, ds: AVSet, env: dict, log: Path) -> dict:
+    import importlib
 
+    convert = importlib.import_module(f"nnunet_ext.dataset_conversion.{ds.converter}").convert
     raw_root, pre_root = Path(env["nnUNet_raw"]), Path(env["nnUNet_preprocessed"])
-    raw = raw_root / "Dataset711_DRIVE_AV"
+    raw = raw_root / ds.folder
     if not (pre_root / raw.name / f"{PLANS}.json").exists():
         raw_root.mkdir(parents=True, exist_ok=True)
         raw = convert(source, out_root=raw_root, overwrite=True)
         if any((raw / "imagesTs").glob("*.png")):
-            split = "official DRIVE test split"
+            unlabelled = sorted(p.name[:-len("_0000.png")] for p in (raw / "imagesTs").glob("*_0000.png")
+                                if not (raw / "labelsTs" / p.name.replace("_0000.png", ".png")).exists())
+            if unlabelled:
+                raise SystemExit(f"{source}: test images without an A/V label ({', '.join(unlabelled[:5])}); the "
+                                 "bench scores held-out images against their labels")
+            split = f"the source's {ds.title} test split"
         else:
-            hold_out(raw, HOLDOUT)
-            split = f"training images {', '.join(c.split('_')[0] for c in HOLDOUT)} held out (no test/ in the source)"
+            held = hold_out(raw, default_holdout(raw, ds))
+            rule = "" if ds.holdout else "the last fifth in numeric order, "
+            split = (f"training images {', '.join(c.removesuffix('_training') for c in held)} held out ({rule}no "
+                     "test/ in the source)")
+        stock.plan(ds.dataset_id, PRESET, env, [CONFIGURATION], log_file=log)
+        if write_split(pre_root / raw.name):
+            split += "; under 8 training images, so the pseudo-Dice case stays in training"
         (raw / "bench_split.txt").write_text(split)
-        stock.plan(DATASET, PRESET, env, [CONFIGURATION], log_file=log)
-        write_split(pre_root / raw.name)
     return {"split": (raw / "bench_split.txt").read_text(),
             "test_cases": sorted(p.name[:-len(".png")] for p in (raw / "labelsTs").glob("*.png"))}
 
 
-def time_steps(env: dict, out: Path, log: Path) -> dict:
+def time_steps(ds: AVSet, env: dict, out: Path, log: Path) -> dict:
     """Step and prediction seconds of stock and AVFusionTrainer on the bench plans, in one process."""
-    tag = f"drive_av_{CONFIGURATION}_{PRESET}_cpu"
-    stock.run([sys.executable, HERE.parent / "harness" / "bench_trainers.py", "-d", str(DATASET), "-c", CONFIGURATION,
-               "-p", PLANS, "-tr", "AVFusionTrainer", "--device", "cpu", "--iterations", "8", "--warmup", "2",
-               "--predict-cases", "1", "--out", out, "--tag", tag], env, log_file=log)
+    tag = f"{ds.folder.split('_', 1)[1].lower()}_{CONFIGURATION}_{PRESET}_cpu"
+    stock.run([sys.executable, HERE.parent / "harness" / "bench_trainers.py", "-d", str(ds.dataset_id), "-c",
+               CONFIGURATION, "-p", PLANS, "-tr", "AVFusionTrainer", "--device", "cpu", "--iterations", "8",
+               "--warmup", "2", "--predict-cases", "1", "--out", out, "--tag", tag], env, log_file=log)
     report = json.loads((out / f"{tag}.json").read_text())
     rows = {r["trainer"]: r for r in report["results"]}
     s, f = rows["nnUNetTrainer"], rows["AVFusionTrainer"]
@@ -117,9 +199,16 @@ def run_dir(work: Path, seed: int) -> Path:
     return work / f"seed{seed}"
 
 
-def model_folder(work: Path, seed: int, arm: str) -> Path:
+def model_folder(work: Path, seed: int, arm: str, ds: AVSet = DRIVE) -> Path:
     """The trained model (its fold_0 inside) of one arm and seed in the work folder."""
-    return run_dir(work, seed) / "results" / "Dataset711_DRIVE_AV" / f"{ARMS[arm]}__{PLANS}__{CONFIGURATION}"
+    return run_dir(work, seed) / "results" / ds.folder / f"{ARMS[arm]}__{PLANS}__{CONFIGURATION}"
+
+
+def work_set(work: Path) -> AVSet:
+    """The data set a work folder's trainings are of (work folders from before LES-AV/HRF-AV were DRIVE-AV's)."""
+    state_file = work / "bench_state.json"
+    key = json.loads(state_file.read_text()).get("dataset", "drive") if state_file.exists() else "drive"
+    return SETS[key]
 
 
 def bench_environment(work: Path, epochs: int) -> dict:
@@ -132,18 +221,18 @@ def bench_environment(work: Path, epochs: int) -> dict:
     return env
 
 
-def train_arms(work: Path, env: dict, seeds: list[int], arms: list[str], log: Path, state: dict) -> None:
-    raw = Path(env["nnUNet_raw"]) / "Dataset711_DRIVE_AV"
+def train_arms(work: Path, ds: AVSet, env: dict, seeds: list[int], arms: list[str], log: Path, state: dict) -> None:
+    raw = Path(env["nnUNet_raw"]) / ds.folder
     n_test = len(list((raw / "imagesTs").glob("*_0000.png")))
     for seed in seeds:
         for arm in arms:
             trainer = ARMS[arm]
             seed_env = dict(env, nnUNet_results=str(run_dir(work, seed) / "results"), nnUNet_ext_seed=str(seed))
-            fold = model_folder(work, seed, arm) / "fold_0"
+            fold = model_folder(work, seed, arm, ds) / "fold_0"
             key = f"seed {seed} {arm}"
             if not (fold / "checkpoint_final.pth").exists():
                 t0 = time.perf_counter()
-                stock.train(DATASET, CONFIGURATION, 0, trainer, seed_env, plans=PLANS, log_file=log)
+                stock.train(ds.dataset_id, CONFIGURATION, 0, trainer, seed_env, plans=PLANS, log_file=log)
                 state.setdefault("train_seconds", {})[key] = round(time.perf_counter() - t0, 1)
                 save_state(work, state)
             pred = run_dir(work, seed) / f"pred_{arm}"
@@ -152,7 +241,7 @@ def train_arms(work: Path, env: dict, seeds: list[int], arms: list[str], log: Pa
                     shutil.rmtree(pred)
                 t0 = time.perf_counter()
                 stock.run([stock.find_command("nnUNetv2_predict"), "-i", raw / "imagesTs", "-o", pred, "-d",
-                           str(DATASET), "-c", CONFIGURATION, "-p", PLANS, "-tr", trainer, "-f", "0", "-device",
+                           str(ds.dataset_id), "-c", CONFIGURATION, "-p", PLANS, "-tr", trainer, "-f", "0", "-device",
                            "cpu", "-npp", "1", "-nps", "1", "--save_probabilities", "--disable_tta"], seed_env,
                           log_file=log)
                 state.setdefault("predict_seconds", {})[key] = round(time.perf_counter() - t0, 1)
@@ -168,8 +257,8 @@ def save_state(work: Path, state: dict) -> None:
     (work / "bench_state.json").write_text(json.dumps(state, indent=2))
 
 
-def evaluate_arms(work: Path, env: dict, seeds: list[int], arms: list[str], log: Path) -> dict:
-    raw = Path(env["nnUNet_raw"]) / "Dataset711_DRIVE_AV"
+def evaluate_arms(work: Path, ds: AVSet, env: dict, seeds: list[int], arms: list[str], log: Path) -> dict:
+    raw = Path(env["nnUNet_raw"]) / ds.folder
     results: dict = {}
     for seed in seeds:
         for arm in arms:
@@ -189,8 +278,18 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{100 * x:.2f}"
 
 
-def write_report(out: Path, work: Path, state: dict, results: dict) -> dict:
-    """JSON with everything, targets.json, and the markdown tables (paper protocol, %)."""
+def merge_targets(path: Path, ds: AVSet, rows: list[dict]) -> list[dict]:
+    """targets.json holds every data set's rows: this set's are replaced, the others' kept (rows without a data set
+    are DRIVE-AV's, written before the script took other sets)."""
+    kept = [r for r in (json.loads(path.read_text()) if path.exists() else [])
+            if r.get("dataset", DRIVE.title) != ds.title]
+    merged = kept + rows
+    path.write_text(json.dumps(merged, indent=2))
+    return merged
+
+
+def write_report(out: Path, work: Path, ds: AVSet, state: dict, results: dict) -> dict:
+    """JSON with everything, this set's rows of targets.json, and the markdown tables (paper protocol, %)."""
     sys.path.insert(0, str(HERE / "trainers"))
     from av_drive_trainers import BUDGET
 
@@ -216,8 +315,8 @@ def write_report(out: Path, work: Path, state: dict, results: dict) -> dict:
             if seed not in results[arm]:
                 continue
             paper = results[arm][seed]["summary"]["paper"]
-            row = {"weighted": {m: paper["weighted"][m]["mean"] for m in PAPER},
-                   "per_class": {c: {m: v["mean"] for m, v in paper["per_class"][c].items() if m in PAPER}
+            row = {"weighted": {m: paper["weighted"][m]["mean"] for m in METRICS},
+                   "per_class": {c: {m: v["mean"] for m, v in paper["per_class"][c].items() if m in METRICS}
                                  for c in paper["per_class"]}}
             seg = results[arm][seed]["summary"]["segments"]
             row["segments"] = {k: seg[k]["mean"] for k in ("mixed_fraction", "misclassified_pixel_fraction")}
@@ -229,36 +328,44 @@ def write_report(out: Path, work: Path, state: dict, results: dict) -> dict:
                                                 for m in ("auc_roc", "auc_pr", "mse")}
             table.setdefault(arm, {})[seed] = row
 
+    prefix = "" if ds is DRIVE else f"{ds.title} "
     targets = []
     for seed in seeds:
         if not all(seed in table.get(a, {}) for a in ("stock", "AVFusionTrainer")):
             continue
         s, f = table["stock"][seed], table["AVFusionTrainer"][seed]
-        targets.append({"target": f"seed {seed}: AVFusionTrainer weighted F1 (paper protocol, held-out) > stock",
+        targets.append({"target": f"{prefix}seed {seed}: AVFusionTrainer weighted F1 (paper protocol, held-out) > "
+                                  "stock",
                         "measured": round(100 * f["weighted"]["f1"], 2), "goal": f"> {100 * s['weighted']['f1']:.2f}",
                         "met": bool(f["weighted"]["f1"] > s["weighted"]["f1"])})
-        targets.append({"target": f"seed {seed}: AVFusionTrainer intra-segment mixed-label fraction < stock",
+        targets.append({"target": f"{prefix}seed {seed}: AVFusionTrainer intra-segment mixed-label fraction < stock",
                         "measured": round(f["segments"]["mixed_fraction"], 4),
                         "goal": f"< {s['segments']['mixed_fraction']:.4f}",
                         "met": bool(f["segments"]["mixed_fraction"] < s["segments"]["mixed_fraction"])})
-        targets.append({"target": f"seed {seed}: stock artery F1 >= 0.5 (the budget separates arteries from veins)",
+        targets.append({"target": f"{prefix}seed {seed}: stock artery F1 >= 0.5 (the budget separates arteries from "
+                                  "veins)",
                         "measured": round(s["per_class"]["artery"]["f1"], 4), "goal": ">= 0.5",
                         "met": bool(s["per_class"]["artery"]["f1"] >= 0.5)})
     cost = state.get("cost")
     if cost:
-        targets.append({"target": "AVFusionTrainer training step <= 1.05 x three stock steps (same network, same run)",
+        targets.append({"target": f"{prefix}AVFusionTrainer training step <= 1.05 x three stock steps (same network, "
+                                  "same run)",
                         "measured": round(cost["step_ratio_to_three_stock"], 3), "goal": "<= 1.05",
                         "met": bool(cost["step_ratio_to_three_stock"] <= 1.05)})
     report = {"budget": budget, "budget_counted_as": "epochs x iterations x batch, equal for every arm; wall time "
               "reported beside it", "plans": PLANS, "configuration": cfg, "state": state, "table": table,
-              "results": results, "paper_drive_av_sigmoid": PAPER}
+              "results": results, "dataset": ds.title, "paper_sigmoid": ds.paper_metrics}
+    if ds is not DRIVE:
+        for t in targets:
+            t["dataset"] = ds.title
     report["targets"] = targets
-    stem = "av_drive" if epochs == DEFAULT_EPOCHS else f"av_drive_E{epochs}"
+    stem = ds.stem(epochs)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    (out / "targets.json").write_text(json.dumps(targets, indent=2))
+    merge_targets(out / "targets.json", ds, targets)
 
-    metrics = list(PAPER)
-    lines = [f"DRIVE-AV, paper protocol (hard labels inside the FOV; per image, weighted over artery/vein/uncertain "
+    metrics = list(METRICS)
+    paper = ds.paper_metrics
+    lines = [f"{ds.title}, paper protocol (hard labels inside the FOV; per image, weighted over artery/vein/uncertain "
              f"by reference pixels; mean over the held-out images, %). Budget: {budget}.", "",
              "| arm | seed | " + " | ".join(metrics) + " | artery F1 | vein F1 | crossing F1 | mixed segments | "
              "misclassified segment pixels | train s |", "|---" * (len(metrics) + 8) + "|"]
@@ -270,8 +377,8 @@ def write_report(out: Path, work: Path, state: dict, results: dict) -> dict:
                          f" | {_pct(row['segments']['mixed_fraction'])}"
                          f" | {_pct(row['segments']['misclassified_pixel_fraction'])}"
                          f" | {state.get('train_seconds', {}).get(f'seed {seed} {arm}', 'n/a')} |")
-    lines.append("| paper (Zhou et al. 2021, full training, mean over runs) | | "
-                 + " | ".join(str(PAPER[m]) for m in metrics) + " | | | | | | |")
+    lines.append(f"| paper (Zhou et al. 2021, {ds.title}, full training, mean over runs) | | "
+                 + " | ".join(str(paper[m]) for m in metrics) + " | | | | | | |")
     lines += ["", "Mean +- std over the seeds (the paper's +- is over training runs too):", "",
               "| arm | " + " | ".join(metrics) + " | mixed segments | misclassified segment pixels |",
               "|---" * (len(metrics) + 3) + "|"]
@@ -317,7 +424,7 @@ def write_report(out: Path, work: Path, state: dict, results: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", type=Path, help="DRIVE-AV folder (training/, optionally test/)")
+    p.add_argument("source", type=Path, help="DRIVE-AV, LES-AV or HRF-AV folder (training/, optionally test/)")
     p.add_argument("--work", type=Path, default=Path("/tmp/av_drive"))
     p.add_argument("--stage", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -326,9 +433,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
                    help="epochs x 100 iterations for every arm (results: av_drive_E<epochs>.* unless the default; "
                         "use a fresh --work per budget)")
+    p.add_argument("--dataset", choices=("auto", *SETS), default="auto",
+                   help="which A/V set SOURCE holds (auto: from its image names)")
     a = p.parse_args(argv)
     if not (a.source / "training").is_dir():
-        print(f"error: {a.source} has no training/ folder (expected the DRIVE-AV layout)", file=sys.stderr)
+        print(f"error: {a.source} has no training/ folder (expected the DRIVE-AV, LES-AV or HRF-AV layout)",
+              file=sys.stderr)
+        return 2
+    ds = SETS.get(a.dataset) or detect_set(a.source)
+    if ds is None:
+        print(f"error: {a.source}: cannot tell from the image names whether this is DRIVE-AV (NN_training.tif), "
+              "HRF-AV (NN_dr/g/h.jpg) or LES-AV (N.png); pass --dataset", file=sys.stderr)
+        return 2
+    if (a.work / "bench_state.json").exists() and work_set(a.work) is not ds:
+        print(f"error: {a.work} holds {work_set(a.work).title} trainings, not {ds.title}; use a fresh --work",
+              file=sys.stderr)
         return 2
 
     a.work.mkdir(parents=True, exist_ok=True)
@@ -342,19 +461,20 @@ def main(argv: list[str] | None = None) -> int:
     state_file = a.work / "bench_state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     state["epochs"] = a.epochs
-    state.update(prepare(a.source, env, log))
-    state["preprocessed"] = str(Path(env["nnUNet_preprocessed"]) / "Dataset711_DRIVE_AV")
+    state["dataset"] = ds.key
+    state.update(prepare(a.source, ds, env, log))
+    state["preprocessed"] = str(Path(env["nnUNet_preprocessed"]) / ds.folder)
     save_state(a.work, state)
     if "time" in a.stage:
-        state["cost"] = time_steps(env, a.out, log)
+        state["cost"] = time_steps(ds, env, a.out, log)
         save_state(a.work, state)
         print(json.dumps(state["cost"], indent=2))
     if "train" in a.stage:
-        train_arms(a.work, env, a.seeds, a.arms, log, state)
+        train_arms(a.work, ds, env, a.seeds, a.arms, log, state)
     if "evaluate" in a.stage:
         # every arm trained in this work folder, so that adding an arm later keeps the others in the report
-        results = evaluate_arms(a.work, env, a.seeds, list(ARMS), log)
-        write_report(a.out, a.work, state, results)
+        results = evaluate_arms(a.work, ds, env, a.seeds, list(ARMS), log)
+        write_report(a.out, a.work, ds, state, results)
     return 0
 
 

@@ -12,6 +12,7 @@ scored with the same protocol as the bench (`evaluation.av_protocol`, FOV masks,
 The paper's premise is that binary branches, which never face the ambiguous four-class decision, label a segment
 consistently; if the branches mix fewer segments than the fused output, the fusion is where the mixing enters.
 Stock's figures come from the bench's evaluation folder. Results: bench/results/av_fusion/branch_decisions_E<n>.*
+(LES-AV / HRF-AV work folders: branch_decisions_les_E<n>.* / branch_decisions_hrf_E<n>.*)
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_av_drive import ARMS, bench_environment, model_folder  # noqa: E402
+from bench_av_drive import ARMS, bench_environment, model_folder, work_set  # noqa: E402
 
 RESULTS = HERE.parent / "results" / "av_fusion"
-DATASET = "Dataset711_DRIVE_AV"
 FUSION_ARMS = [arm for arm in ARMS if arm != "stock"]
 DECISIONS = ("fused", "branches", "branches_no_crossing")
 
@@ -123,10 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     torch.set_num_threads(2)
-    raw = a.work / "nnunet" / "nnUNet_raw" / DATASET
+    ds = work_set(a.work)
+    raw = a.work / "nnunet" / "nnUNet_raw" / ds.folder
     cases = sorted(state["test_cases"])
     arms = a.arms or [arm for arm in FUSION_ARMS if all(
-        (model_folder(a.work, s, arm) / "fold_0" / "checkpoint_final.pth").is_file() for s in a.seeds)]
+        (model_folder(a.work, s, arm, ds) / "fold_0" / "checkpoint_final.pth").is_file() for s in a.seeds)]
     report: dict = {"work": str(a.work), "epochs": epochs, "test_cases": cases, "split": state["split"], "rows": {}}
     for seed in a.seeds:
         run = a.work / f"seed{seed}"
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                       "weighted_f1": stock_summary["paper"]["weighted"]["f1"]["mean"],
                       "crossing_f1": stock_summary["paper"]["per_class"]["uncertain"]["f1"]["mean"]}}
         for arm in arms:
-            folder = model_folder(a.work, seed, arm)
+            folder = model_folder(a.work, seed, arm, ds)
             if not (folder / "fold_0" / "checkpoint_final.pth").is_file():
                 print(f"error: {folder}/fold_0 has no checkpoint_final.pth", file=sys.stderr)
                 return 2
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             report["rows"].setdefault(arm, {})[str(seed)] = entry
 
     a.out.mkdir(parents=True, exist_ok=True)
-    stem = f"branch_decisions_E{epochs}"
+    stem = f"branch_decisions_E{epochs}" if ds.key == "drive" else f"branch_decisions_{ds.key}_E{epochs}"
     (a.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     lines = [f"Fused vs branch-only decisions of the AVFusion models of `{a.work.name}` ({epochs} epochs x 100 "
              f"iterations, seeds {' '.join(map(str, a.seeds))}); held-out: {state['split']} ({len(cases)} images). "
