@@ -302,7 +302,8 @@ def write_report(out: Path, work: Path, ds: AVSet, state: dict, results: dict) -
     budget = (f"{epochs} epochs x {BUDGET['iterations']} iterations x batch {cfg['batch_size']} for every "
               f"arm (AVFusion runs three U-Nets per step), {cfg['patch_size'][0]}x{cfg['patch_size'][1]} patches, "
               f"U-Net features {'-'.join(map(str, feats))} (plans {PLANS}), 2 shared CPU cores, checkpoint_final, "
-              f"prediction without mirroring; test: {state['split']} ({len(state['test_cases'])} images)")
+              f"prediction without mirroring; test: {state['split']} ({len(state['test_cases'])} "
+              f"image{'s' if len(state['test_cases']) != 1 else ''})")
 
     def seed_value(arm: str, seed: str, group: str, metric: str) -> float:
         s = results[arm][seed]["summary"][group]
