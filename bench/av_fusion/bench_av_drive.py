@@ -65,20 +65,20 @@ class AVSet:
     key: str
     title: str
     dataset_id: int
-    converter: str  # module in nnunet_ext.dataset_conversion, named as the data set folder it writes
+    folder: str  # the data set folder, also the name of its converter module in nnunet_ext.dataset_conversion
     paper: tuple  # Zhou et al. 2021, sigmoid version, %: METRICS in order
     holdout: tuple = ()  # fixed held-out training cases when the source has no test/; empty: the last fifth
 
     @property
-    def folder(self) -> str:
-        return self.converter
+    def slug(self) -> str:
+        return self.folder.split("_", 1)[1].lower()  # drive_av
 
     @property
     def paper_metrics(self) -> dict:
         return dict(zip(METRICS, self.paper, strict=True))
 
     def stem(self, epochs: int) -> str:
-        base = "av_drive" if self.key == "drive" else f"av_{self.folder.split('_', 1)[1].lower()}"
+        base = "av_drive" if self.key == "drive" else f"av_{self.slug}"
         return base if epochs == DEFAULT_EPOCHS and self.key == "drive" else f"{base}_E{epochs}"
 
 
@@ -152,7 +152,7 @@ def write_split(preprocessed: Path, n_val: int = 1) -> bool:
 def prepare(source: Path, ds: AVSet, env: dict, log: Path) -> dict:
     import importlib
 
-    convert = importlib.import_module(f"nnunet_ext.dataset_conversion.{ds.converter}").convert
+    convert = importlib.import_module(f"nnunet_ext.dataset_conversion.{ds.folder}").convert
     raw_root, pre_root = Path(env["nnUNet_raw"]), Path(env["nnUNet_preprocessed"])
     raw = raw_root / ds.folder
     if not (pre_root / raw.name / f"{PLANS}.json").exists():
@@ -172,7 +172,7 @@ def prepare(source: Path, ds: AVSet, env: dict, log: Path) -> dict:
                      "test/ in the source)")
         stock.plan(ds.dataset_id, PRESET, env, [CONFIGURATION], log_file=log)
         if write_split(pre_root / raw.name):
-            split += "; under 8 training images, so the pseudo-Dice case stays in training"
+            split += f"; under {MIN_TRAIN_FOR_SEPARATE_VAL} training images, so the pseudo-Dice case stays in training"
         (raw / "bench_split.txt").write_text(split)
     return {"split": (raw / "bench_split.txt").read_text(),
             "test_cases": sorted(p.name[:-len(".png")] for p in (raw / "labelsTs").glob("*.png"))}
@@ -180,7 +180,7 @@ def prepare(source: Path, ds: AVSet, env: dict, log: Path) -> dict:
 
 def time_steps(ds: AVSet, env: dict, out: Path, log: Path) -> dict:
     """Step and prediction seconds of stock and AVFusionTrainer on the bench plans, in one process."""
-    tag = f"{ds.folder.split('_', 1)[1].lower()}_{CONFIGURATION}_{PRESET}_cpu"
+    tag = f"{ds.slug}_{CONFIGURATION}_{PRESET}_cpu"
     stock.run([sys.executable, HERE.parent / "harness" / "bench_trainers.py", "-d", str(ds.dataset_id), "-c",
                CONFIGURATION, "-p", PLANS, "-tr", "AVFusionTrainer", "--device", "cpu", "--iterations", "8",
                "--warmup", "2", "--predict-cases", "1", "--out", out, "--tag", tag], env, log_file=log)
@@ -278,14 +278,12 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{100 * x:.2f}"
 
 
-def merge_targets(path: Path, ds: AVSet, rows: list[dict]) -> list[dict]:
+def merge_targets(path: Path, ds: AVSet, rows: list[dict]) -> None:
     """targets.json holds every data set's rows: this set's are replaced, the others' kept (rows without a data set
     are DRIVE-AV's, written before the script took other sets)."""
     kept = [r for r in (json.loads(path.read_text()) if path.exists() else [])
             if r.get("dataset", DRIVE.title) != ds.title]
-    merged = kept + rows
-    path.write_text(json.dumps(merged, indent=2))
-    return merged
+    path.write_text(json.dumps(kept + rows, indent=2))
 
 
 def write_report(out: Path, work: Path, ds: AVSet, state: dict, results: dict) -> dict:
@@ -446,9 +444,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {a.source}: cannot tell from the image names whether this is DRIVE-AV (NN_training.tif), "
               "HRF-AV (NN_dr/g/h.jpg) or LES-AV (N.png); pass --dataset", file=sys.stderr)
         return 2
-    if (a.work / "bench_state.json").exists() and work_set(a.work) is not ds:
-        print(f"error: {a.work} holds {work_set(a.work).title} trainings, not {ds.title}; use a fresh --work",
-              file=sys.stderr)
+    held = work_set(a.work) if (a.work / "bench_state.json").exists() else ds
+    if held is not ds:
+        print(f"error: {a.work} holds {held.title} trainings, not {ds.title}; use a fresh --work", file=sys.stderr)
         return 2
 
     a.work.mkdir(parents=True, exist_ok=True)
