@@ -85,7 +85,8 @@ def decode_av_label(path: Path, coding: str = "auto") -> np.ndarray:
     return out
 
 
-def _split_folders(source: Path) -> dict[str, Path]:
+def split_folders(source: Path) -> dict[str, Path]:
+    """The source's training ('Tr') and test ('Ts') folders; a folder holding images/ itself is a training split."""
     splits = {}
     for role, names in (("Tr", ("training", "train")), ("Ts", ("test", "testing"))):
         folder = first_existing(source, names)
@@ -128,7 +129,7 @@ def convert_av(source, dataset_id: int, name: str, description: str, reference: 
     source = Path(source)
     if not source.is_dir():
         raise ConversionError(f"{source}: source folder not found")
-    splits = _split_folders(source)
+    splits = split_folders(source)
     with staged_dataset(dataset_id, name, out_root, overwrite) as out:
         (out / "imagesTs").mkdir()
         (out / "labelsTs").mkdir()

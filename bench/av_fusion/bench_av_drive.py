@@ -44,6 +44,8 @@ sys.path.insert(0, str(HERE / "trainers"))
 from av_drive_trainers import EPOCHS_ENV  # noqa: E402
 
 from nnunet_ext import stock  # noqa: E402
+from nnunet_ext.dataset_conversion._common import ConversionError  # noqa: E402
+from nnunet_ext.dataset_conversion._fundus import split_folders  # noqa: E402
 from nnunet_ext.plans import PRESETS  # noqa: E402
 
 RESULTS = HERE.parent / "results" / "av_fusion"
@@ -94,8 +96,11 @@ DRIVE = SETS["drive"]
 def detect_set(source: Path) -> AVSet | None:
     """Which public A/V set a source folder holds, from its images' names: DRIVE `NN_training.tif`, HRF `NN_x.jpg`
     (x = dr, g, h), LES-AV plain numbers `N.png`."""
-    stems = [f.stem for split in ("training", "train", "test", "testing") for f in (source / split / "images").glob("*")
-             if f.is_file()]
+    try:
+        splits = split_folders(source)
+    except ConversionError:
+        return None
+    stems = [f.stem for folder in splits.values() for f in (folder / "images").glob("*") if f.is_file()]
     if not stems:
         return None
     if all(re.fullmatch(r"\d+_(training|test)", s) for s in stems):

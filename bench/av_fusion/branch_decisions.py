@@ -163,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"branch_decisions_E{epochs}" if ds.key == "drive" else f"branch_decisions_{ds.key}_E{epochs}"
     (a.out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     lines = [f"Fused vs branch-only decisions of the AVFusion models of `{a.work.name}` ({epochs} epochs x 100 "
-             f"iterations, seeds {' '.join(map(str, a.seeds))}); held-out: {state['split']} ({len(cases)} images). "
+             f"iterations, seeds {' '.join(map(str, a.seeds))}); held-out: {state['split']} "
+             f"({len(cases)} image{'s' if len(cases) != 1 else ''}). "
              "Paper protocol inside the FOV, mean over images, %. Branches: G_A and G_V alone at 0.5 (both = "
              "crossing). Stock: the bench's own evaluation.", "",
              "| arm | seed | decision | mixed segments | misclassified segment pixels | weighted F1 | crossing F1 | "
