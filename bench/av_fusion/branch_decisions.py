@@ -68,8 +68,8 @@ class BranchDecision:
 
 
 def score_images(predictor, raw: Path, cases: list[str], decision: str, stored: Path | None) -> list[dict]:
-    from evaluation.av_protocol import av_protocol_case
-    from evaluation.evaluate import read_fov
+    from nnunet_ext.evaluation.av_protocol import av_protocol_case
+    from nnunet_ext.evaluation.evaluate import read_fov
 
     reader = predictor.plans_manager.image_reader_writer_class()
     network = predictor.network
