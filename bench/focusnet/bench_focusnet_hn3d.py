@@ -366,6 +366,14 @@ def targets(summary: dict, small: list[str], large: list[str]) -> list[dict]:
     ]
 
 
+def merge_targets(path: Path, configuration: str, rows: list[dict]) -> None:
+    """targets.json holds one row set per configuration: this configuration's rows are replaced, the others' kept
+    (rows without a configuration are the 2d run's, written before the script labelled them)."""
+    kept = [r for r in (json.loads(path.read_text()) if path.exists() else [])
+            if r.get("configuration", "2d") != configuration]
+    path.write_text(json.dumps(kept + [{**r, "configuration": configuration} for r in rows], indent=1))
+
+
 def markdown(report: dict, small: list[str], large: list[str]) -> str:
     s = report["setting"]
     organs = large + small
@@ -499,7 +507,7 @@ def main() -> int:
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
     (args.out / f"{stem}.md").write_text(markdown(report, small, large))
     if report["targets"]:  # a run of some rows only must not blank the targets of the last full run
-        (args.out / "targets.json").write_text(json.dumps(report["targets"], indent=1))
+        merge_targets(args.out / "targets.json", args.configuration, report["targets"])
     print(args.out / f"{stem}.md")
     return 0
 
