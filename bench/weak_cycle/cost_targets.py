@@ -6,8 +6,8 @@ WeakCycleTrainer=refinement), merged into targets.json beside the harness result
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +16,19 @@ GOAL = 1.2  # refinement-phase step against the stock nnUNetTrainer step
 
 
 def main(argv=None) -> int:
-    results_file = Path((argv or sys.argv[1:])[0])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", type=Path, help="the harness's JSON (a run with WeakCycleTrainer's refinement phase "
+                   "and nnUNetTrainer)")
+    results_file = p.parse_args(argv).results
+    if not results_file.is_file():
+        p.error(f"{results_file}: no such file")
     results = json.loads(results_file.read_text())["results"]
-    row = next(r for r in results if r["trainer"].startswith("WeakCycleTrainer")
-               and str(r.get("phase") or "").startswith("refinement"))
-    stock = next(r for r in results if r["trainer"] == "nnUNetTrainer")
+    row = next((r for r in results if r["trainer"].startswith("WeakCycleTrainer")
+                and str(r.get("phase") or "").startswith("refinement")), None)
+    stock = next((r for r in results if r["trainer"] == "nnUNetTrainer"), None)
+    if row is None or stock is None:
+        p.error(f"{results_file}: needs a WeakCycleTrainer row with --phase WeakCycleTrainer=refinement and an "
+                "nnUNetTrainer row")
     # the harness's ratio is of medians; the teacher's pass depends on how many of a batch's samples are disease
     # cases, so the step varies from batch to batch and a run costs the mean: both must meet the goal
     mean_ratio = float(np.mean(row["iteration_times"]) / np.mean(stock["iteration_times"]))
