@@ -71,3 +71,35 @@ def test_demo_resolves_method_name_to_its_demo_variant_phantom_and_floor():
     assert resolve_demo("nnUNetTrainer_debug", "ct3d") == ("nnUNetTrainer_debug", "ct3d", None)
     with pytest.raises(ValueError, match="NoSuchTrainer"):
         resolve_demo("NoSuchTrainer")
+
+
+LOADER = """
+import runpy, sys, traceback
+from pathlib import Path
+bench, failures = Path(sys.argv[1]), []
+for script in sorted(p for p in bench.glob("*/*.py")):
+    # each script as `python bench/<method>/<script>.py` loads it: its folder first on sys.path, and no module of
+    # another bench folder cached (several hold a `trainers` package of their own)
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(bench)):
+            del sys.modules[name]
+    sys.path[:] = [str(script.parent)] + [p for p in sys.path if not p.startswith(str(bench))]
+    try:
+        runpy.run_path(str(script), run_name="bench_script_loaded_by_a_test")
+    except BaseException:
+        failures.append(f"{script.relative_to(bench.parent)}: {traceback.format_exc(limit=-2)}")
+print("\\n".join(failures))
+sys.exit(1 if failures else 0)
+"""
+
+
+def test_every_bench_script_loads_as_python_runs_it(tmp_path):
+    """A bench script runs only on demand, so a name it imports can vanish unnoticed (bench_ftsegnet_ablation.py
+    imported a helper of bench_av_drive.py for several sessions after it was removed). Each script's module level runs
+    here as `python bench/...` would run it, from outside the repository root, without its main()."""
+    repo = Path(__file__).resolve().parents[1]
+    scripts = sorted((repo / "bench").glob("*/*.py"))
+    assert len(scripts) >= 20, scripts
+    proc = subprocess.run([sys.executable, "-c", LOADER, str(repo / "bench")], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]

@@ -6,8 +6,9 @@
 tumor2d: the fundus-tumour phantom (seed 0, 24 training / 6 held-out 96x96 images, its classification.json gives the
 prior 3 classes), the stock 2d plans. isic: the ISIC 2018 sample's lesion images with masks (val/) and healthy-skin
 crops (normal/, all-zero masks) converted with Dataset742_ISICWeak (roles val -> full), the last 2 of each held out
-as the test set; no class table, so the prior learns "patch contains lesion"; the AV benchmark's CPU configuration
-`2d_cpu128` of bench/av_fusion/bench_av_drive.py (128x128 patches, batch 2, 5 stages of 16-160 features). Every
+as the test set; no class table, so the prior learns "patch contains lesion"; planned with the `cpu` preset
+(`nnunet_ext plan --preset cpu`, plans nnUNetPlans_cpu; the checked-in ISIC results used the AV benchmark's former
+hand-written `2d_cpu128`: 128x128 patches, batch 2, 5 stages of 16-160 features). Every
 trainer: the budget of bench/ftsegnet/trainers (5 epochs x 16 iterations; FTSegNet's prior trains its own
 prior_iterations before epoch 0 since issue 20 - the checked-in results predate that and spent epoch 0 on the
 prior), seed 0, fold 0, checkpoint_final, stock nnUNetv2_predict without mirroring, scored with `nnunet_ext evaluate`
@@ -25,9 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.append(str(Path(__file__).resolve().parents[1] / "av_fusion"))  # bench_av_drive: the AV CPU configuration
-from bench_av_drive import CONFIGURATION as CPU_CONFIGURATION
-from bench_av_drive import add_cpu_configuration
 from trainers.ftsegnet_bench_trainers import BUDGET
 
 from nnunet_ext import stock
@@ -35,6 +33,7 @@ from nnunet_ext.phantoms import tumor2d
 from nnunet_ext.training.variants import DEMO_BUDGET
 
 HERE = Path(__file__).resolve().parent
+ISIC_PRESET = "cpu"  # the stock 2d plans of the ISIC sample want a GPU
 TRAINERS = ("nnUNetTrainer_ablation", "FTSegNetTrainer_NoCPB_ablation", "FTSegNetTrainer_ablation")
 DEMO_TRAINERS = ("nnUNetTrainer_demo", "FTSegNetTrainer_NoCPB_demo", "FTSegNetTrainer_demo")
 
@@ -74,17 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     env = stock.work_environment(work / "nnunet", "cpu")
     raw_root, pre_root = Path(env["nnUNet_raw"]), Path(env["nnUNet_preprocessed"])
     log = work / "commands.log"
-    dataset_id, configuration = (tumor2d.DEFAULT_ID, "2d") if a.data == "tumor2d" else (742, CPU_CONFIGURATION)
-    if not any(pre_root.glob(f"Dataset{dataset_id}_*/nnUNetPlans.json")):
+    dataset_id, configuration = (tumor2d.DEFAULT_ID, "2d") if a.data == "tumor2d" else (742, "2d")
+    plans = "nnUNetPlans" if a.data == "tumor2d" else f"nnUNetPlans_{ISIC_PRESET}"
+    if not any(pre_root.glob(f"Dataset{dataset_id}_*/{plans}.json")):
         raw_root.mkdir(parents=True, exist_ok=True)
         if a.data == "tumor2d":
             tumor2d.generate(raw_root, seed=0, overwrite=True)
+            stock.plan_and_preprocess(dataset_id, "2d", env, log_file=log)
         else:
             prepare_isic(a.source, raw_root)
-        stock.plan_and_preprocess(dataset_id, "2d", env, log_file=log)
+            stock.plan(dataset_id, ISIC_PRESET, env, ["2d"], log_file=log)
     raw = next(raw_root.glob(f"Dataset{dataset_id}_*"))
-    if a.data == "isic":
-        add_cpu_configuration(pre_root / raw.name)
 
     out_file = a.out / f"ftsegnet_ablation_{a.data}{'_demo' if a.demo_budget else ''}.json"
     report = json.loads(out_file.read_text()) if out_file.exists() else {"results": {}, "seconds": {}}
@@ -92,15 +91,15 @@ def main(argv: list[str] | None = None) -> int:
     train_env["nnUNet_extTrainer"] = f"{env['nnUNet_extTrainer']}:{HERE / 'trainers'}"
     for trainer in a.trainers:
         t0 = time.perf_counter()
-        stock.train(dataset_id, configuration, 0, trainer, train_env, log_file=log)
+        stock.train(dataset_id, configuration, 0, trainer, train_env, plans=plans, log_file=log)
         report["seconds"][f"train {trainer}"] = round(time.perf_counter() - t0, 1)
         pred = work / f"pred_{trainer}"
         if pred.exists():
             shutil.rmtree(pred)
         t0 = time.perf_counter()
         stock.run([stock.find_command("nnUNetv2_predict"), "-i", raw / "imagesTs", "-o", pred, "-d", str(dataset_id),
-                   "-c", configuration, "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
-                   "--disable_tta"], train_env, log_file=log)
+                   "-c", configuration, "-p", plans, "-tr", trainer, "-f", "0", "-device", "cpu", "-npp", "1",
+                   "-nps", "1", "--disable_tta"], train_env, log_file=log)
         report["seconds"][f"predict {trainer}"] = round(time.perf_counter() - t0, 1)
         ev = work / f"eval_{trainer}"
         stock.run([stock.find_command("nnunet_ext"), "evaluate", "-ref", raw / "labelsTs", "-pred", pred,
@@ -110,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                                       "per_class": summary["per_class"], "detection": summary.get("detection"),
                                       "n_cases": summary["n_cases"]}
         report["budget"] = (f"{budget['epochs']} epochs x {budget['iterations']} iterations, "
-                            f"configuration {configuration}, seed 0, fold 0, checkpoint_final, 2 CPU cores shared "
-                            f"with other jobs, prediction without mirroring")
+                            f"configuration {configuration} of {plans}, seed 0, fold 0, checkpoint_final, 2 CPU cores "
+                            "shared with other jobs, prediction without mirroring")
         report["test_cases"] = sorted(p.name[:-len(".png")] for p in (raw / "labelsTs").glob("*.png"))
         write_report(out_file, report)
     return 0
