@@ -77,7 +77,7 @@ LOADER = """
 import runpy, sys, traceback
 from pathlib import Path
 bench, failures = Path(sys.argv[1]), []
-for script in sorted(p for p in bench.glob("*/*.py")):
+for script in sorted(bench.glob("*/*.py")):
     # each script as `python bench/<method>/<script>.py` loads it: its folder first on sys.path, and no module of
     # another bench folder cached (several hold a `trainers` package of their own)
     for name, module in list(sys.modules.items()):

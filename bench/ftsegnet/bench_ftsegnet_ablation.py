@@ -73,16 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     env = stock.work_environment(work / "nnunet", "cpu")
     raw_root, pre_root = Path(env["nnUNet_raw"]), Path(env["nnUNet_preprocessed"])
     log = work / "commands.log"
-    dataset_id, configuration = (tumor2d.DEFAULT_ID, "2d") if a.data == "tumor2d" else (742, "2d")
-    plans = "nnUNetPlans" if a.data == "tumor2d" else f"nnUNetPlans_{ISIC_PRESET}"
+    configuration = "2d"
+    dataset_id, plans = ((tumor2d.DEFAULT_ID, "nnUNetPlans") if a.data == "tumor2d"
+                         else (742, f"nnUNetPlans_{ISIC_PRESET}"))
     if not any(pre_root.glob(f"Dataset{dataset_id}_*/{plans}.json")):
         raw_root.mkdir(parents=True, exist_ok=True)
         if a.data == "tumor2d":
             tumor2d.generate(raw_root, seed=0, overwrite=True)
-            stock.plan_and_preprocess(dataset_id, "2d", env, log_file=log)
+            stock.plan_and_preprocess(dataset_id, configuration, env, log_file=log)
         else:
             prepare_isic(a.source, raw_root)
-            stock.plan(dataset_id, ISIC_PRESET, env, ["2d"], log_file=log)
+            stock.plan(dataset_id, ISIC_PRESET, env, [configuration], log_file=log)
     raw = next(raw_root.glob(f"Dataset{dataset_id}_*"))
 
     out_file = a.out / f"ftsegnet_ablation_{a.data}{'_demo' if a.demo_budget else ''}.json"
