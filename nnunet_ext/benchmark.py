@@ -257,6 +257,15 @@ def run_benchmark(trainers: list[str], dataset: str, configuration: str, device:
     return report
 
 
+def merge_targets(path: Path, rows: list[dict], key: str, value: str, unlabelled: str, indent: int = 1) -> None:
+    """Write one run's target rows into a method's targets.json that holds rows of several runs told apart by `key`
+    (data set, configuration): the rows whose `key` is `value` are replaced by `rows` (each labelled with it), the
+    others kept. A row without `key` counts as `unlabelled`: the run a script made before it labelled its rows."""
+    previous = json.loads(path.read_text()) if path.exists() else []
+    kept = [r for r in previous if r.get(key, unlabelled) != value]
+    path.write_text(json.dumps(kept + [{**r, key: value} for r in rows], indent=indent))
+
+
 def markdown_table(report: dict) -> str:
     head = (f"Dataset {report['dataset']}, {report['configuration']}, {report.get('plans', 'nnUNetPlans')}, "
             f"{report['device']} "

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nnunet_ext.benchmark import STOCK, run_benchmark
+from nnunet_ext.benchmark import STOCK, merge_targets, run_benchmark
 
 
 def test_demo_on_reduced_budget(tmp_path):
@@ -103,3 +103,17 @@ def test_every_bench_script_loads_as_python_runs_it(tmp_path):
     proc = subprocess.run([sys.executable, "-c", LOADER, str(repo / "bench")], capture_output=True, text=True,
                           cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+
+
+def test_merge_targets_replaces_only_this_runs_rows(tmp_path):
+    """A bench script rerun on one data set or configuration must keep the other runs' targets."""
+    path = tmp_path / "targets.json"
+    merge_targets(path, [{"target": "a", "met": True}], "configuration", "2d", "2d")
+    path.write_text(json.dumps(json.loads(path.read_text()) + [{"target": "old, unlabelled", "met": False}]))
+    merge_targets(path, [{"target": "b", "met": False}], "configuration", "3d_fullres", "2d")
+    assert [(r["target"], r.get("configuration")) for r in json.loads(path.read_text())] == [
+        ("a", "2d"), ("old, unlabelled", None), ("b", "3d_fullres")]
+    # the 2d rerun replaces its labelled row and the unlabelled one (the 2d run's), keeps 3d_fullres'
+    merge_targets(path, [{"target": "c", "met": True}], "configuration", "2d", "2d")
+    assert [(r["target"], r["configuration"]) for r in json.loads(path.read_text())] == [
+        ("b", "3d_fullres"), ("c", "2d")]

@@ -44,6 +44,7 @@ sys.path.insert(0, str(HERE / "trainers"))
 from av_drive_trainers import EPOCHS_ENV  # noqa: E402
 
 from nnunet_ext import stock  # noqa: E402
+from nnunet_ext.benchmark import merge_targets  # noqa: E402
 from nnunet_ext.dataset_conversion._common import ConversionError  # noqa: E402
 from nnunet_ext.dataset_conversion._fundus import split_folders  # noqa: E402
 from nnunet_ext.plans import PRESETS  # noqa: E402
@@ -283,14 +284,6 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or x != x else f"{100 * x:.2f}"
 
 
-def merge_targets(path: Path, ds: AVSet, rows: list[dict]) -> None:
-    """targets.json holds every data set's rows: this set's are replaced, the others' kept (rows without a data set
-    are DRIVE-AV's, written before the script took other sets)."""
-    kept = [r for r in (json.loads(path.read_text()) if path.exists() else [])
-            if r.get("dataset", DRIVE.title) != ds.title]
-    path.write_text(json.dumps(kept + rows, indent=2))
-
-
 def write_report(out: Path, work: Path, ds: AVSet, state: dict, results: dict) -> dict:
     """JSON with everything, this set's rows of targets.json, and the markdown tables (paper protocol, %)."""
     sys.path.insert(0, str(HERE / "trainers"))
@@ -365,7 +358,8 @@ def write_report(out: Path, work: Path, ds: AVSet, state: dict, results: dict) -
     report["targets"] = targets
     stem = ds.stem(epochs)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
-    merge_targets(out / "targets.json", ds, targets)
+    # rows without a data set are DRIVE-AV's, written before the script took other sets
+    merge_targets(out / "targets.json", targets, "dataset", ds.title, DRIVE.title, indent=2)
 
     metrics = list(METRICS)
     paper = ds.paper_metrics

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from nnunet_ext import stock
+from nnunet_ext.benchmark import merge_targets
 from nnunet_ext.evaluation.metrics import overlap_metrics
 from nnunet_ext.methods.focusnet.roi import centroid, crop, peak, place_box
 from nnunet_ext.phantoms import hn3d
@@ -366,14 +367,6 @@ def targets(summary: dict, small: list[str], large: list[str]) -> list[dict]:
     ]
 
 
-def merge_targets(path: Path, configuration: str, rows: list[dict]) -> None:
-    """targets.json holds one row set per configuration: this configuration's rows are replaced, the others' kept
-    (rows without a configuration are the 2d run's, written before the script labelled them)."""
-    kept = [r for r in (json.loads(path.read_text()) if path.exists() else [])
-            if r.get("configuration", "2d") != configuration]
-    path.write_text(json.dumps(kept + [{**r, "configuration": configuration} for r in rows], indent=1))
-
-
 def markdown(report: dict, small: list[str], large: list[str]) -> str:
     s = report["setting"]
     organs = large + small
@@ -507,7 +500,7 @@ def main() -> int:
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=1))
     (args.out / f"{stem}.md").write_text(markdown(report, small, large))
     if report["targets"]:  # a run of some rows only must not blank the targets of the last full run
-        merge_targets(args.out / "targets.json", args.configuration, report["targets"])
+        merge_targets(args.out / "targets.json", report["targets"], "configuration", args.configuration, "2d")
     print(args.out / f"{stem}.md")
     return 0
 
