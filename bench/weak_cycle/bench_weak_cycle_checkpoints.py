@@ -11,7 +11,9 @@ samples, through the converters and the stock commands.
 
 Phantom budgets: 2000 translation iterations (default, with the teacher-update ablation), --long 6000 (--long
 --no-composite: the ablation without the adversarial term on the composite; --long --uncertain-ignore: the teacher
-rule before 2026-12-01, pixels the teacher is unsure about become ignore; neither writes targets), --xlong 16000
+rule before 2026-12-01, pixels the teacher is unsure about become ignore; neither writes targets; --long
+--full-width: WeakCycleTrainer's own widths, 32 features and 4 blocks, instead of the quarter-width networks below,
+with its own targets), --xlong 16000
 (--xlong --uncertain-ignore: that rule at this budget, no targets).
 
 --data is the source folder: the real sample, or for the phantom the folder it is generated into (kept there). One
@@ -178,7 +180,8 @@ def markdown(dataset: str, args, runs: list[dict], summary: dict, targets: list[
                      f"{ablation['student_dice']:.3f} ({runs[0]['student_on']}; per seed: "
                      f"{', '.join(str(r['student']['dice']) for r in ablation['runs'])} %), validation "
                      f"{ablation['student_validation_dice']:.3f}.")
-    lines += [f"Translation cost: {summary['translation_s_per_iteration']} s per iteration (quarter-width networks, "
+    widths = "the trainer's own widths" if getattr(args, "full_width", False) else "quarter-width networks"
+    lines += [f"Translation cost: {summary['translation_s_per_iteration']} s per iteration ({widths}, "
               f"scoring included); training {', '.join(str(r['train_s']) for r in runs)} s per seed.", "",
               "| target | measured | goal | met |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['measured']} | {t['goal']} | {t['met']} |" for t in targets]
@@ -201,6 +204,9 @@ def main(argv=None) -> int:
     p.add_argument("--uncertain-ignore", action="store_true",
                    help="phantom, --long or --xlong: the teacher rule before 2026-12-01, pixels the teacher is "
                         "unsure about become ignore (teacher_uncertain = 'ignore'); an ablation, writes no targets")
+    p.add_argument("--full-width", action="store_true",
+                   help="phantom, --long: WeakCycleTrainer's own generator and discriminator widths (32 features, 4 "
+                        "blocks) instead of the bench's quarter-width networks; writes its own targets")
     p.add_argument("--no-ablation", action="store_true",
                    help="phantom: skip the arm with the teacher's pseudo-label updates ablated")
     args = p.parse_args(argv)
@@ -210,6 +216,8 @@ def main(argv=None) -> int:
         p.error("--no-composite runs with --long")
     if args.uncertain_ignore and not (args.long or args.xlong):
         p.error("--uncertain-ignore runs with --long or --xlong")
+    if args.full_width and (not args.long or args.no_composite or args.uncertain_ignore):
+        p.error("--full-width runs with --long alone")
     if args.no_composite and args.uncertain_ignore:
         p.error("--no-composite and --uncertain-ignore are separate runs")
     work, out = Path(args.work), Path(args.output)
@@ -223,8 +231,9 @@ def main(argv=None) -> int:
     if args.dataset == "isic":
         trainer += "_isic"  # the original's ISIC loss weights
     variant = "_nocomposite" if args.no_composite else "_ignore" if args.uncertain_ignore else ""
-    trainer += variant
-    tag = args.dataset + budget + variant
+    width = "_full" if args.full_width else ""
+    trainer += variant + width
+    tag = args.dataset + budget + variant + width
     runs = [run_seed(tag, setup, trainer, seed, work, env, out) for seed in args.seeds]
     summary, targets = summarise(args.dataset, runs)
     if args.dataset == "phantom" and not budget and not args.no_ablation:
@@ -239,7 +248,8 @@ def main(argv=None) -> int:
     summary["student_validation_dice"] = float(np.mean([r["student_validation_dice"] for r in runs]))
     if budget:
         for t in targets:
-            t["target"] = t["target"].replace("phantom:", f"phantom ({summary['final_iterations']} iterations):", 1)
+            run = f"{summary['final_iterations']} iterations" + (", the trainer's own widths" if width else "")
+            t["target"] = t["target"].replace("phantom:", f"phantom ({run}):", 1)
     name = f"weak_cycle_checkpoints_{tag}"
     (out / f"{name}.json").write_text(json.dumps({"summary": summary, "runs": runs, "targets": targets}, indent=1,
                                                  default=str))

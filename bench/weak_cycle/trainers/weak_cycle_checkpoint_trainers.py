@@ -131,6 +131,10 @@ WeakCycleTrainer_ckpt_phantom_keepnone = _phantom_variant("keepnone", teacher_ke
 # the same phantom for 6000 translation iterations (120 epochs) and 1500 refinement iterations (30 epochs)
 LONG_BUDGET = {"epochs": 150, "iterations": 50, "val_iterations": 2}
 WeakCycleTrainer_ckpt_phantom_long = _phantom_variant("long", LONG_BUDGET)
+# the same budget with WeakCycleTrainer's own widths (what a user trains), not the bench's quarter-width networks
+WeakCycleTrainer_ckpt_phantom_long_full = _phantom_variant(
+    "long_full", LONG_BUDGET, generator_features=WeakCycleTrainer.generator_features,
+    generator_blocks=WeakCycleTrainer.generator_blocks, discriminator_features=WeakCycleTrainer.discriminator_features)
 # 16000 translation iterations (320 epochs) and 4000 refinement iterations (80 epochs)
 WeakCycleTrainer_ckpt_phantom_xlong = _phantom_variant("xlong", {**LONG_BUDGET, "epochs": 400})
 # ablation: no adversarial term on the composite
