@@ -43,7 +43,7 @@ from nnunet_ext.methods.weak_cycle.network import (
 )
 from nnunet_ext.methods.weak_cycle.views import split_views
 from nnunet_ext.phantoms import weak2d
-from nnunet_ext.trainers.weak_cycle_trainers import WeakCycleTrainer_noComposite
+from nnunet_ext.trainers.weak_cycle_trainers import WeakCycleTrainer_noComposite, lesion_contrast
 from nnunet_ext.training.base import unwrap
 
 MECHANISM_STEPS = 150  # translation steps of the mechanism test
@@ -373,6 +373,7 @@ def test_train_stop_resume_in_refinement_export_and_predict(weak_preprocessed, t
     masks = ours["extra"]["pseudo_masks"]
     assert len(masks) == 4 and all(set(np.unique(m)) <= {-1, 0, 1} for m in masks.values())
     assert (fold / "weakcycle_progress.png").is_file() and "attention/coverage" in ours["vitals"][0]
+    assert "attention/lesion_contrast" in ours["vitals"][0]
     assert set(ours["aux_modules"]) == {"gen_ab", "gen_ba", "disc_global_a", "disc_local_a", "disc_global_b",
                                         "disc_local_b", "teacher"}
     phase1 = sorted((fold / "weak_cycle" / "phase1_pseudo_masks").glob("*.png"))
@@ -442,6 +443,11 @@ def test_refinement_views_teacher_ignore_and_best_checkpoint_restart(weak_prepro
     trainer.update_pseudo_masks_from_teacher()
     assert set(np.unique(trainer.pseudo_masks[case])) == {-1, 2} and trainer._teacher_vitals["teacher/lesion"] == 0
     assert any("collapsed to background" in w for w in trainer.vital_sign_warnings([trainer._teacher_vitals]))
+    # an attention no higher on the validation lesions than on the rest of their body, after 5 translation epochs
+    flat = [{"cam/accuracy": 0.9}] * 4 + [{"cam/accuracy": 0.9, "attention/lesion_contrast": -0.1}]
+    assert any("lesion contrast -0.10" in w for w in trainer.vital_sign_warnings(flat))
+    assert not any("lesion contrast" in w for w in trainer.vital_sign_warnings(
+        flat[:4] + [{"cam/accuracy": 0.9, "attention/lesion_contrast": 1.5}]))
     # lesion shares of three updates (the xlong phantom run's first, a middle and its last): a shrinking warning
     shrinking = [{"teacher/lesion": 0.145}, {}, {"teacher/lesion": 0.065}, {"teacher/lesion": 0.030}]
     assert any("14.5% to 3.0% in 3 updates" in w for w in trainer.vital_sign_warnings(shrinking))
@@ -586,3 +592,13 @@ def test_weak_cycle_translation_pseudo_masks_beat_keep_all(weak_distractor_prepr
         keep_all.append(dice(reference, body))
     assert len(ours) == 8 and np.mean(ours) > np.mean(keep_all) + 0.1, (ours, keep_all)
     assert sum(o > k for o, k in zip(ours, keep_all, strict=True)) >= 6, (ours, keep_all)
+
+
+def test_weak_cycle_lesion_contrast_by_hand():
+    """The vital sign that tells an attention on the lesions from a flat one: (lesion mean - rest-of-body mean) /
+    spread over the body."""
+    body, lesion = np.ones((2, 2), bool), np.array([[True, True], [False, False]])
+    assert lesion_contrast(np.array([[1.0, 1.0], [0.0, 0.0]]), body, lesion) == pytest.approx(2.0)  # std 0.5
+    assert lesion_contrast(np.array([[0.0, 0.0], [1.0, 1.0]]), body, lesion) == pytest.approx(-2.0)
+    assert lesion_contrast(np.full((2, 2), 0.6), body, lesion) == 0.0
+    assert np.isnan(lesion_contrast(np.ones((2, 2)), body, np.zeros((2, 2), bool)))

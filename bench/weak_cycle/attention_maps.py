@@ -8,8 +8,8 @@ FOLD is a trained WeakCycle fold folder (its checkpoint_final.pth, or --checkpoi
 nnUNet_preprocessed folder. The cases are the fold's fully labelled validation cases (splits_final.json), which is
 where settings may be chosen; --cases names others. The generator's widths are read from the checkpoint. Writes
 <output>.png and <output>.json: per case the mean raw attention on the lesion and on the rest of the body, their
-difference in units of the attention's spread over the body (lesion contrast), the attention's range over the body,
-and the pseudo-mask's Dice.
+difference in units of the attention's spread over the body (lesion contrast, the trainer's vital sign), the
+attention's range over the body, and the pseudo-mask's Dice.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import torch
 
 from nnunet_ext.methods.weak_cycle.data import body_mask, case_kind, dice, threshold_image
 from nnunet_ext.methods.weak_cycle.network import WeakCycleGenerator, pad_to_multiple
+from nnunet_ext.trainers.weak_cycle_trainers import lesion_contrast
 
 
 class InputError(Exception):
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
             inside, rest = attention[reference & body], attention[body & ~reference]
             rows.append({"case": case, "attention_lesion": float(inside.mean()),
                          "attention_rest_of_body": float(rest.mean()),
-                         "lesion_contrast": float((inside.mean() - rest.mean()) / max(attention[body].std(), 1e-8)),
+                         "lesion_contrast": lesion_contrast(attention, body, reference),
                          "attention_range": [float(attention[body].min()), float(attention[body].max())],
                          "otsu_threshold": threshold, "pseudo_mask_dice": dice(reference, mask)})
             drawn.append((case, data[0, 0], reference, attention, cam, mask))

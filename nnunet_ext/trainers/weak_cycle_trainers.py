@@ -105,6 +105,15 @@ SHRINK_WARNING = 1 / 3  # warn when the teacher's lesion share falls below this 
 VITAL_CASES = 8  # cases per kind that the per-epoch vital signs look at: bounded cost on large data sets
 
 
+def lesion_contrast(attention: np.ndarray, body: np.ndarray, reference: np.ndarray) -> float:
+    """How far the attention on a case's lesion stands above the rest of its body, in units of its spread over the
+    body: 0 for a map that ignores the lesion, a few for one that singles it out (nan without lesion or rest)."""
+    lesion, rest = attention[reference & body], attention[body & ~reference]
+    if not lesion.size or not rest.size:
+        return math.nan
+    return float((lesion.mean() - rest.mean()) / max(float(attention[body].std()), 1e-8))
+
+
 def load_case_arrays(dataset, identifier: str) -> tuple[np.ndarray, np.ndarray]:
     """(image C x spatial float32, seg 1 x spatial) of one preprocessed case."""
     data, seg, _, _ = dataset.load_case(identifier)
@@ -653,9 +662,10 @@ class WeakCycleTrainer(nnUNetExtTrainer):
 
     def epoch_vital_signs(self) -> dict[str, float]:
         """Translation: attention coverage (share of the body in the pseudo-mask it would give now), mean raw
-        attention inside and outside the body, G_AB's CAM accuracy over the epoch's steps, and the pseudo-mask Dice
-        of attention and CAM on the fully labelled validation cases. Refinement: the share of the body's pseudo-labels
-        the teacher's update changed, left ignored and made lesion, and its two thresholds (epochs with an update)."""
+        attention inside and outside the body, G_AB's CAM accuracy over the epoch's steps, and on the fully labelled
+        validation cases the pseudo-mask Dice of attention and CAM and the attention's lesion contrast. Refinement:
+        the share of the body's pseudo-labels the teacher's update changed, left ignored and made lesion, and its two
+        thresholds (epochs with an update)."""
         if self.current_phase is None:
             return {}
         if self.current_phase.name == REFINEMENT:
@@ -674,13 +684,17 @@ class WeakCycleTrainer(nnUNetExtTrainer):
                   "attention/outside_body": float(np.mean(outside)) if outside else math.nan,
                   "cam/accuracy": self._cam_hits / self._cam_total if self._cam_total else math.nan}
         scores = {"attention": [], "cam": []}
+        contrast = []
         for data, body, reference in cases["validation"]:
             maps = self.generator_maps(generator, data)
             for key in scores:
                 scores[key].append(dice(reference, self.binarise(maps[key] * body, body, threshold)[0]))
+            contrast.append(lesion_contrast(maps["attention"], body, reference))
         if cases["validation"]:
             values["pseudo_mask/validation_dice"] = float(np.mean(scores["attention"]))
             values["pseudo_mask/validation_dice_cam"] = float(np.mean(scores["cam"]))
+            values["attention/lesion_contrast"] = float(np.nanmean(contrast)) if np.isfinite(contrast).any() \
+                else math.nan
         return values
 
     def vital_sign_warnings(self, history: list[dict]) -> list[str]:
@@ -694,6 +708,10 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         if inside is not None and outside is not None and not math.isnan(outside) and inside <= outside:
             warnings.append(f"mean attention inside the body ({inside:.3f}) is not above outside it ({outside:.3f})")
         translation = [row for row in history if "cam/accuracy" in row and not math.isnan(row["cam/accuracy"])]
+        contrast = last.get("attention/lesion_contrast")
+        if len(translation) >= 5 and contrast is not None and not math.isnan(contrast) and contrast <= 0:
+            warnings.append(f"the attention on the validation cases' lesions is not above the rest of their body "
+                            f"(lesion contrast {contrast:.2f}): it does not single out lesions")
         if len(translation) >= 5 and max(row["cam/accuracy"] for row in translation[-3:]) <= 0.6:
             warnings.append(f"G_AB's CAM classifier is at chance after {len(translation)} epochs "
                             f"(accuracy {translation[-1]['cam/accuracy']:.2f}): no class signal for the attention")
