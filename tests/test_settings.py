@@ -405,6 +405,22 @@ def weak_teacher_rewrites(t) -> int:
     return int((t.pseudo_masks[case] != board).sum())
 
 
+def weak_selected_generator(t) -> float:
+    """G_AB's weights after the phase switch's choice, with an all-zero snapshot of an earlier epoch on record that
+    scored better on validation than the last epoch: "validation" loads it, "last" keeps the current weights."""
+    generator = unwrap(t.aux_modules["gen_ab"])
+    saved = {k: v.clone() for k, v in generator.state_dict().items()}
+    history = t.vital_history
+    t.selected_generator = {"epoch": 0, "dice": 0.5, "state": {k: torch.zeros_like(v) for k, v in saved.items()}}
+    t.vital_history = [{"epoch": 1, t.selection_key(): 0.4}]
+    try:
+        t.use_selected_generator()
+        return float(sum(p.detach().abs().sum() for p in generator.parameters()))
+    finally:
+        generator.load_state_dict(saved)
+        t.selected_generator, t.vital_history = None, history
+
+
 def weak_update_epochs(t) -> list[int]:
     """The refinement epochs whose start rewrites the pseudo-masks from the teacher."""
     case, data = weak_training_case(t)
@@ -650,6 +666,7 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     (WeakCycleTrainer, "teacher_keep_fraction"): Step(None, weak_teacher_rewrites),
     (WeakCycleTrainer, "teacher_uncertain"): Step("ignore", weak_teacher_rewrites),
     (WeakCycleTrainer, "pseudo_update_every"): Step(2, weak_update_epochs),
+    (WeakCycleTrainer, "generator_selection"): Step("last", weak_selected_generator),
     (WeakCycleTrainer, "strong_noise_std"): Step(0.5, weak_strong_view),
     (WeakCycleTrainer, "strong_contrast"): Step(0.5, weak_strong_view),
     (WeakCycleTrainer, "strong_brightness"): Step(0.5, weak_strong_view),

@@ -364,6 +364,8 @@ def test_train_stop_resume_in_refinement_export_and_predict(weak_preprocessed, t
     assert "Phase 'refinement'" in log and "Phase-1 pseudo-masks (attention) of 4 disease cases: per-image Otsu" in log
     assert "validation (2 fully labelled cases); validation Dice" in log
     assert "best-checkpoint tracking restarts" in log
+    # the pseudo-masks come from the G_AB that scored best on the validation cases (generator_selection)
+    assert "Phase-1 pseudo-masks from G_AB of translation epoch" in log
     assert "Vital signs: attention: coverage" in log and "cam: accuracy" in log
     assert "pseudo_mask: validation_dice" in log
     fold = tmp_path / "results" / pre.raw_dir.name / f"{name}__nnUNetPlans__2d" / "fold_0"

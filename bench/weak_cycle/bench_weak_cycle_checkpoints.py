@@ -80,6 +80,7 @@ def prepare(dataset: str, data: Path, work: Path, env: dict) -> dict:
 
 def translation_cost(rows: list[dict]) -> float | None:
     """Seconds per translation iteration between the first and last checkpoint (scoring included)."""
+    rows = [r for r in rows if not r.get("selected")]
     if len(rows) < 2 or rows[-1]["iterations"] == rows[0]["iterations"]:
         return None
     return (rows[-1]["time_s"] - rows[0]["time_s"]) / (rows[-1]["iterations"] - rows[0]["iterations"])
@@ -124,17 +125,28 @@ def summarise(dataset: str, runs: list[dict]) -> tuple[dict, list[dict]]:
     by_iterations: dict[int, list[dict]] = {}
     for run in runs:
         for row in run["checkpoints"]:
-            by_iterations.setdefault(row["iterations"], []).append(row)
+            if not row.get("selected"):
+                by_iterations.setdefault(row["iterations"], []).append(row)
     table = {it: {k: float(np.mean([r[k] for r in rows])) for k in ("attention", "cam")}
              for it, rows in sorted(by_iterations.items())}
     first = [run["checkpoints"][0] for run in runs]
     controls = {k: float(np.mean([r[k] for r in first])) for k in ("untrained_attention", "intensity", "keep_all")}
     final = max(table)
-    attention, cam = table[final]["attention"], table[final]["cam"]
+    # the pseudo-masks come from the generator the trainer selected on the validation cases (a "selected" row), the
+    # CAM-only control from the one its own validation Dice selects; runs without selection: the last generator
+    selected = [next((r for r in run["checkpoints"] if r.get("selected")), None) for run in runs]
+    if all(selected):
+        attention = float(np.mean([r["attention"] for r in selected]))
+        cam = float(np.mean([r["cam"] for r in selected]))
+    else:
+        attention, cam = table[final]["attention"], table[final]["cam"]
+        selected = None
     controls["cam"] = cam
     student = float(np.mean([run["student"]["dice"] for run in runs])) / 100
     summary = {"final_iterations": final, "attention": attention, "controls": controls, "student_dice": student,
-               "per_checkpoint": table}
+               "per_checkpoint": table, "last_generator": table[final],
+               "selected_iterations": [{"attention": r["iterations"], "cam": r["cam_iterations"]} for r in selected]
+               if selected else None}
     targets = []
     if dataset == "phantom":
         best = max(controls.values())
@@ -164,9 +176,18 @@ def markdown(dataset: str, args, runs: list[dict], summary: dict, targets: list[
     for it, row in summary["per_checkpoint"].items():
         lines.append(f"| {it} | {row['attention']:.3f} | {row['cam']:.3f} |")
     c = summary["controls"]
+    picked = summary.get("selected_iterations")
+    if picked:
+        last = summary["last_generator"]
+        lines += ["", f"Generator selected on the validation cases (generator_selection 'validation'; the pseudo-masks "
+                  f"come from it): attention {summary['attention']:.3f} (selected after "
+                  f"{', '.join(str(x['attention']) for x in picked)} iterations, per seed), CAM-only {c['cam']:.3f} "
+                  f"(its own selection: {', '.join(str(x['cam']) for x in picked)} iterations); the last generator's: "
+                  f"attention {last['attention']:.3f}, CAM {last['cam']:.3f}."]
+    cam_at = "selected on its validation Dice" if picked else "at the phase switch"
     lines += ["", f"Controls: untrained generator {c['untrained_attention']:.3f}, intensity {c['intensity']:.3f} "
               f"(polarity {runs[0]['checkpoints'][0]['intensity_polarity']}, chosen on validation), keep-all "
-              f"{c['keep_all']:.3f}, CAM-only at the phase switch {c['cam']:.3f}.",
+              f"{c['keep_all']:.3f}, CAM-only {cam_at} {c['cam']:.3f}.",
               f"Student Dice ({runs[0]['student_on']}): {summary['student_dice']:.3f} "
               f"(per seed: {', '.join(str(r['student']['dice']) for r in runs)} %); on the fully labelled "
               f"validation cases (nnU-Net's validation) {summary['student_validation_dice']:.3f}.",

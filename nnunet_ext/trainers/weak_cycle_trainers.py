@@ -158,11 +158,15 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     # update by update); chosen on validation: bench/results/weak_cycle/weak_cycle_checkpoints_phantom_long_keep.md
     teacher_uncertain = "keep"
     pseudo_update_every = 5  # epochs of refinement between pseudo-mask updates; 0: never
+    # which G_AB makes the phase-1 pseudo-masks: "validation", the translation epoch whose pseudo-masks (from
+    # pseudo_source) score the best Dice on the fully labelled validation cases (the last epoch's where there are
+    # none), as the original keeps its best checkpoint but chosen on validation, not on the test set; "last"
+    generator_selection = "validation"
     strong_noise_std = 0.1
     strong_contrast = 0.25
     strong_brightness = 0.2
     setting_choices = {"pseudo_source": ("attention", "cam"), "threshold_mode": ("otsu", "validation"),
-                       "teacher_uncertain": ("keep", "ignore")}
+                       "teacher_uncertain": ("keep", "ignore"), "generator_selection": ("validation", "last")}
     # bench harness: the step needs this trainer's own batches (stacked strong and weak views), not stock's
     benchmark_own_batches = True
 
@@ -193,6 +197,8 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         self._vital_data: dict | None = None
         self._cam_hits = self._cam_total = 0
         self._teacher_vitals: dict[str, float] = {}
+        # G_AB of the translation epoch with the best validation pseudo-mask Dice so far: epoch, dice, state
+        self.selected_generator: dict | None = None
 
     def build_phase_schedule(self) -> PhaseSchedule:
         return PhaseSchedule([
@@ -241,12 +247,13 @@ class WeakCycleTrainer(nnUNetExtTrainer):
 
     def extra_checkpoint_state(self) -> dict:
         return {"pseudo_masks": self.pseudo_masks, "threshold": self.pseudo_threshold,
-                "teacher_ready": self.teacher_ready}
+                "teacher_ready": self.teacher_ready, "selected_generator": self.selected_generator}
 
     def load_extra_checkpoint_state(self, state: dict) -> None:
         self.pseudo_masks = dict(state["pseudo_masks"])
         self.pseudo_threshold = state["threshold"]
         self.teacher_ready = state["teacher_ready"]
+        self.selected_generator = state.get("selected_generator")  # absent in checkpoints before 2026-12-03
 
     # ------------------------------------------------------------------ data
     @property
@@ -518,6 +525,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
             self.wait_for_rank0()
             return
         if not self.pseudo_masks:
+            self.use_selected_generator()
             self.make_pseudo_masks()
         self.publish_pseudo_masks()
         if not self.teacher_ready:
@@ -696,6 +704,36 @@ class WeakCycleTrainer(nnUNetExtTrainer):
             values["attention/lesion_contrast"] = float(np.nanmean(contrast)) if np.isfinite(contrast).any() \
                 else math.nan
         return values
+
+    def selection_key(self) -> str:
+        """The vital sign that selects G_AB: the validation pseudo-mask Dice of the map the pseudo-masks come from."""
+        self.check_settings("pseudo_source")
+        return "pseudo_mask/validation_dice" + ("_cam" if self.pseudo_source == "cam" else "")
+
+    def after_vital_signs(self, values: dict[str, float]) -> None:
+        """Keep G_AB of the translation epoch with the best validation pseudo-mask Dice (the first of equals)."""
+        score = values.get(self.selection_key())
+        if self.current_phase is None or self.current_phase.name != TRANSLATION or score is None or math.isnan(score):
+            return
+        if self.selected_generator is None or score > self.selected_generator["dice"]:
+            state = {k: v.detach().cpu().clone() for k, v in unwrap(self.aux_modules["gen_ab"]).state_dict().items()}
+            self.selected_generator = {"epoch": self.current_epoch, "dice": float(score), "state": state}
+
+    def use_selected_generator(self) -> None:
+        """At the phase switch: G_AB as `generator_selection` says, logged with the last epoch's score beside it."""
+        self.check_settings("generator_selection")
+        chosen = self.selected_generator
+        last = next((row for row in reversed(self.vital_history) if self.selection_key() in row), None)
+        if self.generator_selection == "last" or chosen is None or last is None:
+            reason = "generator_selection = 'last'" if self.generator_selection == "last" else \
+                "no fully labelled validation case to choose on"
+            self.print_to_log_file(f"Phase-1 pseudo-masks from the last translation epoch's G_AB ({reason})")
+            return
+        unwrap(self.aux_modules["gen_ab"]).load_state_dict(chosen["state"])
+        self.print_to_log_file(
+            f"Phase-1 pseudo-masks from G_AB of translation epoch {chosen['epoch']}: validation pseudo-mask Dice "
+            f"{chosen['dice']:.3f} ({self.pseudo_source}; the last epoch, {last['epoch']}: "
+            f"{last[self.selection_key()]:.3f})")
 
     def vital_sign_warnings(self, history: list[dict]) -> list[str]:
         last = history[-1] if history else {}

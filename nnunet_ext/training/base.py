@@ -176,6 +176,10 @@ class nnUNetExtTrainer(nnUNetTrainer):
         """Warnings about the vital signs so far (history: one dict per epoch, with "epoch"), e.g. a collapse."""
         return []
 
+    def after_vital_signs(self, values: dict[str, float]) -> None:
+        """Called with the epoch's vital signs before nnU-Net ends the epoch (and may save a checkpoint): a method
+        that keeps something by them (the best state so far) does it here, so that the checkpoint holds it."""
+
     @classmethod
     def declared_setting_choices(cls) -> dict[str, tuple]:
         """setting_choices of cls and every class it inherits from, the most derived declaration winning."""
@@ -412,6 +416,7 @@ class nnUNetExtTrainer(nnUNetTrainer):
             self.print_to_log_file(f"Vital signs: {format_vitals(values)}")
             for warning in self.vital_sign_warnings(self.vital_history):
                 self.print_to_log_file(f"WARNING: {warning}")
+            self.after_vital_signs(values)
             if self.local_rank == 0 and self.progress_plot:
                 plot_vitals(self.vital_history, join(self.output_folder, self.progress_plot),
                             f"{self.__class__.__name__}: vital signs")

@@ -8,7 +8,9 @@ scores them in the raw images' geometry against the true masks in the folder nam
 nnUNet_ext_bench_reference (never seen by training). The controls go through the same thresholding: the attention
 of the untrained generator (checkpoint 0), the image intensity itself (its polarity, bright or dark lesions, chosen
 by Dice on the fully labelled validation cases) and keep-all (the whole body). Results: fold_0/weak_cycle/
-checkpoints.json.
+checkpoints.json. With generator_selection "validation" (the default) a last row, marked "selected", scores the
+G_AB the trainer chose on the validation cases (its attention) and the one the CAM-only baseline would choose on its
+own validation Dice (its CAM).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class WeakCycleTrainer_checkpoints(WeakCycleTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.checkpoint_scores: list[dict] = []
+        self.selected_generator_cam: dict | None = None
 
     def _reference(self, case: str) -> np.ndarray:
         return np.asarray(Image.open(Path(os.environ[REFERENCE_ENV]) / f"{case}.png")) == 1
@@ -66,14 +69,48 @@ class WeakCycleTrainer_checkpoints(WeakCycleTrainer):
             masks[case] = self.pseudo_label(mask, body)
         return masks
 
+    def _score_source(self, row: dict, source: str) -> None:
+        dataset_tr, dataset_val = super(WeakCycleTrainer, self).get_tr_and_val_datasets()
+        row[source] = self._score_raw(self._source_masks(dataset_tr, self.weak_cases.disease, source), dataset_tr)
+        row[f"{source}_validation"] = float(np.mean([
+            dice(r, self.binarise(self.generator_maps(self.aux_modules["gen_ab"], d)[source] * b, b)[0])
+            for d, b, r in self.validation_cases(dataset_val)]))
+
+    def after_vital_signs(self, values: dict[str, float]) -> None:
+        """Also keep the G_AB that the CAM-only baseline would select (its own validation Dice), so that the CAM
+        control gets the same selection as the method."""
+        super().after_vital_signs(values)
+        score = values.get("pseudo_mask/validation_dice_cam")
+        if self.current_phase.name == "translation" and score is not None and not np.isnan(score) and (
+                self.selected_generator_cam is None or score > self.selected_generator_cam["dice"]):
+            state = {k: v.detach().cpu().clone() for k, v in self.aux_modules["gen_ab"].state_dict().items()}
+            self.selected_generator_cam = {"epoch": self.current_epoch, "dice": float(score), "state": state}
+
+    def score_selected(self) -> None:
+        """After the phase switch: the attention of the G_AB the trainer selected, the CAM of the one the CAM-only
+        baseline would select (a row marked "selected", with the epochs they come from)."""
+        chosen, chosen_cam = self.selected_generator, self.selected_generator_cam
+        if self.generator_selection != "validation" or chosen is None or chosen_cam is None:
+            return
+        generator = self.aux_modules["gen_ab"]
+        row = {"selected": True, "iterations": (chosen["epoch"] + 1) * self.num_iterations_per_epoch,
+               "epoch": chosen["epoch"], "cam_iterations": (chosen_cam["epoch"] + 1) * self.num_iterations_per_epoch,
+               "time_s": time.time()}
+        self._score_source(row, "attention")
+        current = {k: v.clone() for k, v in generator.state_dict().items()}
+        generator.load_state_dict(chosen_cam["state"])
+        self._score_source(row, "cam")
+        generator.load_state_dict(current)
+        self.checkpoint_scores.append(row)
+        self.print_to_log_file(f"Checkpoint scores (selected on validation): {json.dumps(row)}")
+        if self.local_rank == 0:
+            (self.weak_folder / "checkpoints.json").write_text(json.dumps(self.checkpoint_scores, indent=1))
+
     def score_checkpoint(self, iterations: int) -> None:
         dataset_tr, dataset_val = super(WeakCycleTrainer, self).get_tr_and_val_datasets()
         row = {"iterations": iterations, "epoch": self.current_epoch, "time_s": time.time()}
         for source in ("attention", "cam"):
-            row[source] = self._score_raw(self._source_masks(dataset_tr, self.weak_cases.disease, source), dataset_tr)
-            row[f"{source}_validation"] = float(np.mean([
-                dice(r, self.binarise(self.generator_maps(self.aux_modules["gen_ab"], d)[source] * b, b)[0])
-                for d, b, r in self.validation_cases(dataset_val)]))
+            self._score_source(row, source)
         if not self.checkpoint_scores:
             # controls that do not depend on training, once
             validation = self.validation_cases(dataset_val)
@@ -104,7 +141,10 @@ class WeakCycleTrainer_checkpoints(WeakCycleTrainer):
         elif phase.name == "refinement" and self.current_epoch == phase.start:
             translated = phase.start * self.num_iterations_per_epoch  # translation is the first phase
             if not self.checkpoint_scores or self.checkpoint_scores[-1]["iterations"] != translated:
-                self.score_checkpoint(translated)  # the generator the pseudo-masks come from
+                self.score_checkpoint(translated)  # the last generator
+            super().on_train_epoch_start()  # the phase switch: the trainer's selected generator makes the masks
+            self.score_selected()
+            return
         super().on_train_epoch_start()
 
 
