@@ -351,6 +351,19 @@ class nnUNetExtTrainer(nnUNetTrainer):
                 p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
             offset += p.numel()
 
+    def do_split(self):
+        """nnU-Net's split; under DDP the first call lets rank 0 write splits_final.json before the other ranks read
+        it (every rank writing and reading the file at once left one reading it half-written: JSONDecodeError)."""
+        if not self.is_ddp or getattr(self, "_split_written", False):
+            return super().do_split()
+        if self.local_rank == 0:
+            split = super().do_split()
+        self.wait_for_rank0()
+        if self.local_rank != 0:
+            split = super().do_split()
+        self._split_written = True
+        return split
+
     def wait_for_rank0(self) -> None:
         """Under DDP, every rank waits here until rank 0 has written the files they read next."""
         if self.is_ddp:
