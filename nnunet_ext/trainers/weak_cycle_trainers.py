@@ -715,9 +715,14 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         score = values.get(self.selection_key())
         if self.current_phase is None or self.current_phase.name != TRANSLATION or score is None or math.isnan(score):
             return
-        if self.selected_generator is None or score > self.selected_generator["dice"]:
-            state = {k: v.detach().cpu().clone() for k, v in unwrap(self.aux_modules["gen_ab"]).state_dict().items()}
-            self.selected_generator = {"epoch": self.current_epoch, "dice": float(score), "state": state}
+        self.selected_generator = self.keep_better_generator(self.selected_generator, score)
+
+    def keep_better_generator(self, record: dict | None, score: float) -> dict | None:
+        """`record` ({epoch, dice, state}), or a snapshot of G_AB now when `score` beats it (the first of equals)."""
+        if record is not None and score <= record["dice"]:
+            return record
+        state = {k: v.detach().cpu().clone() for k, v in unwrap(self.aux_modules["gen_ab"]).state_dict().items()}
+        return {"epoch": self.current_epoch, "dice": float(score), "state": state}
 
     def use_selected_generator(self) -> None:
         """At the phase switch: G_AB as `generator_selection` says, logged with the last epoch's score beside it."""

@@ -81,10 +81,8 @@ class WeakCycleTrainer_checkpoints(WeakCycleTrainer):
         control gets the same selection as the method."""
         super().after_vital_signs(values)
         score = values.get("pseudo_mask/validation_dice_cam")
-        if self.current_phase.name == "translation" and score is not None and not np.isnan(score) and (
-                self.selected_generator_cam is None or score > self.selected_generator_cam["dice"]):
-            state = {k: v.detach().cpu().clone() for k, v in self.aux_modules["gen_ab"].state_dict().items()}
-            self.selected_generator_cam = {"epoch": self.current_epoch, "dice": float(score), "state": state}
+        if self.current_phase.name == "translation" and score is not None and not np.isnan(score):
+            self.selected_generator_cam = self.keep_better_generator(self.selected_generator_cam, score)
 
     def score_selected(self) -> None:
         """After the phase switch: the attention of the G_AB the trainer selected, the CAM of the one the CAM-only
