@@ -38,12 +38,17 @@ from nnunet_ext.methods.weak_cycle.loss import CYCLE_LOSS_WEIGHTS, cycle_generat
 from nnunet_ext.methods.weak_cycle.network import (
     WeakCycleDiscriminator,
     WeakCycleGenerator,
+    attention_and_cam,
     discriminator_depths,
     generator_downsamplings,
 )
 from nnunet_ext.methods.weak_cycle.views import split_views
 from nnunet_ext.phantoms import weak2d
-from nnunet_ext.trainers.weak_cycle_trainers import WeakCycleTrainer_noComposite, lesion_contrast
+from nnunet_ext.trainers.weak_cycle_trainers import (
+    WeakCycleTrainer_noComposite,
+    lesion_and_rest,
+    lesion_contrast,
+)
 from nnunet_ext.training.base import unwrap
 
 MECHANISM_STEPS = 150  # translation steps of the mechanism test
@@ -604,3 +609,20 @@ def test_weak_cycle_lesion_contrast_by_hand():
     assert lesion_contrast(np.array([[0.0, 0.0], [1.0, 1.0]]), body, lesion) == pytest.approx(-2.0)
     assert lesion_contrast(np.full((2, 2), 0.6), body, lesion) == 0.0
     assert np.isnan(lesion_contrast(np.ones((2, 2)), body, np.zeros((2, 2), bool)))
+
+
+def test_weak_cycle_attention_and_cam_keep_the_input_grid_and_chunk_without_changing_the_maps():
+    """The maps the pseudo-masks and the bench's drawings come from: padded for the downsamplings and cut back to
+    the input's size, CAM divided by its own maximum per image, the same whichever chunk size bounds the memory."""
+    torch.manual_seed(0)
+    generator = WeakCycleGenerator(1, 2, 8, 2, 1).eval()
+    x = torch.randn(5, 1, 30, 22)  # neither axis a multiple of 4
+    whole, chunked = attention_and_cam(generator, x, chunk=8), attention_and_cam(generator, x, chunk=2)
+    for key in ("attention", "cam"):
+        assert whole[key].shape == (5, 1, 30, 22)
+        torch.testing.assert_close(whole[key], chunked[key])
+    assert torch.allclose(whole["cam"].flatten(1).amax(1), torch.ones(5))
+    assert ((whole["attention"] > 0) & (whole["attention"] < 1)).all()
+    lesion, rest = lesion_and_rest(np.array([[1.0, 3.0], [0.0, 2.0]]), np.array([[True, True], [True, False]]),
+                                   np.array([[True, False], [False, False]]))
+    assert (lesion, rest) == (1.0, 1.5)  # the pixel outside the body counts nowhere

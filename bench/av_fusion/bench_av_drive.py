@@ -352,10 +352,7 @@ def write_report(out: Path, work: Path, ds: AVSet, state: dict, results: dict) -
     report = {"budget": budget, "budget_counted_as": "epochs x iterations x batch, equal for every arm; wall time "
               "reported beside it", "plans": PLANS, "configuration": cfg, "state": state, "table": table,
               "results": results, "dataset": ds.title, "paper_sigmoid": ds.paper_metrics}
-    if ds is not DRIVE:
-        for t in targets:
-            t["dataset"] = ds.title
-    report["targets"] = targets
+    report["targets"] = [{**t, "dataset": ds.title} for t in targets]
     stem = ds.stem(epochs)
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     # rows without a data set are DRIVE-AV's, written before the script took other sets

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from nnunet_ext.methods.weak_cycle.data import body_mask, case_kind, dice, threshold_image
-from nnunet_ext.methods.weak_cycle.network import WeakCycleGenerator, pad_to_multiple
-from nnunet_ext.trainers.weak_cycle_trainers import lesion_contrast
+from nnunet_ext.methods.weak_cycle.network import WeakCycleGenerator, attention_and_cam
+from nnunet_ext.trainers.weak_cycle_trainers import lesion_and_rest, lesion_contrast
 
 
 class InputError(Exception):
@@ -59,11 +59,8 @@ def validation_cases(preprocessed: Path, fold: int) -> list[str]:
 
 def maps(generator: WeakCycleGenerator, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(attention, CAM divided by its maximum) of one 2D case (C x 1 x H x W)."""
-    x, crop = pad_to_multiple(torch.from_numpy(data).permute(1, 0, 2, 3), (2 ** generator.n_down,) * 2)
-    with torch.no_grad():
-        out = generator(x)
-    cam = torch.relu(out["cam_map"][crop])[0, 0].numpy()
-    return out["mask"][crop][0, 0].numpy(), cam / max(float(cam.max()), 1e-8)
+    out = attention_and_cam(generator, torch.from_numpy(data).permute(1, 0, 2, 3))
+    return out["attention"][0, 0].numpy(), out["cam"][0, 0].numpy()
 
 
 def main(argv=None) -> int:
@@ -106,9 +103,8 @@ def main(argv=None) -> int:
             attention, cam = maps(generator, data)
             body, reference = body_mask(seg, data)[0], seg[0, 0] == lesion
             mask, threshold = threshold_image(attention * body, body, None, args.opening_radius)
-            inside, rest = attention[reference & body], attention[body & ~reference]
-            rows.append({"case": case, "attention_lesion": float(inside.mean()),
-                         "attention_rest_of_body": float(rest.mean()),
+            inside, rest = lesion_and_rest(attention, body, reference)
+            rows.append({"case": case, "attention_lesion": inside, "attention_rest_of_body": rest,
                          "lesion_contrast": lesion_contrast(attention, body, reference),
                          "attention_range": [float(attention[body].min()), float(attention[body].max())],
                          "otsu_threshold": threshold, "pseudo_mask_dice": dice(reference, mask)})

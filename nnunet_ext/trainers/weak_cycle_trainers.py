@@ -82,6 +82,7 @@ from nnunet_ext.methods.weak_cycle.network import (
     MIN_ATTENTION_CELLS,
     WeakCycleDiscriminator,
     WeakCycleGenerator,
+    attention_and_cam,
     discriminator_depths,
     generator_downsamplings,
     pad_to_multiple,
@@ -108,10 +109,16 @@ VITAL_CASES = 8  # cases per kind that the per-epoch vital signs look at: bounde
 def lesion_contrast(attention: np.ndarray, body: np.ndarray, reference: np.ndarray) -> float:
     """How far the attention on a case's lesion stands above the rest of its body, in units of its spread over the
     body: 0 for a map that ignores the lesion, a few for one that singles it out (nan without lesion or rest)."""
-    lesion, rest = attention[reference & body], attention[body & ~reference]
-    if not lesion.size or not rest.size:
+    lesion, rest = lesion_and_rest(attention, body, reference)
+    if math.isnan(lesion) or math.isnan(rest):
         return math.nan
-    return float((lesion.mean() - rest.mean()) / max(float(attention[body].std()), 1e-8))
+    return float((lesion - rest) / max(float(attention[body].std()), 1e-8))
+
+
+def lesion_and_rest(attention: np.ndarray, body: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """Mean attention on the lesion and on the rest of the body (nan where either is empty)."""
+    lesion, rest = attention[reference & body], attention[body & ~reference]
+    return (float(lesion.mean()) if lesion.size else math.nan), (float(rest.mean()) if rest.size else math.nan)
 
 
 def load_case_arrays(dataset, identifier: str) -> tuple[np.ndarray, np.ndarray]:
@@ -371,21 +378,10 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         generator.eval()
         x = torch.from_numpy(data).to(self.device)
         x = x.permute(1, 0, 2, 3) if self.spatial_dims == 2 else x[None]  # 2D: slices as the batch
-        multiple = (2 ** generator.n_down,) * self.spatial_dims
-        attention, cams = [], []
-        for start in range(0, x.shape[0], 8):
-            padded, crop = pad_to_multiple(x[start:start + 8], multiple)
-            out = generator(padded)
-            attention.append(out["mask"][crop])
-            cam = torch.relu(out["cam_map"][crop])
-            cams.append(cam / cam.flatten(1).amax(1).clamp_min(1e-8).view(-1, *(1,) * (cam.ndim - 1)))
+        maps = attention_and_cam(generator, x)
         generator.train(was_training)
-        maps = {}
-        for key, parts in (("attention", attention), ("cam", cams)):
-            m = torch.cat(parts)
-            m = m.permute(1, 0, 2, 3) if self.spatial_dims == 2 else m[0]
-            maps[key] = m.float().cpu().numpy()[0]
-        return maps
+        return {key: (m.permute(1, 0, 2, 3) if self.spatial_dims == 2 else m[0]).float().cpu().numpy()[0]
+                for key, m in maps.items()}
 
     def lesion_probability(self, generator: nn.Module, data: np.ndarray, body: np.ndarray | None = None
                            ) -> np.ndarray:

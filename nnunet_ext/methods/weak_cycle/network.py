@@ -234,3 +234,19 @@ def pad_to_multiple(x: torch.Tensor, multiple: tuple[int, ...]) -> tuple[torch.T
     if any(flat):
         x = nn.functional.pad(x, flat, mode="replicate")
     return x, tuple(crop)
+
+
+@torch.no_grad()
+def attention_and_cam(generator: WeakCycleGenerator, x: torch.Tensor, chunk: int = 8) -> dict[str, torch.Tensor]:
+    """G_AB's attention and its CAM (ReLU, divided by its maximum per image) for a batch (N x C x spatial), both N x
+    1 x spatial. Inputs are padded to what the downsamplings need and cut back; `chunk` images at a time bound the
+    memory a whole volume's slices would take."""
+    multiple = (2 ** generator.n_down,) * (x.ndim - 2)
+    attention, cams = [], []
+    for start in range(0, x.shape[0], chunk):
+        padded, crop = pad_to_multiple(x[start:start + chunk], multiple)
+        out = generator(padded)
+        attention.append(out["mask"][crop])
+        cam = torch.relu(out["cam_map"][crop])
+        cams.append(cam / cam.flatten(1).amax(1).clamp_min(1e-8).view(-1, *(1,) * (cam.ndim - 1)))
+    return {"attention": torch.cat(attention), "cam": torch.cat(cams)}
