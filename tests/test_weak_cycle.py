@@ -626,3 +626,23 @@ def test_weak_cycle_attention_and_cam_keep_the_input_grid_and_chunk_without_chan
     lesion, rest = lesion_and_rest(np.array([[1.0, 3.0], [0.0, 2.0]]), np.array([[True, True], [True, False]]),
                                    np.array([[True, False], [False, False]]))
     assert (lesion, rest) == (1.0, 1.5)  # the pixel outside the body counts nowhere
+
+
+def test_weak_cycle_bench_watershed_refinement_snaps_a_blurry_attention_to_the_lesion_edge():
+    """The original's post-processing (bench/weak_cycle/postprocess.py, a control): where the attention is a blur
+    larger than the lesion and off its centre, the watershed of the image puts the mask's boundary on the lesion's
+    edge, which a threshold on the attention cannot."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "weak_cycle" / "postprocess.py"
+    spec = importlib.util.spec_from_file_location("weak_cycle_postprocess", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yy, xx = np.mgrid[:48, :48]
+    lesion = (yy - 24) ** 2 + (xx - 22) ** 2 < 6 ** 2
+    image = 0.4 + 0.4 * lesion + np.random.default_rng(0).normal(0, 0.02, (48, 48))
+    attention = np.exp(-((yy - 26) ** 2 + (xx - 25) ** 2) / (2 * 9.0 ** 2))
+    body = np.ones((48, 48), bool)
+    masks = module.masks(attention, image, body)
+    assert dice(lesion, masks["watershed_original"]) > 0.9
+    assert dice(lesion, masks["otsu_opening"]) < 0.8

@@ -55,13 +55,18 @@ CONTROLS = ("untrained_attention", "intensity", "keep_all", "cam")
 PHANTOM = {"n_train": 32, "n_val": 4, "n_test": 8, "size": 48}
 
 
-def prepare(dataset: str, data: Path, work: Path, env: dict) -> dict:
+def prepare(dataset: str, data: Path, work: Path, env: dict, n_train: int = PHANTOM["n_train"]) -> dict:
     """The raw + preprocessed data set; where the references and the student's scored cases are."""
     if dataset == "phantom":
         dataset_id = weak2d.DISTRACTOR_ID
         raw = Path(env["nnUNet_raw"]) / f"Dataset{dataset_id}_{weak2d.DISTRACTOR_NAME}"
-        if not raw.exists():
-            source = weak2d.generate(data, seed=0, overwrite=True, distractors=True, **PHANTOM)
+        if raw.exists():
+            held = json.loads((raw / "dataset.json").read_text())["numTraining"] - PHANTOM["n_val"]
+            if held != n_train:
+                raise SystemExit(f"error: {raw} holds a phantom of {held} training images, not {n_train}: use "
+                                 "another --work folder")
+        else:
+            source = weak2d.generate(data, seed=0, overwrite=True, distractors=True, **dict(PHANTOM, n_train=n_train))
             raw.parent.mkdir(parents=True, exist_ok=True)
             raw.symlink_to(source.resolve(), target_is_directory=True)
             stock.plan_and_preprocess(dataset_id, "2d", env)
@@ -171,7 +176,9 @@ def markdown(dataset: str, args, runs: list[dict], summary: dict, targets: list[
              f"`python bench/weak_cycle/bench_weak_cycle_checkpoints.py --dataset {dataset} ...` (seeds {seeds}; "
              f"{time.strftime('%Y-%m-%d')}, shared 2-core CPU). Mean Dice of the weak training cases' pseudo-masks "
              f"(per image, 0-1) against their true masks, which training never sees; every source through the same "
-             f"body mask, per-image Otsu and opening.", "",
+             f"body mask, per-image Otsu and opening."
+             + (f" Phantom of {args.n_train} training images (half weak, half normal)." if dataset == "phantom"
+                else ""), "",
              "| translation iterations | attention (method) | CAM-only |", "|---|---|---|"]
     for it, row in summary["per_checkpoint"].items():
         lines.append(f"| {it} | {row['attention']:.3f} | {row['cam']:.3f} |")
@@ -230,7 +237,15 @@ def main(argv=None) -> int:
                         "blocks) instead of the bench's quarter-width networks; writes its own targets")
     p.add_argument("--no-ablation", action="store_true",
                    help="phantom: skip the arm with the teacher's pseudo-label updates ablated")
+    p.add_argument("--n-train", type=int, default=PHANTOM["n_train"],
+                   help=f"phantom: training images, half weak and half normal (default {PHANTOM['n_train']}; the "
+                        "original trains on hundreds); another number needs its own --work and --data folders and "
+                        "writes its own results and targets")
     args = p.parse_args(argv)
+    if args.n_train != PHANTOM["n_train"] and args.dataset != "phantom":
+        p.error("--n-train sizes the phantom")
+    if args.n_train < 2:
+        p.error("--n-train needs at least one weak and one normal image")
     if (args.xlong or args.no_composite or args.uncertain_ignore) and args.dataset != "phantom":
         p.error("--xlong, --no-composite and --uncertain-ignore are phantom runs")
     if args.no_composite and not args.long:
@@ -245,7 +260,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = stock.work_environment(work / "nnunet", device="cpu")
     env["nnUNet_extTrainer"] = os.pathsep.join([env["nnUNet_extTrainer"], str(TRAINERS)])
-    setup = prepare(args.dataset, Path(args.data), work, env)
+    setup = prepare(args.dataset, Path(args.data), work, env, args.n_train)
     trainer = "WeakCycleTrainer_ckpt_phantom" if args.dataset == "phantom" else "WeakCycleTrainer_ckpt_real"
     budget = "_long" if args.long else "_xlong" if args.xlong else ""
     trainer += budget
@@ -254,7 +269,8 @@ def main(argv=None) -> int:
     variant = "_nocomposite" if args.no_composite else "_ignore" if args.uncertain_ignore else ""
     width = "_full" if args.full_width else ""
     trainer += variant + width
-    tag = args.dataset + budget + variant + width
+    size = f"_n{args.n_train}" if args.n_train != PHANTOM["n_train"] else ""
+    tag = args.dataset + budget + variant + width + size
     runs = [run_seed(tag, setup, trainer, seed, work, env, out) for seed in args.seeds]
     summary, targets = summarise(args.dataset, runs)
     if args.dataset == "phantom" and not budget and not args.no_ablation:
@@ -269,7 +285,8 @@ def main(argv=None) -> int:
     summary["student_validation_dice"] = float(np.mean([r["student_validation_dice"] for r in runs]))
     if budget:
         for t in targets:
-            run = f"{summary['final_iterations']} iterations" + (", the trainer's own widths" if width else "")
+            run = f"{summary['final_iterations']} iterations" + (", the trainer's own widths" if width else "") + \
+                (f", {args.n_train} training images" if size else "")
             t["target"] = t["target"].replace("phantom:", f"phantom ({run}):", 1)
     name = f"weak_cycle_checkpoints_{tag}"
     (out / f"{name}.json").write_text(json.dumps({"summary": summary, "runs": runs, "targets": targets}, indent=1,
