@@ -25,7 +25,8 @@ intensity (polarity chosen on validation) and keep-all, all with the trainer's b
 opening, in the raw geometry against the true masks (which training never sees). The student (the network nnU-Net
 saves) is scored on the phantom's test cases (stock nnUNetv2_predict) or on the real samples' validation cases
 (nnU-Net's own validation). Nothing is selected on the scored cases. Writes <name>.json, <name>.md and merges its
-targets into targets.json in the output folder.
+targets into targets.json in the output folder. A seed whose training finished in the work folder (a bench stopped
+during a later seed) is scored again, not retrained; its training time is then read from nnU-Net's log in the fold.
 """
 
 from __future__ import annotations
@@ -91,14 +92,32 @@ def translation_cost(rows: list[dict]) -> float | None:
     return (rows[-1]["time_s"] - rows[0]["time_s"]) / (rows[-1]["iterations"] - rows[0]["iterations"])
 
 
+def training_seconds(fold: Path) -> float:
+    """Wall time of a finished training from nnU-Net's own log in the fold (first to last time stamp)."""
+    stamps = []
+    for log in sorted(fold.glob("training_log_*.txt")):
+        stamps += re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+):", log.read_text(), re.M)
+    if not stamps:
+        return float("nan")
+    times = [time.mktime(time.strptime(x.split(".")[0], "%Y-%m-%d %H:%M:%S")) for x in stamps]
+    return max(times) - min(times)
+
+
 def run_seed(dataset: str, setup: dict, trainer: str, seed: int, work: Path, env: dict, out: Path) -> dict:
     train_env = dict(env, nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1", nnUNet_ext_seed=str(seed),
                      nnUNet_results=str(work / f"results_{trainer}_seed{seed}"),
                      **{REFERENCE_ENV: str(setup["reference"])})
-    t = time.time()
-    log = stock.train(setup["id"], "2d", 0, trainer, train_env, log_file=out / f"{dataset}_seed{seed}_train.log")
-    train_s = time.time() - t
     fold = Path(train_env["nnUNet_results"]) / setup["raw"].name / f"{trainer}__nnUNetPlans__2d" / "fold_0"
+    log_file = out / f"{dataset}_seed{seed}_train.log"
+    if (fold / "checkpoint_final.pth").is_file() and log_file.is_file():
+        # a finished training of this work folder (a bench stopped after some seeds): scored again, not retrained
+        print(f"seed {seed}: reusing the finished training in {fold}", flush=True)
+        log, train_s = log_file.read_text(), training_seconds(fold)
+    else:
+        log_file.unlink(missing_ok=True)  # a stopped run's lines would count as this training's epochs
+        t = time.time()
+        log = stock.train(setup["id"], "2d", 0, trainer, train_env, log_file=log_file)
+        train_s = time.time() - t
     rows = json.loads((fold / "weak_cycle" / "checkpoints.json").read_text())
     if setup["test"] is not None:
         predictions = work / f"predictions_{trainer}_seed{seed}"
