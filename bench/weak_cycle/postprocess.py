@@ -10,8 +10,8 @@ selected one). The original (MedImgSeg's findCont/water) cuts the attention at O
 the result as sure background and the cores of its distance transform as sure lesion, and lets a watershed of the
 image decide the band between; here the watershed floods the image's gradient magnitude. Variants differ in the core
 fraction and in how far the sure background reaches. A variant is chosen on the fully labelled validation cases
-(mean Dice over the folds); the weak cases' Dice is reported for every variant. Writes NAME.json and NAME.md. 2D
-configurations only.
+(mean Dice over the folds); the weak cases' Dice, in the raw images' geometry, is reported for every variant. Writes
+NAME.json and NAME.md. 2D configurations only.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from nnunet_ext.methods.weak_cycle.data import (
     normalise_in_body,
     otsu_threshold,
     threshold_image,
+    to_raw_geometry,
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -76,18 +77,12 @@ def masks(attention: np.ndarray, image: np.ndarray, body: np.ndarray) -> dict[st
     return out
 
 
-def reference_in_preprocessed(reference: Path, case: str, properties: dict, shape: tuple) -> np.ndarray:
-    """A raw-geometry true mask cut to the preprocessed crop (the phantom is not resampled)."""
+def reference_mask(reference: Path, case: str) -> np.ndarray:
+    """A weak case's true mask in the raw image's geometry."""
     path = reference / f"{case}.png"
     if not path.is_file():
         raise InputError(f"{path}: no reference mask for weak case {case}")
-    full = np.asarray(Image.open(path)) == 1
-    box = properties["bbox_used_for_cropping"][-2:]
-    cut = full[tuple(slice(a, b) for a, b in box)]
-    if cut.shape != shape:
-        raise InputError(f"{path}: its crop {cut.shape} is not the preprocessed grid {shape} (resampled data: "
-                         "this script scores unresampled 2D phantoms)")
-    return cut
+    return np.asarray(Image.open(path)) == 1
 
 
 def score_fold(fold: Path, dataset, validation: list[str], reference: Path, lesion: int, ignore: int | None
@@ -102,15 +97,14 @@ def score_fold(fold: Path, dataset, validation: list[str], reference: Path, lesi
         for case in cases:
             data, seg, _, properties = dataset.load_case(case)
             data, seg = np.asarray(data[:], np.float32), np.asarray(seg[:])
-            if group == "validation":
-                if case_kind(seg, ignore) != "full":
-                    continue
-                truth = seg[0, 0] == lesion
-            else:
-                truth = reference_in_preprocessed(reference, case, properties, seg.shape[2:])
+            if group == "validation" and case_kind(seg, ignore) != "full":
+                continue
+            # weak cases in the raw geometry, as the trainer writes and the checkpoint bench scores pseudo-masks
+            truth = seg[0, 0] == lesion if group == "validation" else reference_mask(reference, case)
             attention, _ = maps(generator, data)
             for name, mask in masks(attention, data[0, 0], body_mask(seg, data)[0]).items():
-                scores[group].setdefault(name, []).append(dice(truth, mask))
+                raw = mask if group == "validation" else to_raw_geometry(mask[None], properties)[0] == 1
+                scores[group].setdefault(name, []).append(dice(truth, raw))
     return {group: {k: float(np.mean(v)) for k, v in by.items()} for group, by in scores.items()} | {
         "cases": {"validation": len(next(iter(scores["validation"].values()), [])), "weak": len(weak)}}
 

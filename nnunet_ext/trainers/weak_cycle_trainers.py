@@ -50,7 +50,6 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.nnunet_masking import MaskImageTransform
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from nnunetv2.paths import nnUNet_raw
-from scipy import ndimage
 from torch import nn
 
 from nnunet_ext.methods.weak_cycle.data import (
@@ -69,6 +68,7 @@ from nnunet_ext.methods.weak_cycle.data import (
     save_array,
     teacher_thresholds,
     threshold_image,
+    to_raw_geometry,
 )
 from nnunet_ext.methods.weak_cycle.loss import (
     CYCLE_LOSS_WEIGHTS,
@@ -479,13 +479,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     def raw_geometry(self, mask: np.ndarray, properties: dict) -> np.ndarray:
         """A preprocessed-space pseudo-label (1 x spatial) back onto the raw image grid as 0/1 (uncropped,
         resampled nearest); outside and ignore count as 0."""
-        seg = (mask[0] == self.lesion_label).astype(np.uint8)
-        shape = tuple(properties["shape_after_cropping_and_before_resampling"])
-        if seg.shape != shape:
-            seg = ndimage.zoom(seg, [a / b for a, b in zip(shape, seg.shape, strict=True)], order=0)
-        full = np.zeros(properties["shape_before_cropping"], np.uint8)
-        full[tuple(slice(a, b) for a, b in properties["bbox_used_for_cropping"])] = seg
-        return full
+        return to_raw_geometry(mask[0] == self.lesion_label, properties)
 
     def write_phase1_masks(self, dataset_tr) -> None:
         """The phase-1 pseudo-masks in the raw images' geometry and file format (for scoring and the export)."""

@@ -157,6 +157,18 @@ def opening(mask: np.ndarray, radius: int) -> np.ndarray:
     return ndimage.binary_opening(mask, structure=ball)
 
 
+def to_raw_geometry(mask: np.ndarray, properties: dict) -> np.ndarray:
+    """A preprocessed-space 0/1 map (spatial, nnU-Net's channel-less grid) back onto the raw image grid as uint8:
+    resampled nearest to the cropped shape, then placed in the uncropped image (0 outside the crop)."""
+    seg = mask.astype(np.uint8)
+    shape = tuple(properties["shape_after_cropping_and_before_resampling"])
+    if seg.shape != shape:
+        seg = ndimage.zoom(seg, [a / b for a, b in zip(shape, seg.shape, strict=True)], order=0)
+    full = np.zeros(properties["shape_before_cropping"], np.uint8)
+    full[tuple(slice(a, b) for a, b in properties["bbox_used_for_cropping"])] = seg
+    return full
+
+
 def threshold_image(probability: np.ndarray, body: np.ndarray, threshold: float | None = None,
                     opening_radius: int = 0) -> tuple[np.ndarray, float]:
     """(lesion mask, threshold used) of one image: its map normalised over the body, cut at `threshold` (None: Otsu
