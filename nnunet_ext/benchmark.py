@@ -266,6 +266,73 @@ def merge_targets(path: Path, rows: list[dict], key: str, value: str, unlabelled
     path.write_text(json.dumps(kept + [{**r, key: value} for r in rows], indent=indent))
 
 
+SUMMARY = "TARGETS.md"
+RUN_KEYS = ("dataset", "configuration")
+
+
+def _cell(value) -> str:
+    """A value as the targets file holds it; floats to 6 significant digits, enough that a value beside its goal
+    never reads as the other side of it."""
+    if value is None:
+        return "not measured"
+    if isinstance(value, bool) or not isinstance(value, float | int | list | dict):
+        return str(value).replace("|", "\\|")
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(value, separators=(", ", ": "), default=str).replace("|", "\\|")
+
+
+def targets_summary(results: Path) -> str:
+    """Markdown of every method's targets.json under `results` (one folder per method): each row's target, what was
+    measured, the goal and the verdict, copied from the file the bench script wrote, so nothing is typed by hand."""
+    intro = ["# Benchmark targets", "",
+             "Written by `python bench/harness/targets_summary.py` (and by every bench script that writes a "
+             "`targets.json`) from `bench/results/<method>/targets.json`; each row as the script that measured it "
+             "wrote it. Verdicts: met, **missed**, or not measured (the run that would measure it did not train "
+             "that arm). What each run was and why a target was missed: the method's page in `docs/`.", ""]
+    lines, counts = [], []
+    for f in sorted(results.glob("*/targets.json")):
+        rows = json.loads(f.read_text())
+        if not isinstance(rows, list) or not all(isinstance(r, dict) and {"target", "measured", "goal", "met"} <= set(r)
+                                                 for r in rows):
+            raise ValueError(f"{f}: not a list of {{target, measured, goal, met}} rows")
+        verdicts = ["met" if r["met"] is True else "not measured" if r["met"] is None else "**missed**" for r in rows]
+        tally = {v: verdicts.count(v) for v in ("met", "**missed**", "not measured")}
+        counts.append(f"| {f.parent.name} | {tally['met']} | {tally['**missed**']} | {tally['not measured']} |")
+        # rows of several runs in one file carry the run's data set or configuration (merge_targets)
+        labelled = any(k in r for r in rows for k in RUN_KEYS)
+        lines += [f"## {f.parent.name}", "", f"`{f.parent.name}/targets.json`: {len(rows)} rows, {tally['met']} met, "
+                  f"{tally['**missed**']} missed, {tally['not measured']} not measured.", "",
+                  "| run " * labelled + "| target | measured | goal | verdict |", "|---" * (4 + labelled) + "|"]
+        for r, verdict in zip(rows, verdicts, strict=True):
+            run = f"| {', '.join(str(r[k]) for k in RUN_KEYS if k in r) or '-'} " * labelled
+            lines.append(f"{run}| {_cell(r['target'])} | {_cell(r['measured'])} | {_cell(r['goal'])} | {verdict} |")
+        lines.append("")
+    header = ["| method | met | missed | not measured |", "|---|---|---|---|", *counts, ""]
+    return "\n".join(intro + header + lines).rstrip() + "\n"
+
+
+def write_targets_summary(results: Path) -> Path:
+    """Rewrite results/TARGETS.md; bench scripts call it after their targets.json so the two never disagree."""
+    path = Path(results) / SUMMARY
+    text = targets_summary(Path(results))  # before touching the file: a malformed targets.json leaves it as it was
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def refresh_targets_summary(targets_file: Path) -> None:
+    """After a bench script wrote <results>/<method>/targets.json: rewrite <results>/TARGETS.md where that results
+    folder keeps one (the repository's does), so the summary never disagrees with the files; elsewhere (a bench run
+    with its own --out) nothing is added."""
+    results = Path(targets_file).resolve().parent.parent
+    if (results / SUMMARY).exists():
+        write_targets_summary(results)
+
+
 def markdown_table(report: dict) -> str:
     head = (f"Dataset {report['dataset']}, {report['configuration']}, {report.get('plans', 'nnUNetPlans')}, "
             f"{report['device']} "

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nnunet_ext.benchmark import STOCK, merge_targets, run_benchmark
+from nnunet_ext.benchmark import STOCK, merge_targets, refresh_targets_summary, run_benchmark, targets_summary
 
 
 def test_demo_on_reduced_budget(tmp_path):
@@ -117,3 +117,39 @@ def test_merge_targets_replaces_only_this_runs_rows(tmp_path):
     merge_targets(path, [{"target": "c", "met": True}], "configuration", "2d", "2d")
     assert [(r["target"], r["configuration"]) for r in json.loads(path.read_text())] == [
         ("b", "3d_fullres"), ("c", "2d")]
+
+
+def test_targets_summary_is_the_committed_targets_files():
+    """bench/results/TARGETS.md is what the targets.json files say: a bench rerun that rewrote one without the
+    summary, or a summary edited by hand, fails here."""
+    results = Path(__file__).resolve().parents[1] / "bench" / "results"
+    methods = {f.parent.name for f in results.glob("*/targets.json")}
+    assert {"av_fusion", "focusnet", "freetumor", "ftsegnet", "weak_cycle"} <= methods, methods
+    assert (results / "TARGETS.md").read_text() == targets_summary(results), \
+        "run python bench/harness/targets_summary.py"
+
+
+def test_targets_summary_verdicts_and_refusal(tmp_path):
+    (tmp_path / "m1").mkdir()
+    (tmp_path / "m1" / "targets.json").write_text(json.dumps([
+        {"target": "a | b", "measured": 0.123456789, "goal": "<= 0.2", "met": True, "dataset": "X"},
+        {"target": "c", "measured": [1, 2], "goal": "> 3", "met": False},
+        {"target": "d", "measured": None, "goal": "== 0", "met": None}]))
+    text = targets_summary(tmp_path)
+    assert "| m1 | 1 | 1 | 1 |" in text
+    assert "| X | a \\| b | 0.123457 | <= 0.2 | met |" in text
+    assert "| - | c | [1, 2] | > 3 | **missed** |" in text
+    assert "| - | d | not measured | == 0 | not measured |" in text
+    # a bench run with its own --out gets no summary; where one is kept it is rewritten
+    refresh_targets_summary(tmp_path / "m1" / "targets.json")
+    assert not (tmp_path / "TARGETS.md").exists()
+    (tmp_path / "TARGETS.md").write_text("old")
+    refresh_targets_summary(tmp_path / "m1" / "targets.json")
+    assert (tmp_path / "TARGETS.md").read_text() == text
+    # a malformed file: named, exit 2, no traceback, the summary left as it was
+    (tmp_path / "m2").mkdir()
+    (tmp_path / "m2" / "targets.json").write_text(json.dumps([{"target": "e", "met": True}]))
+    script = Path(__file__).resolve().parents[1] / "bench" / "harness" / "targets_summary.py"
+    proc = subprocess.run([sys.executable, str(script), "--results", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "m2/targets.json" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert (tmp_path / "TARGETS.md").read_text() == text
