@@ -671,3 +671,27 @@ def test_focusnet_shape_prior_acts_on_crops_that_hold_the_organ_only(hn_preproce
         t.on_train_epoch_start()
         rates.append(t.sos_optimizer.param_groups[0]["lr"])
     assert rates[0] == t.sos_lr and 0 < rates[1] < 0.5 * t.sos_lr
+
+
+def test_focusnet_bench_stock_probability_of_a_small_organ_inside_its_voxels(tmp_path):
+    """bench/focusnet/stock_small_organ_probability.py: how close stock is to a small organ it scores Dice 0 on, from
+    the probabilities inside the organ's reference voxels (values by hand on a 1x2x3 case)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "focusnet" / "stock_small_organ_probability.py"
+    spec = importlib.util.spec_from_file_location("focusnet_stock_probability", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ref = np.array([[[0, 1, 1], [2, 2, 0]]], dtype=np.uint8)  # organ 1: two voxels, organ 2: two voxels
+    sitk.WriteImage(sitk.GetImageFromArray(ref), str(tmp_path / "case_000.nii.gz"))
+    p = np.zeros((3, 1, 2, 3), np.float32)
+    p[:, 0, 0] = [[0.9, 0.7, 0.2], [0.1, 0.3, 0.8], [0.0, 0.0, 0.0]]  # organ 1 wins one of its two voxels
+    p[:, 0, 1] = [[0.2, 0.6, 1.0], [0.0, 0.0, 0.0], [0.8, 0.4, 0.0]]  # organ 2 wins one of its two, background one
+    rows = module.organ_rows({"case_000": p}, tmp_path, {"background": 0, "a": 1, "b": 2}, ["a", "b"])["summary"]
+    assert rows["a"]["max_p"] == pytest.approx(0.8) and rows["a"]["mean_p"] == pytest.approx(0.55)
+    assert rows["a"]["argmax_share"] == 0.5 and rows["a"]["n_cases"] == 1
+    assert rows["b"]["max_p"] == pytest.approx(0.8) and rows["b"]["mean_p"] == pytest.approx(0.6)
+    assert rows["b"]["argmax_share"] == 0.5
+    # one voxel each to the organ and to background: a tie goes to the lower label
+    assert rows["a"]["most_predicted"] == rows["b"]["most_predicted"] == "background"
