@@ -93,7 +93,7 @@ def markdown(report: dict) -> str:
              "|---|---|---|---|---|---|---|"]
     for run in report["runs"]:
         for organ, s in run["summary"].items():
-            lines.append(f"| {run['budget']} | {run['seed']} | {organ} | {s['max_p']:.3f} | {s['mean_p']:.3f} "
+            lines.append(f"| {run['budget']} | {run['seed']} | {organ} | {s['max_p']:.2g} | {s['mean_p']:.2g} "
                          f"| {s['argmax_share']:.3f} | {s['most_predicted']} |")
     return "\n".join(lines) + "\n"
 
