@@ -263,7 +263,14 @@ def merge_targets(path: Path, rows: list[dict], key: str, value: str, unlabelled
     others kept. A row without `key` counts as `unlabelled`: the run a script made before it labelled its rows."""
     previous = json.loads(path.read_text()) if path.exists() else []
     kept = [r for r in previous if r.get(key, unlabelled) != value]
-    path.write_text(json.dumps(kept + [{**r, key: value} for r in rows], indent=indent))
+    write_targets(path, kept + [{**r, key: value} for r in rows], indent)
+
+
+def write_targets(path: Path, rows: list[dict], indent: int = 1) -> None:
+    """Write a method's targets.json (<results>/<method>/targets.json) and the results folder's TARGETS.md with it,
+    so no bench script can update one without the other."""
+    Path(path).write_text(json.dumps(rows, indent=indent))
+    refresh_targets_summary(path)
 
 
 SUMMARY = "TARGETS.md"
@@ -275,13 +282,10 @@ def _cell(value) -> str:
     never reads as the other side of it."""
     if value is None:
         return "not measured"
-    if isinstance(value, bool) or not isinstance(value, float | int | list | dict):
-        return str(value).replace("|", "\\|")
     if isinstance(value, float):
         return f"{value:.6g}"
-    if isinstance(value, int):
-        return str(value)
-    return json.dumps(value, separators=(", ", ": "), default=str).replace("|", "\\|")
+    text = json.dumps(value, separators=(", ", ": "), default=str) if isinstance(value, list | dict) else str(value)
+    return text.replace("|", "\\|")
 
 
 def targets_summary(results: Path) -> str:

@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nnunet_ext.benchmark import STOCK, merge_targets, refresh_targets_summary, run_benchmark, targets_summary
+from nnunet_ext.benchmark import (
+    STOCK,
+    merge_targets,
+    refresh_targets_summary,
+    run_benchmark,
+    targets_summary,
+)
 
 
 def test_demo_on_reduced_budget(tmp_path):
@@ -146,6 +152,12 @@ def test_targets_summary_verdicts_and_refusal(tmp_path):
     (tmp_path / "TARGETS.md").write_text("old")
     refresh_targets_summary(tmp_path / "m1" / "targets.json")
     assert (tmp_path / "TARGETS.md").read_text() == text
+    # merge_targets (and every bench script's write) keeps the kept summary current
+    merge_targets(tmp_path / "m1" / "targets.json", [{"target": "e", "measured": 1.5, "goal": "< 1", "met": False}],
+                  "dataset", "Y", "X")
+    assert "| Y | e | 1.5 | < 1 | **missed** |" in (tmp_path / "TARGETS.md").read_text()
+    assert (tmp_path / "TARGETS.md").read_text() == targets_summary(tmp_path)
+    text = targets_summary(tmp_path)
     # a malformed file: named, exit 2, no traceback, the summary left as it was
     (tmp_path / "m2").mkdir()
     (tmp_path / "m2" / "targets.json").write_text(json.dumps([{"target": "e", "met": True}]))

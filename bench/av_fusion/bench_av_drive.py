@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE / "trainers"))
 from av_drive_trainers import EPOCHS_ENV  # noqa: E402
 
 from nnunet_ext import stock  # noqa: E402
-from nnunet_ext.benchmark import merge_targets, refresh_targets_summary  # noqa: E402
+from nnunet_ext.benchmark import merge_targets  # noqa: E402
 from nnunet_ext.dataset_conversion._common import ConversionError  # noqa: E402
 from nnunet_ext.dataset_conversion._fundus import split_folders  # noqa: E402
 from nnunet_ext.plans import PRESETS  # noqa: E402
@@ -357,7 +357,6 @@ def write_report(out: Path, work: Path, ds: AVSet, state: dict, results: dict) -
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
     # rows without a data set are DRIVE-AV's, written before the script took other sets
     merge_targets(out / "targets.json", targets, "dataset", ds.title, DRIVE.title, indent=2)
-    refresh_targets_summary(out / "targets.json")
 
     metrics = list(METRICS)
     paper = ds.paper_metrics

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import zoom
 
-from nnunet_ext.benchmark import refresh_targets_summary
+from nnunet_ext.benchmark import write_targets
 from nnunet_ext.evaluation.evaluate import EvaluationSettings, class_metrics, evaluate_folder
 from nnunet_ext.evaluation.metrics import surface_distances
 
@@ -237,8 +237,7 @@ def main(argv=None) -> dict:
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "targets.json").write_text(json.dumps(targets, indent=2) + "\n")
-    refresh_targets_summary(args.out / "targets.json")
+    write_targets(args.out / "targets.json", targets, indent=2)
     shutil.rmtree(WORK)
     seconds = {k: f"{v:.2f} s" for k, v in result["seconds"].items()}
     print(f"| evaluate, {'x'.join(map(str, shape))} case, 3 classes | {seconds['evaluate_folder_files']} "

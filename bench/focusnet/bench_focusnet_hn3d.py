@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from nnunet_ext import stock
-from nnunet_ext.benchmark import merge_targets, refresh_targets_summary
+from nnunet_ext.benchmark import merge_targets
 from nnunet_ext.evaluation.metrics import overlap_metrics
 from nnunet_ext.methods.focusnet.roi import centroid, crop, peak, place_box
 from nnunet_ext.phantoms import hn3d
@@ -501,7 +501,6 @@ def main() -> int:
     (args.out / f"{stem}.md").write_text(markdown(report, small, large))
     if report["targets"]:  # a run of some rows only must not blank the targets of the last full run
         merge_targets(args.out / "targets.json", report["targets"], "configuration", args.configuration, "2d")
-        refresh_targets_summary(args.out / "targets.json")
     print(args.out / f"{stem}.md")
     return 0
 

@@ -46,7 +46,7 @@ sys.path.insert(0, str(HERE / "trainers"))
 from freetumor_bench_trainers import EPOCHS, ITERATIONS, LONG_EPOCHS, XLONG_EPOCHS  # noqa: E402
 
 from nnunet_ext import stock  # noqa: E402
-from nnunet_ext.benchmark import refresh_targets_summary  # noqa: E402
+from nnunet_ext.benchmark import write_targets  # noqa: E402
 from nnunet_ext.evaluation.evaluate import EvaluationSettings, evaluate_folder  # noqa: E402
 from nnunet_ext.methods.freetumor.labels import organ_tumour_pairs  # noqa: E402
 from nnunet_ext.phantoms import abdomen3d  # noqa: E402
@@ -185,8 +185,7 @@ def combine_targets(results: Path = RESULTS) -> None:
     combined = []
     for f in sorted(results.glob("phantom_*/targets.json")):
         combined += [{**t, "target": f"[{f.parent.name}] {t['target']}"} for t in json.loads(f.read_text())]
-    (results / "targets.json").write_text(json.dumps(combined, indent=2))
-    refresh_targets_summary(results / "targets.json")
+    write_targets(results / "targets.json", combined, indent=2)
 
 
 def main(argv=None) -> int:

@@ -63,7 +63,7 @@ from ftsegnet_bench_trainers import (  # noqa: E402
 )
 
 from nnunet_ext import stock  # noqa: E402
-from nnunet_ext.benchmark import refresh_targets_summary  # noqa: E402
+from nnunet_ext.benchmark import write_targets  # noqa: E402
 from nnunet_ext.evaluation.detection import lesion_detection, pool_detection  # noqa: E402
 from nnunet_ext.methods.ftsegnet.optim import SGDAdamW  # noqa: E402
 from nnunet_ext.phantoms import tumor2d  # noqa: E402
@@ -279,8 +279,7 @@ def write_report(out_dir: Path, report: dict) -> None:
     (out_dir / "ftsegnet_tumor2d.md").write_text("\n".join(lines) + "\n")
     targets = report.get("targets")
     if targets:
-        (out_dir / "targets.json").write_text(json.dumps(targets, indent=1))
-        refresh_targets_summary(out_dir / "targets.json")
+        write_targets(out_dir / "targets.json", targets)
         lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
         lines += [f"| {t['target']} | {t['measured']} | {t['goal']} | {t['met']} |" for t in targets]
         (out_dir / "ftsegnet_tumor2d.md").write_text("\n".join(lines) + "\n")

@@ -45,7 +45,7 @@ from bench_weak_cycle_eval import evaluate
 from bench_weak_cycle_real import DATASETS, convert, sliced_layout
 
 from nnunet_ext import stock
-from nnunet_ext.benchmark import refresh_targets_summary
+from nnunet_ext.benchmark import write_targets
 from nnunet_ext.phantoms import weak2d
 
 HERE = Path(__file__).resolve().parent
@@ -319,8 +319,7 @@ def main(argv=None) -> int:
     previous = json.loads(targets_file.read_text()) if targets_file.is_file() else []
     prefix = targets[0]["target"].split(":")[0] + ":"
     merged = [t for t in previous if not t["target"].startswith(prefix)] + targets
-    targets_file.write_text(json.dumps(merged, indent=1))
-    refresh_targets_summary(targets_file)
+    write_targets(targets_file, merged)
     return 0
 
 

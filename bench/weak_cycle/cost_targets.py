@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_ext.benchmark import refresh_targets_summary
+from nnunet_ext.benchmark import write_targets
 
 GOAL = 1.2  # refinement-phase step against the stock nnUNetTrainer step
 
@@ -41,8 +41,7 @@ def main(argv=None) -> int:
     targets_file = results_file.parent / "targets.json"
     previous = json.loads(targets_file.read_text()) if targets_file.is_file() else []
     merged = [t for t in previous if not t["target"].startswith("refinement-phase step")] + [target]
-    targets_file.write_text(json.dumps(merged, indent=1))
-    refresh_targets_summary(targets_file)
+    write_targets(targets_file, merged)
     print(json.dumps(target))
     return 0
 
