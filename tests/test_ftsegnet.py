@@ -205,6 +205,25 @@ def test_tumour_phantom_naevi_are_dark_unlabelled_and_leave_the_rest_alone():
         assert 30 <= darker.sum() <= 400 and not (darker & (plain[1] > 0)).any()
 
 
+def test_tumour_phantom_balanced_masks_alternate_and_leave_the_rest_alone(tmp_path):
+    """balanced_masks=True: the masked training cases alternate tumour / no tumour; the classification-only and the
+    held-out cases are the default phantom's images."""
+    kwargs = dict(n_train=10, n_test=2, size=48, seed=0, n_classification_only=6, balanced_test=True)
+    plain = tumor2d.generate(tmp_path / "plain", 781, **kwargs)
+    balanced = tumor2d.generate(tmp_path / "balanced", 781, balanced_masks=True, **kwargs)
+    table = json.loads((balanced / tumor2d.CLASS_TABLE).read_text())
+    for i in range(10):
+        name = f"{tumor2d.NAME.lower()}_{i:03d}"
+        label = np.asarray(Image.open(balanced / "labelsTr" / f"{name}.png"))
+        if i < 4:
+            assert (label == 1).any() == (i % 2 == 0) and (table[name] != tumor2d.CLASSES["no_tumour"]) == (i % 2 == 0)
+        else:
+            assert (label == tumor2d.IGNORE).all()
+            for sub, f in (("imagesTr", f"{name}_0000.png"), ("labelsTr", f"{name}.png")):
+                np.testing.assert_array_equal(np.asarray(Image.open(plain / sub / f)),
+                                              np.asarray(Image.open(balanced / sub / f)))
+
+
 def _trainer(pre: SimpleNamespace, tmp_path: Path, monkeypatch, cls=FTSegNetTrainer, **kwargs) -> FTSegNetTrainer:
     trainer = build_trainer(cls, pre, tmp_path, monkeypatch, "2d", **kwargs)
     trainer.num_epochs, trainer.num_iterations_per_epoch = 10, 2

@@ -1,10 +1,10 @@
 """Stock nnU-Net vs the transformer-only network (NoCPB) vs FTSegNet on the tumour phantom, at equal segmentation
-budget, two seeds, two settings; then inference ablations of the trained FTSegNet.
+budget, two seeds, five settings; then inference ablations of the trained FTSegNet.
 
     python bench/ftsegnet/bench_ftsegnet_tumor2d.py tumor2d [--work /tmp/ftsegnet_tumor2d] [--seeds 0 1]
 
 SOURCE: `tumor2d` generates the phantom (seed 0, 96x96 RGB): 40 training images and 40 held-out images that
-alternate tumour / no tumour (20 tumour-free). Two data sets from the same images:
+alternate tumour / no tumour (20 tumour-free). The data sets:
 - full: all 40 training images with their masks (id 794);
 - few masks: the same 40 images, only the first 8 with a mask, the other 32 classification-only (label map all
   ignore label, class in classification.json) (id 799);
@@ -18,6 +18,12 @@ alternate tumour / no tumour (20 tumour-free). Two data sets from the same image
   any run, after the naevi setting's prior was right on only 58-75 % of validation patches with 32 class images.
   The prior's step count for it is chosen on fold 0's validation cases (bench_ftsegnet_prior_sweep.py --dataset 789,
   ABUNDANT_PRIOR_ITERATIONS).
+- abundant classes, naevi, balanced masks: as abundant classes, naevi, but the 8 masked images alternate tumour / no
+  tumour (tumor2d `balanced_masks=True`; the 160 classification-only and the 40 held-out images are the same images)
+  (id 786). Decided before any run, after the abundant-classes setting: its 8 masks held 2 tumour-free images (in
+  fold 0's training split), and in one seed the CPB then used P's spatial features rather than its class (false
+  positives on naevi); with 4 tumour-free masks the segmenter sees, on its own loss, that "no tumour" means "mark
+  nothing". P learns from the same 168 classes but 4, so it keeps the step count its sibling's validation chose.
 Every arm: the same narrow U-Net (features 16-256), TUMOR_BUDGET segmentation epochs x iterations
 (bench/ftsegnet/trainers), fold 0 of nnU-Net's split, nnUNet_ext_seed per seed. FTSegNet's prior trains
 TUMOR_PRIOR_ITERATIONS Adam steps before epoch 0, on top of that budget (its cost is reported apart). Segmenters never
@@ -68,18 +74,21 @@ from nnunet_ext.evaluation.detection import lesion_detection, pool_detection  # 
 from nnunet_ext.methods.ftsegnet.optim import SGDAdamW  # noqa: E402
 from nnunet_ext.phantoms import tumor2d  # noqa: E402
 
-# data set id, training images, classification-only training cases, benign naevi (tumour mimics) in every image
-SETTINGS = {"full": (794, 40, 0, False), "few_masks": (799, 40, 32, False), "few_masks_naevi": (790, 40, 32, True),
-            "abundant_classes_naevi": (789, 168, 160, True)}
+# data set id, training images, classification-only training cases, benign naevi (tumour mimics) in every image,
+# masked cases alternating tumour / no tumour
+SETTINGS = {"full": (794, 40, 0, False, False), "few_masks": (799, 40, 32, False, False),
+            "few_masks_naevi": (790, 40, 32, True, False), "abundant_classes_naevi": (789, 168, 160, True, False),
+            "abundant_classes_naevi_balanced": (786, 168, 160, True, True)}
 SETTING_NAMES = {"full": "full", "few_masks": "few masks", "few_masks_naevi": "few masks, naevi",
-                 "abundant_classes_naevi": "few masks, abundant classes, naevi"}
+                 "abundant_classes_naevi": "few masks, abundant classes, naevi",
+                 "abundant_classes_naevi_balanced": "few masks (half tumour-free), abundant classes, naevi"}
 N_TEST = 40
 STOCK = "nnUNetTrainer_tumorbench"
 
 
 def arm_trainers(rule: str, setting: str = "full") -> dict[str, str]:
-    # the abundant-classes setting's prior gets the step count its own validation chose (more images, more steps)
-    prior = f"_prior{ABUNDANT_PRIOR_ITERATIONS}" if setting == "abundant_classes_naevi" and \
+    # the abundant-classes settings' prior gets the step count its own validation chose (more images, more steps)
+    prior = f"_prior{ABUNDANT_PRIOR_ITERATIONS}" if setting.startswith("abundant_classes") and \
         ABUNDANT_PRIOR_ITERATIONS != TUMOR_PRIOR_ITERATIONS else ""
     return {"stock": STOCK, "nocpb": f"FTSegNetTrainer_NoCPB_tumorbench_{rule}",
             "ftsegnet": f"FTSegNetTrainer_tumorbench_{rule}{prior}"}
@@ -89,13 +98,14 @@ def prepare(env: dict, log: Path, settings) -> dict[str, Path]:
     raw_root, pre_root = Path(env["nnUNet_raw"]), Path(env["nnUNet_preprocessed"])
     raw_root.mkdir(parents=True, exist_ok=True)
     out = {}
-    for setting, (dataset_id, n_train, n_only, naevi) in SETTINGS.items():
+    for setting, (dataset_id, n_train, n_only, naevi, balanced_masks) in SETTINGS.items():
         if setting not in settings:
             continue
         raw = raw_root / f"Dataset{dataset_id}_{tumor2d.NAME}"
         if not (pre_root / raw.name / "nnUNetPlans.json").exists():
             tumor2d.generate(raw_root, dataset_id, n_train=n_train, n_test=N_TEST, size=96, seed=0,
-                             n_classification_only=n_only, balanced_test=True, overwrite=True, mimics=naevi)
+                             n_classification_only=n_only, balanced_test=True, overwrite=True, mimics=naevi,
+                             balanced_masks=balanced_masks)
             stock.plan_and_preprocess(dataset_id, "2d", env, log_file=log)
         out[setting] = raw
     return out
@@ -362,8 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     report.setdefault("ablations", {})
     report["budget"] = (f"segmentation {TUMOR_BUDGET['epochs']} epochs x {TUMOR_BUDGET['iterations']} iterations for "
                         f"every arm (plans' batch size), FTSegNet's prior {TUMOR_PRIOR_ITERATIONS} iterations before "
-                        f"epoch 0 on top ({ABUNDANT_PRIOR_ITERATIONS} in abundant_classes_naevi); U-Net features "
-                        f"16-256; fold 0; seeds {a.seeds}; training images (classification-only among them): "
+                        f"epoch 0 on top ({ABUNDANT_PRIOR_ITERATIONS} in the abundant_classes settings); U-Net "
+                        f"features 16-256; fold 0; seeds {a.seeds}; training images (classification-only among them): "
                         + ", ".join(f"{k} {v[1]} ({v[2]})" for k, v in SETTINGS.items()) +
                         f"; {N_TEST} held-out (20 tumour-free); one process on 2 CPU cores under the project's CPU "
                         f"lock")

@@ -11,6 +11,8 @@ prior on: 0 = no tumour, 1 = small tumour (radius < 10 % of the image), 2 = larg
 `n_classification_only`: the last that many training cases keep their image and class but lose their mask (label
 map all ignore label, dataset.json gains "ignore": 2): the setting of abundant classification data and few masks.
 `balanced_test`: held-out images alternate tumour / no tumour (half tumour-free), for false-positive rates.
+`balanced_masks`: the training cases that keep their mask alternate tumour / no tumour, so that few masks still show
+the segmenter as many tumour-free images as tumour images (the classification-only cases stay as they were).
 `mimics`: every image also holds 1-2 benign naevi (background): a small tumour's size, flat, lighter, sharp-edged,
 as a choroidal naevus beside a melanoma; locally close to a small tumour, so few masks leave room for false positives.
 """
@@ -112,7 +114,7 @@ def _write(case: tuple, image_dir: Path, label_dir: Path, case_id: str) -> None:
 
 def generate(out_root: Path, dataset_id: int = DEFAULT_ID, n_train: int = 24, n_test: int = 6, size: int = 96,
              seed: int = 0, overwrite: bool = False, n_classification_only: int = 0,
-             balanced_test: bool = False, mimics: bool = False) -> Path:
+             balanced_test: bool = False, mimics: bool = False, balanced_masks: bool = False) -> Path:
     if not 0 <= n_classification_only < n_train:
         raise ValueError(f"n_classification_only must lie in [0, {n_train - 1}] (some cases keep their mask), "
                          f"got {n_classification_only}")
@@ -121,6 +123,9 @@ def generate(out_root: Path, dataset_id: int = DEFAULT_ID, n_train: int = 24, n_
         probability = 0.65
         if balanced_test and i >= n_train:
             probability = 1.0 if (i - n_train) % 2 == 0 else 0.0
+        if balanced_masks and i < n_train - n_classification_only:
+            # the draw that decides the tumour is still made, so everything else in the image stays as it was
+            probability = 1.0 if i % 2 == 0 else 0.0
         return (*make_case(case_rng(seed, i), size, probability, mimics),
                 n_train - n_classification_only <= i < n_train)
 
@@ -130,5 +135,6 @@ def generate(out_root: Path, dataset_id: int = DEFAULT_ID, n_train: int = 24, n_
         channel_names={"0": "R", "1": "G", "2": "B"}, labels=labels, file_ending=".png",
         description=f"nnunet-ext fundus tumour phantom: {size}x{size} RGB, one dark round tumour or none, "
                     f"classes in {CLASS_TABLE} ({CLASSES}), seed {seed}, {n_classification_only} classification-only "
-                    f"training cases" + (", benign naevi (background) in every image" if mimics else ""),
+                    f"training cases" + (", masked cases alternate tumour / no tumour" if balanced_masks else "")
+                    + (", benign naevi (background) in every image" if mimics else ""),
         overwrite=overwrite)
