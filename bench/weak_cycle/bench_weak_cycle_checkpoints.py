@@ -14,7 +14,8 @@ Phantom budgets: 2000 translation iterations (default, with the teacher-update a
 rule before 2026-12-01, pixels the teacher is unsure about become ignore; neither writes targets; --long
 --full-width: WeakCycleTrainer's own widths, 32 features and 4 blocks, instead of the quarter-width networks below,
 with its own targets), --xlong 16000
-(--xlong --uncertain-ignore: that rule at this budget, no targets).
+(--xlong --uncertain-ignore: that rule at this budget, no targets). On brats, --full-width trains the real-sample
+budget with the trainer's own widths (its own targets).
 
 --data is the source folder: the real sample, or for the phantom the folder it is generated into (kept there). One
 stock `nnUNetv2_train` per seed with WeakCycleTrainer_ckpt_* (bench/weak_cycle/trainers/
@@ -253,8 +254,9 @@ def main(argv=None) -> int:
                    help="phantom, --long or --xlong: the teacher rule before 2026-12-01, pixels the teacher is "
                         "unsure about become ignore (teacher_uncertain = 'ignore'); an ablation, writes no targets")
     p.add_argument("--full-width", action="store_true",
-                   help="phantom, --long: WeakCycleTrainer's own generator and discriminator widths (32 features, 4 "
-                        "blocks) instead of the bench's quarter-width networks; writes its own targets")
+                   help="phantom with --long, or brats: WeakCycleTrainer's own generator and discriminator widths "
+                        "(32 features, 4 blocks) instead of the bench's quarter-width networks; writes its own "
+                        "targets")
     p.add_argument("--no-ablation", action="store_true",
                    help="phantom: skip the arm with the teacher's pseudo-label updates ablated")
     p.add_argument("--n-train", type=int, default=PHANTOM["n_train"],
@@ -272,8 +274,9 @@ def main(argv=None) -> int:
         p.error("--no-composite runs with --long")
     if args.uncertain_ignore and not (args.long or args.xlong):
         p.error("--uncertain-ignore runs with --long or --xlong")
-    if args.full_width and (not args.long or args.no_composite or args.uncertain_ignore):
-        p.error("--full-width runs with --long alone")
+    if args.full_width and (args.dataset == "isic" or args.dataset == "phantom" and not args.long
+                            or args.no_composite or args.uncertain_ignore):
+        p.error("--full-width runs on the phantom with --long alone, or on brats")
     if args.no_composite and args.uncertain_ignore:
         p.error("--no-composite and --uncertain-ignore are separate runs")
     work, out = Path(args.work), Path(args.output)
@@ -303,11 +306,13 @@ def main(argv=None) -> int:
             "student_validation_dice": float(np.mean([r["student_validation_dice"] for r in ablation])),
             "runs": ablation}
     summary["student_validation_dice"] = float(np.mean([r["student_validation_dice"] for r in runs]))
-    if budget:
+    if budget or width:
+        # a run of its own, with its own rows in targets.json beside those of the default budget and widths
+        run = ", ".join(([f"{summary['final_iterations']} iterations"] if budget else [])
+                        + (["the trainer's own widths"] if width else [])
+                        + ([f"{args.n_train} training images"] if size else []))
         for t in targets:
-            run = f"{summary['final_iterations']} iterations" + (", the trainer's own widths" if width else "") + \
-                (f", {args.n_train} training images" if size else "")
-            t["target"] = t["target"].replace("phantom:", f"phantom ({run}):", 1)
+            t["target"] = t["target"].replace(f"{args.dataset}:", f"{args.dataset} ({run}):", 1)
     name = f"weak_cycle_checkpoints_{tag}"
     (out / f"{name}.json").write_text(json.dumps({"summary": summary, "runs": runs, "targets": targets}, indent=1,
                                                  default=str))

@@ -191,6 +191,17 @@ WeakCycleTrainer_ckpt_real = short_variant(WeakCycleTrainer_checkpoints, "WeakCy
                                            iterations=50, val_iterations=2)
 
 
+class _RealFull(WeakCycleTrainer_checkpoints):
+    # WeakCycleTrainer's own widths (what a user trains), not the bench's quarter-width networks
+    generator_features = WeakCycleTrainer.generator_features
+    generator_blocks = WeakCycleTrainer.generator_blocks
+    discriminator_features = WeakCycleTrainer.discriminator_features
+
+
+WeakCycleTrainer_ckpt_real_full = short_variant(_RealFull, "WeakCycleTrainer_ckpt_real_full", epochs=25,
+                                                iterations=50, val_iterations=2)
+
+
 class _ISIC(WeakCycleTrainer_checkpoints):
     cycle_loss_weights = ISIC_LOSS_WEIGHTS  # the original's ISIC weights
 
