@@ -40,6 +40,7 @@ DATASETS = {
 
 def sliced_layout(data: Path, out: Path, n_weak: int | None) -> None:
     """Symbolic links in the sliced layout; n_weak None puts every tumour slice in val/ (full masks: references)."""
+    data = data.resolve()  # a link holding a relative path would resolve from the link's folder, not from here
     images = sorted((data / "val" / "images").glob("*.png"))
     for i, image in enumerate(images):
         weak = n_weak is not None and i < n_weak
