@@ -15,7 +15,8 @@ rule before 2026-12-01, pixels the teacher is unsure about become ignore; neithe
 --full-width: WeakCycleTrainer's own widths, 32 features and 4 blocks, instead of the quarter-width networks below,
 with its own targets), --xlong 16000
 (--xlong --uncertain-ignore: that rule at this budget, no targets). On brats, --full-width trains the real-sample
-budget with the trainer's own widths (its own targets).
+budget with the trainer's own widths (its own targets); on isic, --no-composite trains the real-sample budget
+without the composite's adversarial term (no targets).
 
 --data is the source folder: the real sample, or for the phantom the folder it is generated into (kept there). One
 stock `nnUNetv2_train` per seed with WeakCycleTrainer_ckpt_* (bench/weak_cycle/trainers/
@@ -193,11 +194,13 @@ def summarise(dataset: str, runs: list[dict]) -> tuple[dict, list[dict]]:
 
 def markdown(dataset: str, args, runs: list[dict], summary: dict, targets: list[dict]) -> str:
     seeds = ", ".join(str(r["seed"]) for r in runs)
+    flags = "".join(f" --{name.replace('_', '-')}" for name in ("long", "xlong", "no_composite", "uncertain_ignore",
+                                                                "full_width") if getattr(args, name, False))
     lines = [f"# WeakCycle pseudo-masks through translation: {dataset}", "",
-             f"`python bench/weak_cycle/bench_weak_cycle_checkpoints.py --dataset {dataset} ...` (seeds {seeds}; "
-             f"{time.strftime('%Y-%m-%d')}, shared 2-core CPU). Mean Dice of the weak training cases' pseudo-masks "
-             f"(per image, 0-1) against their true masks, which training never sees; every source through the same "
-             f"body mask, per-image Otsu and opening."
+             f"`python bench/weak_cycle/bench_weak_cycle_checkpoints.py --dataset {dataset}{flags} ...` "
+             f"(seeds {seeds}; {time.strftime('%Y-%m-%d')}, shared 2-core CPU). Mean Dice of the weak training "
+             f"cases' pseudo-masks (per image, 0-1) against their true masks, which training never sees; every source "
+             f"through the same body mask, per-image Otsu and opening."
              + (f" Phantom of {args.n_train} training images (half weak, half normal)." if dataset == "phantom"
                 else ""), "",
              "| translation iterations | attention (method) | CAM-only |", "|---|---|---|"]
@@ -248,8 +251,8 @@ def main(argv=None) -> int:
     length.add_argument("--long", action="store_true", help="phantom: 6000 translation iterations instead of 2000")
     length.add_argument("--xlong", action="store_true", help="phantom: 16000 translation iterations")
     p.add_argument("--no-composite", action="store_true",
-                   help="phantom, --long: the ablation without the adversarial term on the composite (writes no "
-                        "targets)")
+                   help="phantom with --long, or isic: the ablation without the adversarial term on the composite "
+                        "(writes no targets)")
     p.add_argument("--uncertain-ignore", action="store_true",
                    help="phantom, --long or --xlong: the teacher rule before 2026-12-01, pixels the teacher is "
                         "unsure about become ignore (teacher_uncertain = 'ignore'); an ablation, writes no targets")
@@ -268,10 +271,10 @@ def main(argv=None) -> int:
         p.error("--n-train sizes the phantom")
     if args.n_train < 2:
         p.error("--n-train needs at least one weak and one normal image")
-    if (args.xlong or args.no_composite or args.uncertain_ignore) and args.dataset != "phantom":
-        p.error("--xlong, --no-composite and --uncertain-ignore are phantom runs")
-    if args.no_composite and not args.long:
-        p.error("--no-composite runs with --long")
+    if (args.xlong or args.uncertain_ignore) and args.dataset != "phantom":
+        p.error("--xlong and --uncertain-ignore are phantom runs")
+    if args.no_composite and not (args.long or args.dataset == "isic"):
+        p.error("--no-composite runs on the phantom with --long, or on isic")
     if args.uncertain_ignore and not (args.long or args.xlong):
         p.error("--uncertain-ignore runs with --long or --xlong")
     if args.full_width and (args.dataset == "isic" or args.dataset == "phantom" and not args.long

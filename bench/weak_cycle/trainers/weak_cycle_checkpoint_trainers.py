@@ -208,3 +208,12 @@ class _ISIC(WeakCycleTrainer_checkpoints):
 
 WeakCycleTrainer_ckpt_real_isic = short_variant(_ISIC, "WeakCycleTrainer_ckpt_real_isic", epochs=25, iterations=50,
                                                 val_iterations=2)
+
+
+class _ISICNoComposite(_ISIC):
+    # the ablation without the adversarial term on the composite, which ruined ISIC where it lifted BraTS
+    cycle_loss_weights = {**ISIC_LOSS_WEIGHTS, "adversarial_composite": 0.0}
+
+
+WeakCycleTrainer_ckpt_real_isic_nocomposite = short_variant(
+    _ISICNoComposite, "WeakCycleTrainer_ckpt_real_isic_nocomposite", epochs=25, iterations=50, val_iterations=2)
