@@ -222,6 +222,10 @@ def test_tumour_phantom_balanced_masks_alternate_and_leave_the_rest_alone(tmp_pa
             for sub, f in (("imagesTr", f"{name}_0000.png"), ("labelsTr", f"{name}.png")):
                 np.testing.assert_array_equal(np.asarray(Image.open(plain / sub / f)),
                                               np.asarray(Image.open(balanced / sub / f)))
+    held_out = sorted((plain / "imagesTs").glob("*.png"))
+    assert len(held_out) == 2
+    for f in held_out:
+        np.testing.assert_array_equal(np.asarray(Image.open(f)), np.asarray(Image.open(balanced / "imagesTs" / f.name)))
 
 
 def _trainer(pre: SimpleNamespace, tmp_path: Path, monkeypatch, cls=FTSegNetTrainer, **kwargs) -> FTSegNetTrainer:

@@ -166,13 +166,16 @@ WeakCycleTrainer_ckpt_phantom_keep50 = _phantom_variant("keep50", teacher_keep_f
 WeakCycleTrainer_ckpt_phantom_keep100 = _phantom_variant("keep100", teacher_keep_fraction=1.0)
 WeakCycleTrainer_ckpt_phantom_keepnone = _phantom_variant("keepnone", teacher_keep_fraction=None)
 
+# WeakCycleTrainer's own widths (what a user trains), not the bench's quarter-width networks
+FULL_WIDTHS = {"generator_features": WeakCycleTrainer.generator_features,
+               "generator_blocks": WeakCycleTrainer.generator_blocks,
+               "discriminator_features": WeakCycleTrainer.discriminator_features}
+
 # the same phantom for 6000 translation iterations (120 epochs) and 1500 refinement iterations (30 epochs)
 LONG_BUDGET = {"epochs": 150, "iterations": 50, "val_iterations": 2}
 WeakCycleTrainer_ckpt_phantom_long = _phantom_variant("long", LONG_BUDGET)
-# the same budget with WeakCycleTrainer's own widths (what a user trains), not the bench's quarter-width networks
-WeakCycleTrainer_ckpt_phantom_long_full = _phantom_variant(
-    "long_full", LONG_BUDGET, generator_features=WeakCycleTrainer.generator_features,
-    generator_blocks=WeakCycleTrainer.generator_blocks, discriminator_features=WeakCycleTrainer.discriminator_features)
+# the same budget with the trainer's own widths
+WeakCycleTrainer_ckpt_phantom_long_full = _phantom_variant("long_full", LONG_BUDGET, **FULL_WIDTHS)
 # 16000 translation iterations (320 epochs) and 4000 refinement iterations (80 epochs)
 WeakCycleTrainer_ckpt_phantom_xlong = _phantom_variant("xlong", {**LONG_BUDGET, "epochs": 400})
 # ablation: no adversarial term on the composite
@@ -187,33 +190,19 @@ WeakCycleTrainer_ckpt_phantom_xlong_ignore = _phantom_variant("xlong_ignore", {*
 
 # real samples (160x160 / 256x256 patches): 50 iterations per epoch, 20 translation epochs (1000 iterations), 5
 # refinement epochs (250 iterations)
-WeakCycleTrainer_ckpt_real = short_variant(WeakCycleTrainer_checkpoints, "WeakCycleTrainer_ckpt_real", epochs=25,
-                                           iterations=50, val_iterations=2)
+REAL_BUDGET = {"epochs": 25, "iterations": 50, "val_iterations": 2}
+WeakCycleTrainer_ckpt_real = short_variant(WeakCycleTrainer_checkpoints, "WeakCycleTrainer_ckpt_real", **REAL_BUDGET)
 
 
-class _RealFull(WeakCycleTrainer_checkpoints):
-    # WeakCycleTrainer's own widths (what a user trains), not the bench's quarter-width networks
-    generator_features = WeakCycleTrainer.generator_features
-    generator_blocks = WeakCycleTrainer.generator_blocks
-    discriminator_features = WeakCycleTrainer.discriminator_features
+def _real_variant(suffix: str, **settings) -> type:
+    """The real samples' budget (WeakCycleTrainer_ckpt_real's) with other trainer settings."""
+    base = type(f"_Real_{suffix}", (WeakCycleTrainer_checkpoints,), settings)
+    return short_variant(base, f"WeakCycleTrainer_ckpt_real_{suffix}", **REAL_BUDGET)
 
 
-WeakCycleTrainer_ckpt_real_full = short_variant(_RealFull, "WeakCycleTrainer_ckpt_real_full", epochs=25,
-                                                iterations=50, val_iterations=2)
-
-
-class _ISIC(WeakCycleTrainer_checkpoints):
-    cycle_loss_weights = ISIC_LOSS_WEIGHTS  # the original's ISIC weights
-
-
-WeakCycleTrainer_ckpt_real_isic = short_variant(_ISIC, "WeakCycleTrainer_ckpt_real_isic", epochs=25, iterations=50,
-                                                val_iterations=2)
-
-
-class _ISICNoComposite(_ISIC):
-    # the ablation without the adversarial term on the composite, which ruined ISIC where it lifted BraTS
-    cycle_loss_weights = {**ISIC_LOSS_WEIGHTS, "adversarial_composite": 0.0}
-
-
-WeakCycleTrainer_ckpt_real_isic_nocomposite = short_variant(
-    _ISICNoComposite, "WeakCycleTrainer_ckpt_real_isic_nocomposite", epochs=25, iterations=50, val_iterations=2)
+WeakCycleTrainer_ckpt_real_full = _real_variant("full", **FULL_WIDTHS)
+# the original's ISIC loss weights
+WeakCycleTrainer_ckpt_real_isic = _real_variant("isic", cycle_loss_weights=ISIC_LOSS_WEIGHTS)
+# ablation: no adversarial term on the composite, which ruined ISIC where it lifted BraTS
+WeakCycleTrainer_ckpt_real_isic_nocomposite = _real_variant(
+    "isic_nocomposite", cycle_loss_weights={**ISIC_LOSS_WEIGHTS, "adversarial_composite": 0.0})
