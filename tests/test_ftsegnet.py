@@ -497,3 +497,56 @@ def test_ftsegnet_classification_only_case_changes_prior_not_segmentation_loss(t
         torch.testing.assert_close(grad[:n], masked_grad)
     for loader in (loader_tr, loader_val):
         loader._finish() if hasattr(loader, "_finish") else None
+
+
+
+
+@pytest.mark.mechanism
+def test_ftsegnet_prior_learns_the_class_table_on_cases_it_can_overfit(tumour_preprocessed, tmp_path, monkeypatch):
+    """The CPB passes on what P knows, so P must learn the image classes: on the 6 training cases of fold 0 (3
+    large tumours, 1 small, 2 none) prior training takes P's class-balanced patch accuracy on them from chance to
+    near certainty, which naming the commonest class (1/3) cannot reach, and the vital signs stay quiet. A class
+    table read for the wrong cases, targets that ignore it, or a prior step that does not update P fail here.
+    Measured (2026-12-03, unseeded runs): balanced accuracy 0.67-0.78 after 1000 steps, 0.87-1.0 after 2000,
+    0.94-1.0 after 3000 (about 8 s a thousand)."""
+    trainer = _trainer(tumour_preprocessed, tmp_path, monkeypatch, nnUNet_ext_seed="0")
+    loader_tr, loader_val = trainer.prior_dataloaders()
+    try:
+        before = trainer.prior_scores(loader_tr)
+        trainer.train_prior(loader_tr, 3000)
+        after = trainer.prior_scores(loader_tr)
+    finally:
+        for loader in (loader_tr, loader_val):
+            loader._finish() if hasattr(loader, "_finish") else None
+    assert before["classes"] == after["classes"] == 3
+    assert after["balanced accuracy"] >= 0.8, (before, after)
+    assert after["balanced accuracy"] > before["balanced accuracy"] + 0.3, (before, after)
+    trainer.prior_val_accuracy, trainer.prior_val_balanced = after["accuracy"], after["balanced accuracy"]
+    trainer.prior_val_classes = after["classes"]
+    assert not trainer.vital_sign_warnings([{"epoch": 0, **trainer.epoch_vital_signs()}])
+
+
+@pytest.mark.mechanism
+def test_ftsegnet_vital_signs_warn_when_the_prior_names_one_class_for_every_patch(tumour_preprocessed, tmp_path,
+                                                                                   monkeypatch):
+    """A prior that calls every patch 'large tumour' (half of the training cases) has a plain accuracy well above
+    chance (1/3), so only the class-balanced accuracy shows the collapse: exactly 1/3, and the warning says so."""
+    trainer = _trainer(tumour_preprocessed, tmp_path, monkeypatch, nnUNet_ext_seed="0")
+    with torch.no_grad():
+        trainer.prior.head.weight.zero_()
+        trainer.prior.head.bias.copy_(torch.tensor([0.0, 0.0, 5.0]))
+    loader_tr, loader_val = trainer.prior_dataloaders()
+    try:
+        scores = trainer.prior_scores(loader_tr)
+    finally:
+        for loader in (loader_tr, loader_val):
+            loader._finish() if hasattr(loader, "_finish") else None
+    assert scores["classes"] == 3
+    assert scores["balanced accuracy"] == pytest.approx(1 / 3)
+    assert scores["accuracy"] > 1 / 3 + 0.05, scores  # what the plain-accuracy warning alone would have missed
+    trainer.prior_val_accuracy, trainer.prior_val_balanced = scores["accuracy"], scores["balanced accuracy"]
+    trainer.prior_val_classes = scores["classes"]
+    vitals = trainer.epoch_vital_signs()
+    assert vitals["prior/validation balanced accuracy"] == pytest.approx(1 / 3)
+    warnings = trainer.vital_sign_warnings([{"epoch": 0, **vitals}])
+    assert len(warnings) == 1 and "no better than naming one class for every patch" in warnings[0], warnings

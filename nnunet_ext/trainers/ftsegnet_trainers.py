@@ -91,6 +91,8 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         self.classification_only: list[str] | None = None
         self.prior_iterations_done = 0
         self.prior_val_accuracy: float | None = None
+        self.prior_val_balanced: float | None = None  # class-balanced validation accuracy
+        self.prior_val_classes: int | None = None  # classes present in the validation patches
         self._with_classification_only = False
         self._gates: list[list[torch.Tensor]] = []
         if not self.use_cpb:
@@ -222,7 +224,8 @@ class FTSegNetTrainer(nnUNetExtTrainer):
     def extra_checkpoint_state(self) -> dict:
         return {"prior_classes": self.prior.num_classes if self.use_cpb else None,
                 "prior_targets": self.prior_target_source(), "prior_iterations_done": self.prior_iterations_done,
-                "prior_val_accuracy": self.prior_val_accuracy}
+                "prior_val_accuracy": self.prior_val_accuracy, "prior_val_balanced": self.prior_val_balanced,
+                "prior_val_classes": self.prior_val_classes}
 
     def load_extra_checkpoint_state(self, state: dict) -> None:
         if self.use_cpb and state.get("prior_classes") != self.prior.num_classes:
@@ -230,6 +233,8 @@ class FTSegNetTrainer(nnUNetExtTrainer):
                                f"{self.prior.num_classes} (class table {self.class_table_file})")
         self.prior_iterations_done = state.get("prior_iterations_done", 0)
         self.prior_val_accuracy = state.get("prior_val_accuracy")
+        self.prior_val_balanced = state.get("prior_val_balanced")  # absent from checkpoints before 2026-12-03
+        self.prior_val_classes = state.get("prior_val_classes")
 
     # ------------------------------------------------------------------ the prior's own budget
     def prior_iterations_left(self) -> int:
@@ -257,8 +262,12 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         try:
             if left:
                 self.train_prior(loader_tr, left)
-            self.prior_val_accuracy = self.prior_accuracy(loader_val)
-            self.print_to_log_file(f"prior: validation patch accuracy {self.prior_val_accuracy:.3f}")
+            scores = self.prior_scores(loader_val)
+            self.prior_val_accuracy = scores["accuracy"]
+            self.prior_val_balanced, self.prior_val_classes = scores["balanced accuracy"], scores["classes"]
+            self.print_to_log_file(f"prior: validation patch accuracy {self.prior_val_accuracy:.3f}, class-balanced "
+                                   f"{self.prior_val_balanced:.3f} ({self.prior_val_classes} of "
+                                   f"{self.prior.num_classes} classes in the validation patches)")
         finally:
             for loader in (loader_tr, loader_val):
                 if hasattr(loader, "_finish"):
@@ -312,10 +321,15 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         return loss.item(), int((logits.argmax(1) == labels).sum()), labels.shape[0]
 
     @torch.no_grad()
-    def prior_accuracy(self, loader) -> float:
+    def prior_scores(self, loader) -> dict:
+        """P's patch accuracy on the loader's batches and its class-balanced accuracy (the mean over the classes
+        present of its accuracy on that class): a prior that names the commonest class for every patch scores that
+        class's share on the first, but 1 / (classes present) on the second."""
         was_training = self.prior.training
         self.prior.eval()
-        correct = seen = 0
+        k = self.prior.num_classes
+        hits = torch.zeros(k, dtype=torch.float64)
+        counts = torch.zeros(k, dtype=torch.float64)
         # at least 20 batches: a handful of patches makes the accuracy a coin toss (short test budgets)
         for _ in range(max(20, self.num_val_iterations_per_epoch)):
             batch = next(loader)
@@ -323,15 +337,21 @@ class FTSegNetTrainer(nnUNetExtTrainer):
             labels = self.prior_targets(batch, target)
             with self.autocast():
                 logits, _ = self.prior(data)
-            correct += int((logits.argmax(1) == labels).sum())
-            seen += labels.shape[0]
+            labels, right = labels.cpu(), (logits.argmax(1) == labels).cpu().double()
+            counts += torch.bincount(labels, minlength=k).double()
+            hits += torch.bincount(labels, weights=right, minlength=k)
         self.prior.train(was_training)
         if self.is_ddp:
-            # every rank saw its own batches: the accuracy over all of them, the same on every rank
-            counts = torch.tensor([correct, seen], dtype=torch.float64, device=self.device)
-            dist.all_reduce(counts)
-            correct, seen = counts.tolist()
-        return correct / seen
+            # every rank saw its own batches: the scores over all of them, the same on every rank
+            both = torch.cat([hits, counts]).to(self.device)
+            dist.all_reduce(both)
+            hits, counts = both.cpu().split(k)
+        present = counts > 0
+        return {"accuracy": float(hits.sum() / counts.sum()),
+                "balanced accuracy": float((hits[present] / counts[present]).mean()), "classes": int(present.sum())}
+
+    def prior_accuracy(self, loader) -> float:
+        return self.prior_scores(loader)["accuracy"]
 
     # ------------------------------------------------------------------ vital signs
     def on_validation_epoch_start(self):
@@ -350,7 +370,9 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         if net.cpb is None:
             return {}
         values = {"prior/validation accuracy": float("nan") if self.prior_val_accuracy is None
-                  else self.prior_val_accuracy}
+                  else self.prior_val_accuracy,
+                  "prior/validation balanced accuracy": float("nan") if self.prior_val_balanced is None
+                  else self.prior_val_balanced}
         for s, block in enumerate(net.cpb):
             values[f"alpha/stage {s}"] = float(block.alpha.detach())
         if self._gates:
@@ -367,6 +389,13 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         if accuracy is not None and accuracy == accuracy and accuracy <= 1 / self.prior.num_classes:
             warnings.append(f"the prior's validation accuracy {accuracy:.3f} is at chance "
                             f"({self.prior.num_classes} classes): the CPB has no class evidence to use")
+        balanced, classes = last.get("prior/validation balanced accuracy"), self.prior_val_classes or 0
+        if balanced is not None and balanced == balanced and classes >= 2 and balanced <= 1 / classes + 1e-9 and \
+                not warnings:
+            # the plain accuracy can sit well above chance when one class dominates and P names it for every patch
+            warnings.append(f"the prior's class-balanced validation accuracy {balanced:.3f} is no better than naming "
+                            f"one class for every patch ({classes} classes in the validation patches): the CPB has "
+                            "no class evidence to use")
         if last["epoch"] >= self.num_epochs // 2:
             alphas = [abs(v) for k, v in last.items() if k.startswith("alpha/")]
             spreads = [v for k, v in last.items() if k.startswith("gate spread/")]
