@@ -499,8 +499,6 @@ def test_ftsegnet_classification_only_case_changes_prior_not_segmentation_loss(t
         loader._finish() if hasattr(loader, "_finish") else None
 
 
-
-
 @pytest.mark.mechanism
 def test_ftsegnet_prior_learns_the_class_table_on_cases_it_can_overfit(tumour_preprocessed, tmp_path, monkeypatch):
     """The CPB passes on what P knows, so P must learn the image classes: on the 6 training cases of fold 0 (3
@@ -521,8 +519,7 @@ def test_ftsegnet_prior_learns_the_class_table_on_cases_it_can_overfit(tumour_pr
     assert before["classes"] == after["classes"] == 3
     assert after["balanced accuracy"] >= 0.8, (before, after)
     assert after["balanced accuracy"] > before["balanced accuracy"] + 0.3, (before, after)
-    trainer.prior_val_accuracy, trainer.prior_val_balanced = after["accuracy"], after["balanced accuracy"]
-    trainer.prior_val_classes = after["classes"]
+    trainer.prior_val_scores = after
     assert not trainer.vital_sign_warnings([{"epoch": 0, **trainer.epoch_vital_signs()}])
 
 
@@ -544,8 +541,7 @@ def test_ftsegnet_vital_signs_warn_when_the_prior_names_one_class_for_every_patc
     assert scores["classes"] == 3
     assert scores["balanced accuracy"] == pytest.approx(1 / 3)
     assert scores["accuracy"] > 1 / 3 + 0.05, scores  # what the plain-accuracy warning alone would have missed
-    trainer.prior_val_accuracy, trainer.prior_val_balanced = scores["accuracy"], scores["balanced accuracy"]
-    trainer.prior_val_classes = scores["classes"]
+    trainer.prior_val_scores = scores
     vitals = trainer.epoch_vital_signs()
     assert vitals["prior/validation balanced accuracy"] == pytest.approx(1 / 3)
     warnings = trainer.vital_sign_warnings([{"epoch": 0, **vitals}])

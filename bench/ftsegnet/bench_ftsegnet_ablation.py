@@ -154,21 +154,12 @@ def cpb_closed_scores(folder: Path, raw: Path, out: Path, env: dict) -> dict:
     """The trained FTSegNet with its CPB closed at inference (alpha, gate, class projection zeroed: the
     transformer-only computation with FTSegNet's segmenter weights), scored as the arms are: does the network use
     its prior?"""
-    import torch
-    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
-    from nnunet_ext.methods.ftsegnet.network import close_cpb
+    # the tumour bench's predictor (no mirroring, CPU) and CPB closing, imported here: it loads torch and nnU-Net
+    from bench_ftsegnet_tumor2d import close_predictor_cpb, predictor_for
 
     os.environ.update(env)  # the predictor finds the trainer class through nnUNet_extTrainer
-    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
-                                perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
-                                verbose_preprocessing=False, allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(folder.parent), use_folds=(0,),
-                                                   checkpoint_name="checkpoint_final.pth")
-    with torch.no_grad():
-        close_cpb(predictor.network)
-    # the predictor loads list_of_parameters into the network before every case: give it the closed weights
-    predictor.list_of_parameters = [{k: v.clone() for k, v in predictor.network.state_dict().items()}]
+    predictor = predictor_for(folder)
+    close_predictor_cpb(predictor)
     if out.exists():
         shutil.rmtree(out)
     predictor.predict_from_files(str(raw / "imagesTs"), str(out), save_probabilities=False, overwrite=True,

@@ -142,6 +142,15 @@ def predictor_for(folder: Path):
     return predictor
 
 
+def close_predictor_cpb(predictor) -> None:
+    """Close the CPB of the predictor's FTSegNet (close_cpb) so that it predicts with the closed weights: the
+    predictor loads its list_of_parameters into the network before every case."""
+    from nnunet_ext.methods.ftsegnet.network import close_cpb
+
+    close_cpb(predictor.network)
+    predictor.list_of_parameters = [{k: v.clone() for k, v in predictor.network.state_dict().items()}]
+
+
 def predict_all(predictor, images: list[Path]) -> tuple[list[np.ndarray], float]:
     reader = predictor.plans_manager.image_reader_writer_class()
     segs, seconds = [], []
@@ -413,14 +422,11 @@ def main(argv: list[str] | None = None) -> int:
                 if vitals:
                     report["results"][key]["final_vitals"] = vitals[-1]
                 if arm == "ftsegnet":
-                    from nnunet_ext.methods.ftsegnet.network import close_cpb
-
                     tumour = [bool((r == 1).any()) for r in references[setting]]
                     shuffled_segs, prior_accuracy = shuffled_prior_predictions(predictor, images[setting], tumour)
                     report["results"][key]["prior_heldout_tumour_accuracy"] = prior_accuracy
                     shuffled = scores(shuffled_segs, references[setting])
-                    close_cpb(predictor.network)
-                    predictor.list_of_parameters = [{k: v.clone() for k, v in predictor.network.state_dict().items()}]
+                    close_predictor_cpb(predictor)
                     closed = scores(predict_all(predictor, images[setting])[0], references[setting])
                     report["ablations"][key] = {"cpb_closed": closed, "shuffled_prior": shuffled}
                 write_report(a.out, report)

@@ -90,9 +90,7 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         self.prior_file: str | None = None
         self.classification_only: list[str] | None = None
         self.prior_iterations_done = 0
-        self.prior_val_accuracy: float | None = None
-        self.prior_val_balanced: float | None = None  # class-balanced validation accuracy
-        self.prior_val_classes: int | None = None  # classes present in the validation patches
+        self.prior_val_scores: dict | None = None  # prior_scores on the validation loader, once P is trained
         self._with_classification_only = False
         self._gates: list[list[torch.Tensor]] = []
         if not self.use_cpb:
@@ -224,17 +222,17 @@ class FTSegNetTrainer(nnUNetExtTrainer):
     def extra_checkpoint_state(self) -> dict:
         return {"prior_classes": self.prior.num_classes if self.use_cpb else None,
                 "prior_targets": self.prior_target_source(), "prior_iterations_done": self.prior_iterations_done,
-                "prior_val_accuracy": self.prior_val_accuracy, "prior_val_balanced": self.prior_val_balanced,
-                "prior_val_classes": self.prior_val_classes}
+                "prior_val_scores": self.prior_val_scores}
 
     def load_extra_checkpoint_state(self, state: dict) -> None:
         if self.use_cpb and state.get("prior_classes") != self.prior.num_classes:
             raise RuntimeError(f"the checkpoint's prior has {state.get('prior_classes')} classes, this run's "
                                f"{self.prior.num_classes} (class table {self.class_table_file})")
         self.prior_iterations_done = state.get("prior_iterations_done", 0)
-        self.prior_val_accuracy = state.get("prior_val_accuracy")
-        self.prior_val_balanced = state.get("prior_val_balanced")  # absent from checkpoints before 2026-12-03
-        self.prior_val_classes = state.get("prior_val_classes")
+        self.prior_val_scores = state.get("prior_val_scores")
+        if self.prior_val_scores is None and state.get("prior_val_accuracy") is not None:
+            # checkpoints before 2026-12-03 kept the plain accuracy only
+            self.prior_val_scores = {"accuracy": state["prior_val_accuracy"]}
 
     # ------------------------------------------------------------------ the prior's own budget
     def prior_iterations_left(self) -> int:
@@ -256,17 +254,15 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         if not self.use_cpb:
             return
         left = self.prior_iterations_left()
-        if left == 0 and self.prior_val_accuracy is not None:
+        if left == 0 and self.prior_val_scores is not None:
             return
         loader_tr, loader_val = self.prior_dataloaders()
         try:
             if left:
                 self.train_prior(loader_tr, left)
-            scores = self.prior_scores(loader_val)
-            self.prior_val_accuracy = scores["accuracy"]
-            self.prior_val_balanced, self.prior_val_classes = scores["balanced accuracy"], scores["classes"]
-            self.print_to_log_file(f"prior: validation patch accuracy {self.prior_val_accuracy:.3f}, class-balanced "
-                                   f"{self.prior_val_balanced:.3f} ({self.prior_val_classes} of "
+            scores = self.prior_val_scores = self.prior_scores(loader_val)
+            self.print_to_log_file(f"prior: validation patch accuracy {scores['accuracy']:.3f}, class-balanced "
+                                   f"{scores['balanced accuracy']:.3f} ({scores['classes']} of "
                                    f"{self.prior.num_classes} classes in the validation patches)")
         finally:
             for loader in (loader_tr, loader_val):
@@ -369,10 +365,9 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         net = unwrap(self.network)
         if net.cpb is None:
             return {}
-        values = {"prior/validation accuracy": float("nan") if self.prior_val_accuracy is None
-                  else self.prior_val_accuracy,
-                  "prior/validation balanced accuracy": float("nan") if self.prior_val_balanced is None
-                  else self.prior_val_balanced}
+        scores = self.prior_val_scores or {}
+        values = {"prior/validation accuracy": scores.get("accuracy", float("nan")),
+                  "prior/validation balanced accuracy": scores.get("balanced accuracy", float("nan"))}
         for s, block in enumerate(net.cpb):
             values[f"alpha/stage {s}"] = float(block.alpha.detach())
         if self._gates:
@@ -386,12 +381,12 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         last = history[-1]
         warnings = []
         accuracy = last.get("prior/validation accuracy")
+        balanced = last.get("prior/validation balanced accuracy")
+        classes = (self.prior_val_scores or {}).get("classes", 0)
         if accuracy is not None and accuracy == accuracy and accuracy <= 1 / self.prior.num_classes:
             warnings.append(f"the prior's validation accuracy {accuracy:.3f} is at chance "
                             f"({self.prior.num_classes} classes): the CPB has no class evidence to use")
-        balanced, classes = last.get("prior/validation balanced accuracy"), self.prior_val_classes or 0
-        if balanced is not None and balanced == balanced and classes >= 2 and balanced <= 1 / classes + 1e-9 and \
-                not warnings:
+        elif balanced is not None and balanced == balanced and classes >= 2 and balanced <= 1 / classes + 1e-9:
             # the plain accuracy can sit well above chance when one class dominates and P names it for every patch
             warnings.append(f"the prior's class-balanced validation accuracy {balanced:.3f} is no better than naming "
                             f"one class for every patch ({classes} classes in the validation patches): the CPB has "
