@@ -24,7 +24,8 @@ alternate tumour / no tumour (20 tumour-free). The data sets:
   fold 0's training split), and in one seed the CPB then used P's spatial features rather than its class (false
   positives on naevi); with 4 tumour-free masks the segmenter sees, on its own loss, that "no tumour" means "mark
   nothing". P learns from the same 168 classes but 4, so it keeps the step count its sibling's validation chose.
-Every arm: the same narrow U-Net (features 16-256), TUMOR_BUDGET segmentation epochs x iterations
+Every arm: the same narrow U-Net (features 16-256), TUMOR_BUDGET segmentation epochs x iterations (`--budget long`:
+three times the epochs, written to ftsegnet_tumor2d_long.* and its own rows of targets.json)
 (bench/ftsegnet/trainers), fold 0 of nnU-Net's split, nnUNet_ext_seed per seed. FTSegNet's prior trains
 TUMOR_PRIOR_ITERATIONS Adam steps before epoch 0, on top of that budget (its cost is reported apart). Segmenters never
 draw classification-only cases (stock here drops them too), so all arms see the same masked cases.
@@ -64,12 +65,12 @@ sys.path.insert(0, str(HERE / "trainers"))
 from ftsegnet_bench_trainers import (  # noqa: E402
     ABUNDANT_PRIOR_ITERATIONS,
     TRANSFORMER_RULES,
-    TUMOR_BUDGET,
+    TUMOR_BUDGETS,
     TUMOR_PRIOR_ITERATIONS,
 )
 
 from nnunet_ext import stock  # noqa: E402
-from nnunet_ext.benchmark import write_targets  # noqa: E402
+from nnunet_ext.benchmark import merge_targets  # noqa: E402
 from nnunet_ext.evaluation.detection import lesion_detection, pool_detection  # noqa: E402
 from nnunet_ext.methods.ftsegnet.optim import SGDAdamW  # noqa: E402
 from nnunet_ext.phantoms import tumor2d  # noqa: E402
@@ -84,14 +85,23 @@ SETTING_NAMES = {"full": "full", "few_masks": "few masks", "few_masks_naevi": "f
                  "abundant_classes_naevi_balanced": "few masks (half tumour-free), abundant classes, naevi"}
 N_TEST = 40
 STOCK = "nnUNetTrainer_tumorbench"
+# --budget: the trainers' name suffix (TUMOR_BUDGETS) and the results' file suffix
+BUDGET_SUFFIX = {"standard": "", "long": "_long"}
 
 
-def arm_trainers(rule: str, setting: str = "full") -> dict[str, str]:
+def budget_label(budget: str) -> str:
+    """The run label of a budget's rows in targets.json (merge_targets' `configuration` key)."""
+    b = TUMOR_BUDGETS[BUDGET_SUFFIX[budget]]
+    return f"2d, {b['epochs']} x {b['iterations']}"
+
+
+def arm_trainers(rule: str, setting: str = "full", budget: str = "standard") -> dict[str, str]:
     # the abundant-classes settings' prior gets the step count its own validation chose (more images, more steps)
     prior = f"_prior{ABUNDANT_PRIOR_ITERATIONS}" if setting.startswith("abundant_classes") and \
         ABUNDANT_PRIOR_ITERATIONS != TUMOR_PRIOR_ITERATIONS else ""
-    return {"stock": STOCK, "nocpb": f"FTSegNetTrainer_NoCPB_tumorbench_{rule}",
-            "ftsegnet": f"FTSegNetTrainer_tumorbench_{rule}{prior}"}
+    suffix = BUDGET_SUFFIX[budget]
+    return {"stock": STOCK + suffix, "nocpb": f"FTSegNetTrainer_NoCPB_tumorbench_{rule}{suffix}",
+            "ftsegnet": f"FTSegNetTrainer_tumorbench_{rule}{prior}{suffix}"}
 
 
 def prepare(env: dict, log: Path, settings) -> dict[str, Path]:
@@ -276,9 +286,10 @@ def interleaved_prediction_seconds(folders: dict[str, Path], images: list[Path],
 
 
 # ---------------------------------------------------------------------------------------------- report
-def write_report(out_dir: Path, report: dict) -> None:
+def write_report(out_dir: Path, report: dict, budget: str = "standard") -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "ftsegnet_tumor2d.json").write_text(json.dumps(report, indent=1))
+    stem = f"ftsegnet_tumor2d{BUDGET_SUFFIX[budget]}"
+    (out_dir / f"{stem}.json").write_text(json.dumps(report, indent=1))
     lines = [f"Budget: {report['budget']}", ""]
     if report.get("sweep"):
         lines += ["Optimizer sweep (NoCPB, full setting, seed 0; nnU-Net fold-0 validation Dice on training cases):",
@@ -295,13 +306,15 @@ def write_report(out_dir: Path, report: dict) -> None:
                      f"{r['false_positive_lesions_per_image']:.2f} |")
     if report.get("cost"):
         lines += ["", "Cost: " + ", ".join(f"{k} {v}" for k, v in report["cost"].items())]
-    (out_dir / "ftsegnet_tumor2d.md").write_text("\n".join(lines) + "\n")
+    (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
     targets = report.get("targets")
     if targets:
-        write_targets(out_dir / "targets.json", targets)
+        # each budget's rows replace only that budget's (rows written before the label existed are the standard's)
+        merge_targets(out_dir / "targets.json", targets, "configuration", budget_label(budget),
+                      budget_label("standard"))
         lines += ["", "| target | measured | goal | met |", "|---|---|---|---|"]
         lines += [f"| {t['target']} | {t['measured']} | {t['goal']} | {t['met']} |" for t in targets]
-        (out_dir / "ftsegnet_tumor2d.md").write_text("\n".join(lines) + "\n")
+        (out_dir / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines), flush=True)
 
 
@@ -367,7 +380,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=sorted(SETTINGS),
                    help="settings to train and score in this run (the others' results stay in the report)")
     p.add_argument("--out", type=Path, default=HERE.parent / "results" / "ftsegnet")
+    p.add_argument("--budget", choices=sorted(BUDGET_SUFFIX), default="standard",
+                   help="standard: TUMOR_BUDGET (30 x 20); long: three times the epochs (90 x 20), its own report "
+                        "(ftsegnet_tumor2d_long.*) and targets rows; needs --rule, no sweep, no cost stage (the cost "
+                        "targets are per step and per image, measured by the standard run)")
+    p.add_argument("--arms", nargs="+", choices=("stock", "nocpb", "ftsegnet"), default=["stock", "nocpb", "ftsegnet"],
+                   help="arms to train and score in this run (a target needs both of its arms)")
     a = p.parse_args(argv)
+    if a.budget != "standard" and (a.rule is None or a.stage != "main"):
+        p.error("--budget long runs stage main only: give --stage main --rule RULE")
+    seg_budget = TUMOR_BUDGETS[BUDGET_SUFFIX[a.budget]]
 
     env = stock.work_environment(a.work / "nnunet", "cpu")
     env["nnUNet_extTrainer"] = f"{env['nnUNet_extTrainer']}{os.pathsep}{HERE / 'trainers'}"
@@ -375,18 +397,19 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_extTrainer")})
     log = a.work / "commands.log"
     a.work.mkdir(parents=True, exist_ok=True)
-    out_file = a.out / "ftsegnet_tumor2d.json"
+    out_file = a.out / f"ftsegnet_tumor2d{BUDGET_SUFFIX[a.budget]}.json"
     report = json.loads(out_file.read_text()) if out_file.exists() else {}
     report.setdefault("results", {})
     report.setdefault("ablations", {})
-    report["budget"] = (f"segmentation {TUMOR_BUDGET['epochs']} epochs x {TUMOR_BUDGET['iterations']} iterations for "
+    report["budget"] = (f"segmentation {seg_budget['epochs']} epochs x {seg_budget['iterations']} iterations for "
                         f"every arm (plans' batch size), FTSegNet's prior {TUMOR_PRIOR_ITERATIONS} iterations before "
                         f"epoch 0 on top ({ABUNDANT_PRIOR_ITERATIONS} in the abundant_classes settings); U-Net "
                         f"features 16-256; fold 0; seeds {a.seeds}; training images (classification-only among them): "
                         + ", ".join(f"{k} {v[1]} ({v[2]})" for k, v in SETTINGS.items()) +
                         f"; {N_TEST} held-out (20 tumour-free); one process on 2 CPU cores under the project's CPU "
                         f"lock")
-    raws = prepare(env, log, set(a.settings) | {"full"})  # full: the optimizer sweep's data and the cost's plans
+    # full: the optimizer sweep's data and the cost's plans, which a long run has neither of
+    raws = prepare(env, log, set(a.settings) | ({"full"} if a.budget == "standard" else set()))
 
     rule = a.rule or report.get("rule")
     if a.stage in ("sweep", "all") and a.rule is None:
@@ -394,11 +417,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in TRANSFORMER_RULES:
             folder = train(env, raws["full"], f"FTSegNetTrainer_NoCPB_tumorbench_{name}", a.seeds[0], log, report)
             report["sweep"][name] = validation_dice(folder)
-            write_report(a.out, report)
+            write_report(a.out, report, a.budget)
         report["sweep_stock"] = validation_dice(train(env, raws["full"], STOCK, a.seeds[0], log, report))
         rule = max(report["sweep"], key=report["sweep"].get)
     report["rule"] = rule
-    write_report(a.out, report)
+    write_report(a.out, report, a.budget)
     if a.stage == "sweep":
         return 0
 
@@ -410,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
         for setting, raw in raws.items():
             if setting not in a.settings:
                 continue  # prepared for the sweep and the cost only
-            for arm, trainer in arm_trainers(rule, setting).items():
+            for arm, trainer in arm_trainers(rule, setting, a.budget).items():
+                if arm not in a.arms:
+                    continue
                 folder = train(env, raw, trainer, seed, log, report)
                 predictor = predictor_for(folder)
                 segs, per_image = predict_all(predictor, images[setting])
@@ -429,8 +454,12 @@ def main(argv: list[str] | None = None) -> int:
                     close_predictor_cpb(predictor)
                     closed = scores(predict_all(predictor, images[setting])[0], references[setting])
                     report["ablations"][key] = {"cpb_closed": closed, "shuffled_prior": shuffled}
-                write_report(a.out, report)
+                write_report(a.out, report, a.budget)
 
+    if a.budget != "standard":
+        report["targets"] = targets(report, a.seeds)
+        write_report(a.out, report, a.budget)
+        return 0
     raw = raws["full"]
     trainers = arm_trainers(rule)
     steps = {arm: step_seconds(trainers[arm], raw, env) for arm in ("stock", "nocpb", "ftsegnet")}
@@ -450,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     report["cost"]["prediction_seconds_per_image_interleaved"] = {k: round(v, 4) for k, v in interleaved.items()}
     report["cost"]["prediction_ratio"] = round(interleaved["ftsegnet"] / interleaved["stock"], 3)
     report["targets"] = targets(report, a.seeds)
-    write_report(a.out, report)
+    write_report(a.out, report, a.budget)
     return 0
 
 

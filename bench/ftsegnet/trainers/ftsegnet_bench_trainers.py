@@ -19,6 +19,9 @@ FTSegNetTrainer_NoCPB_ablation = short_variant(FTSegNetTrainer_NoCPB, "FTSegNetT
 FTSegNetTrainer_ablation = short_variant(FTSegNetTrainer, "FTSegNetTrainer_ablation", **BUDGET)
 
 TUMOR_BUDGET = {"epochs": 30, "iterations": 20, "val_iterations": 2}
+# bench_ftsegnet_tumor2d.py --budget long: three times the segmentation epochs, to test whether the standard budget is
+# what leaves the CPB's use of the prior (and so the false-positive target) to the seed; trainer names end in _long
+TUMOR_BUDGETS = {"": TUMOR_BUDGET, "_long": dict(TUMOR_BUDGET, epochs=90)}
 TUMOR_PRIOR_ITERATIONS = 1000  # bench_ftsegnet_prior_sweep.py: best validation accuracy (0.85) at lr 1e-3
 NARROW = 16
 # transformer update rules of the optimizer sweep (NoCPB, training/validation cases only)
@@ -36,28 +39,32 @@ class _StockMasked(nnUNetExtTrainer):
         return [k for k in tr if k not in only], [k for k in val if k not in only]
 
 
-nnUNetTrainer_tumorbench = short_variant(_StockMasked, "nnUNetTrainer_tumorbench", **TUMOR_BUDGET)
+for _suffix, _budget in TUMOR_BUDGETS.items():
+    globals()[f"nnUNetTrainer_tumorbench{_suffix}"] = short_variant(_StockMasked, f"nnUNetTrainer_tumorbench{_suffix}",
+                                                                    **_budget)
 
 
-def _rule(base: type, name: str, rule: str, prior_iterations: int = TUMOR_PRIOR_ITERATIONS) -> type:
+def _rule(base: type, name: str, rule: str, prior_iterations: int = TUMOR_PRIOR_ITERATIONS) -> None:
+    """The narrow network with the transformer rule `rule` and `prior_iterations` prior steps, registered once per
+    budget of TUMOR_BUDGETS as `name` + the budget's suffix."""
     optimizer, lr, decay, warmup = TRANSFORMER_RULES[rule]
     narrow = type(f"{name}_base", (base,), {"unet_base_features": NARROW, "prior_iterations": prior_iterations,
                                             "transformer_optimizer": optimizer, "transformer_lr": lr,
                                             "transformer_weight_decay": decay, "transformer_warmup": warmup,
                                             "__module__": __name__})
     globals()[narrow.__name__] = narrow
-    return short_variant(narrow, name, **TUMOR_BUDGET)
+    for suffix, budget in TUMOR_BUDGETS.items():
+        globals()[name + suffix] = short_variant(narrow, name + suffix, **budget)
 
 
 for _rule_name in TRANSFORMER_RULES:
     for _base, _prefix in ((FTSegNetTrainer_NoCPB, "FTSegNetTrainer_NoCPB"), (FTSegNetTrainer, "FTSegNetTrainer")):
-        _name = f"{_prefix}_tumorbench_{_rule_name}"
-        globals()[_name] = _rule(_base, _name, _rule_name)
+        _rule(_base, f"{_prefix}_tumorbench_{_rule_name}", _rule_name)
 
 # the abundant-classes setting (168 images, 160 classification-only): its prior's step count, chosen on fold 0's
 # validation cases by bench_ftsegnet_prior_sweep.py --dataset 789 (bench/results/ftsegnet/prior_sweep_789.json)
 ABUNDANT_PRIOR_ITERATIONS = 6000  # validation accuracy 0.963 / 0.944 / 0.988 after 1000 / 3000 / 6000
 if ABUNDANT_PRIOR_ITERATIONS != TUMOR_PRIOR_ITERATIONS:
     for _rule_name in TRANSFORMER_RULES:
-        _name = f"FTSegNetTrainer_tumorbench_{_rule_name}_prior{ABUNDANT_PRIOR_ITERATIONS}"
-        globals()[_name] = _rule(FTSegNetTrainer, _name, _rule_name, ABUNDANT_PRIOR_ITERATIONS)
+        _rule(FTSegNetTrainer, f"FTSegNetTrainer_tumorbench_{_rule_name}_prior{ABUNDANT_PRIOR_ITERATIONS}", _rule_name,
+              ABUNDANT_PRIOR_ITERATIONS)
