@@ -260,9 +260,10 @@ def run_benchmark(trainers: list[str], dataset: str, configuration: str, device:
 def merge_targets(path: Path, rows: list[dict], key: str, value: str, unlabelled: str, indent: int = 1) -> None:
     """Write one run's target rows into a method's targets.json that holds rows of several runs told apart by `key`
     (data set, configuration): the rows whose `key` is `value` are replaced by `rows` (each labelled with it), the
-    others kept. A row without `key` counts as `unlabelled`: the run a script made before it labelled its rows."""
+    others kept. A row without `key` counts as `unlabelled`: the run a script made before it labelled its rows; kept,
+    it is written with that label, so that the summary names the run of every row of a file with several."""
     previous = json.loads(path.read_text()) if path.exists() else []
-    kept = [r for r in previous if r.get(key, unlabelled) != value]
+    kept = [{**r, key: r.get(key, unlabelled)} for r in previous if r.get(key, unlabelled) != value]
     write_targets(path, kept + [{**r, key: value} for r in rows], indent)
 
 

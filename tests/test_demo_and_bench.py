@@ -118,7 +118,7 @@ def test_merge_targets_replaces_only_this_runs_rows(tmp_path):
     path.write_text(json.dumps(json.loads(path.read_text()) + [{"target": "old, unlabelled", "met": False}]))
     merge_targets(path, [{"target": "b", "met": False}], "configuration", "3d_fullres", "2d")
     assert [(r["target"], r.get("configuration")) for r in json.loads(path.read_text())] == [
-        ("a", "2d"), ("old, unlabelled", None), ("b", "3d_fullres")]
+        ("a", "2d"), ("old, unlabelled", "2d"), ("b", "3d_fullres")]
     # the 2d rerun replaces its labelled row and the unlabelled one (the 2d run's), keeps 3d_fullres'
     merge_targets(path, [{"target": "c", "met": True}], "configuration", "2d", "2d")
     assert [(r["target"], r["configuration"]) for r in json.loads(path.read_text())] == [
