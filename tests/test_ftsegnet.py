@@ -41,10 +41,42 @@ def _unet(dim: int, deep_supervision: bool, outputs: int = 2):
                                   deep_supervision=deep_supervision)
 
 
-def _ftsegnet(dim: int, deep_supervision: bool, with_prior: bool = True, classes: int = 3):
+def _ftsegnet(dim: int, deep_supervision: bool, with_prior: bool = True, classes: int = 3, spatial_prior: bool = True):
     unet = _unet(dim, deep_supervision)
     prior = ClassificationPrior(3, classes, prior_strides(unet.encoder), unet.encoder.conv_op) if with_prior else None
-    return FTSegNetwork(unet, prior, [16, 32, 32][-dim:])
+    return FTSegNetwork(unet, prior, [16, 32, 32][-dim:], spatial_prior=spatial_prior)
+
+
+@pytest.mark.mechanism
+def test_ftsegnet_class_only_cpb_ignores_where_the_prior_sees_things():
+    """FTSegNetTrainer_ClassOnly's CPB (no spatial term) takes from P only what its features say about the whole
+    image: P's feature maps mirrored (same per-image means, different places) leave its output unchanged, while the
+    full CPB's output moves; both still use P (a different image's features change the output)."""
+    torch.manual_seed(0)
+    outputs = {}
+    x = torch.randn(2, 3, 32, 32)
+    for spatial in (True, False):
+        net = _ftsegnet(2, False, spatial_prior=spatial)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        net.eval()
+        assert (net.cpb[0].project is None) == (not spatial)
+        forward = net.prior.forward
+
+        def mirrored_prior(v, forward=forward):
+            logits, evidence = forward(v)
+            return logits, [e.flip(-1) for e in evidence]
+
+        with torch.no_grad():
+            plain = net(x)
+            net.prior.forward = mirrored_prior
+            mirrored = net(x)
+            net.prior.forward = lambda v, forward=forward: forward(v.flip(0))  # each image gets the other's prior
+            swapped = net(x)
+        outputs[spatial] = ((mirrored - plain).abs().max(), (swapped - plain).abs().max())
+    assert outputs[True][0] > 1e-3 and outputs[True][1] > 1e-3
+    assert outputs[False][0] < 1e-5 and outputs[False][1] > 1e-3
 
 
 @pytest.mark.mechanism

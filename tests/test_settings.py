@@ -600,6 +600,7 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
     (AVFusionTrainer_GAN, "discriminator_lr"): Init(1e-3, aux_lr("discriminator")),
     # FTSegNet
     (FTSegNetTrainer, "use_cpb"): Structural(False, _network_params),
+    (FTSegNetTrainer, "cpb_spatial_prior"): Structural(False, _network_params),
     (FTSegNetTrainer, "transformer_stages"): Structural(1, transformer_blocks),
     (FTSegNetTrainer, "transformer_depth"): Structural(2, transformer_blocks),
     (FTSegNetTrainer, "reduction_ratio"): Structural(1, attention_reductions),

@@ -37,12 +37,14 @@ held-out ones); the rule with the best validation Dice is used by the NoCPB and 
 Scores on the 40 held-out images (checkpoint_final, in-process nnUNetPredictor, no mirroring): Dice on the 20 tumour
 images (mean), false-positive rate on the 20 tumour-free images (share with any predicted tumour pixel), lesion-wise
 detection (connected components, IoU >= 0.1; pooled sensitivity, precision, F1; false positives per image).
-Ablations on each trained FTSegNet: CPB closed (alpha, gate, bottleneck projection zeroed: the NoCPB computation with
-FTSegNet's segmenter weights) and shuffled prior (P sees the next held-out image, of the other kind, the segmenter
-the true one). Cost: one segment-phase training step (forward, backward, update; plans' batch and patch, median of
-15) and prediction time per held-out image, FTSegNet / stock, in this process: the full setting's first-seed models
-taking turns image by image (3 passes over the 40 images; the target's number), and, for reference, the median of
-each arm's times right after its training.
+`--arms classonly` adds the ablation FTSegNetTrainer_ClassOnly (the CPB without its spatial term alpha *
+conv1x1(G_s): P's evidence enters only per image, through the gate and the class vector), scored and ablated as
+FTSegNet, with no target of its own. Ablations on each trained FTSegNet: CPB closed (alpha, gate, bottleneck
+projection zeroed: the NoCPB computation with FTSegNet's segmenter weights) and shuffled prior (P sees the next
+held-out image, of the other kind, the segmenter the true one). Cost: one segment-phase training step (forward,
+backward, update; plans' batch and patch, median of 15) and prediction time per held-out image, FTSegNet / stock, in
+this process: the full setting's first-seed models taking turns image by image (3 passes over the 40 images; the
+target's number), and, for reference, the median of each arm's times right after its training.
 Results: bench/results/ftsegnet/ftsegnet_tumor2d.json, .md and targets.json.
 """
 
@@ -101,7 +103,8 @@ def arm_trainers(rule: str, setting: str = "full", budget: str = "standard") -> 
         ABUNDANT_PRIOR_ITERATIONS != TUMOR_PRIOR_ITERATIONS else ""
     suffix = BUDGET_SUFFIX[budget]
     return {"stock": STOCK + suffix, "nocpb": f"FTSegNetTrainer_NoCPB_tumorbench_{rule}{suffix}",
-            "ftsegnet": f"FTSegNetTrainer_tumorbench_{rule}{prior}{suffix}"}
+            "ftsegnet": f"FTSegNetTrainer_tumorbench_{rule}{prior}{suffix}",
+            "classonly": f"FTSegNetTrainer_ClassOnly_tumorbench_{rule}{prior}{suffix}"}
 
 
 def prepare(env: dict, log: Path, settings) -> dict[str, Path]:
@@ -353,6 +356,8 @@ def targets(report: dict, seeds) -> list[dict]:
                 "FTSegNet > NoCPB every seed", all(a > b for a, b in zip(d_f, d_n, strict=True)))
     worse = []
     for key, r in report.get("ablations", {}).items():
+        if not key.endswith("|ftsegnet"):
+            continue  # the class-only ablation's runs have no target
         base = report["results"][key]
         closed = r["cpb_closed"]
         worse.append({"run": key, "dice_drop": round(base["dice_tumour_images"] - closed["dice_tumour_images"], 4),
@@ -384,8 +389,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="standard: TUMOR_BUDGET (30 x 20); long: three times the epochs (90 x 20), its own report "
                         "(ftsegnet_tumor2d_long.*) and targets rows; needs --rule, no sweep, no cost stage (the cost "
                         "targets are per step and per image, measured by the standard run)")
-    p.add_argument("--arms", nargs="+", choices=("stock", "nocpb", "ftsegnet"), default=["stock", "nocpb", "ftsegnet"],
-                   help="arms to train and score in this run (a target needs both of its arms)")
+    p.add_argument("--arms", nargs="+", choices=("stock", "nocpb", "ftsegnet", "classonly"),
+                   default=["stock", "nocpb", "ftsegnet"],
+                   help="arms to train and score in this run (a target needs both of its arms); classonly: the "
+                        "ablation FTSegNetTrainer_ClassOnly (the CPB without its spatial term), no target of its own")
     a = p.parse_args(argv)
     if a.budget != "standard" and (a.rule is None or a.stage != "main"):
         p.error("--budget long runs stage main only: give --stage main --rule RULE")
@@ -408,8 +415,11 @@ def main(argv: list[str] | None = None) -> int:
                         + ", ".join(f"{k} {v[1]} ({v[2]})" for k, v in SETTINGS.items()) +
                         f"; {N_TEST} held-out (20 tumour-free); one process on 2 CPU cores under the project's CPU "
                         f"lock")
-    # full: the optimizer sweep's data and the cost's plans, which a long run has neither of
-    raws = prepare(env, log, set(a.settings) | ({"full"} if a.budget == "standard" else set()))
+    # the cost stage needs the standard budget's stock and FTSegNet arms (per step, per image); without it the cost
+    # numbers stay those of the last run that had it
+    cost_stage = a.budget == "standard" and {"stock", "ftsegnet"} <= set(a.arms)
+    # full: the optimizer sweep's data and the cost's plans
+    raws = prepare(env, log, set(a.settings) | ({"full"} if cost_stage or a.stage != "main" else set()))
 
     rule = a.rule or report.get("rule")
     if a.stage in ("sweep", "all") and a.rule is None:
@@ -446,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                                     weights_only=False).get("nnunet_ext", {}).get("vitals", [])
                 if vitals:
                     report["results"][key]["final_vitals"] = vitals[-1]
-                if arm == "ftsegnet":
+                if arm in ("ftsegnet", "classonly"):
                     tumour = [bool((r == 1).any()) for r in references[setting]]
                     shuffled_segs, prior_accuracy = shuffled_prior_predictions(predictor, images[setting], tumour)
                     report["results"][key]["prior_heldout_tumour_accuracy"] = prior_accuracy
@@ -456,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                     report["ablations"][key] = {"cpb_closed": closed, "shuffled_prior": shuffled}
                 write_report(a.out, report, a.budget)
 
-    if a.budget != "standard":
+    if not cost_stage:
         report["targets"] = targets(report, a.seeds)
         write_report(a.out, report, a.budget)
         return 0

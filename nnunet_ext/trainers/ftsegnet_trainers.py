@@ -56,11 +56,14 @@ from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_varian
 
 __all__ = ["FTSegNetTrainer", "FTSegNetTrainer_DiceFocal", "FTSegNetTrainer_NoCPB", "FTSegNetTrainer_debug",
            "FTSegNetTrainer_demo", "FTSegNetTrainer_DiceFocal_debug", "FTSegNetTrainer_DiceFocal_demo",
-           "FTSegNetTrainer_NoCPB_debug", "FTSegNetTrainer_NoCPB_demo"]
+           "FTSegNetTrainer_NoCPB_debug", "FTSegNetTrainer_NoCPB_demo", "FTSegNetTrainer_ClassOnly"]
 
 class FTSegNetTrainer(nnUNetExtTrainer):
     # network structure: class attributes, read by build_network_architecture at training and prediction time
     use_cpb = True  # False: the transformer-only network, no prior (the ablation's middle row)
+    # False: the CPB without its spatial term alpha * conv1x1(G_s): P enters only through what its features say about
+    # the whole image (channel gate, class vector), never where in the image (FTSegNetTrainer_ClassOnly)
+    cpb_spatial_prior = True
     transformer_stages = 2  # deepest encoder stages that get transformer blocks
     transformer_depth = 1  # blocks per such stage
     reduction_ratio = 2  # MiT spatial reduction of keys/values, squared per stage above the deepest
@@ -129,7 +132,7 @@ class FTSegNetTrainer(nnUNetExtTrainer):
             prior = ClassificationPrior(num_input_channels, classes, prior_strides(unet.encoder),
                                         unet.encoder.conv_op)
         return FTSegNetwork(unet, prior, configuration_manager.patch_size, cls.transformer_stages,
-                            cls.transformer_depth, cls.reduction_ratio)
+                            cls.transformer_depth, cls.reduction_ratio, spatial_prior=cls.cpb_spatial_prior)
 
     # ------------------------------------------------------------------ set-up
     @property
@@ -427,6 +430,14 @@ class FTSegNetTrainer_NoCPB(FTSegNetTrainer):
     """The transformer+conv U-Net alone: no prior, no CPB, no prior phase (the ablation's transformer-only row)."""
 
     use_cpb = False
+
+
+class FTSegNetTrainer_ClassOnly(FTSegNetTrainer):
+    """The CPB without its spatial term: P's features reach the segmenter only as a per-image channel gate and the
+    class vector in the bottleneck. An ablation: it tells whether a gain (or false positives on look-alikes) comes from
+    P's image-level evidence or from its local features, which also answer to tumour mimics."""
+
+    cpb_spatial_prior = False
 
 
 FTSegNetTrainer_debug = short_variant(FTSegNetTrainer, "FTSegNetTrainer_debug", **DEBUG_BUDGET)

@@ -9,7 +9,7 @@ arm's segmentation batches hold the same masked cases.
 
 from nnunet_ext.methods.ftsegnet.prior import classification_only_cases
 from nnunet_ext.trainers.baseline_trainers import nnUNetExtTrainer
-from nnunet_ext.trainers.ftsegnet_trainers import FTSegNetTrainer, FTSegNetTrainer_NoCPB
+from nnunet_ext.trainers.ftsegnet_trainers import FTSegNetTrainer, FTSegNetTrainer_ClassOnly, FTSegNetTrainer_NoCPB
 from nnunet_ext.training.variants import short_variant
 
 BUDGET = {"epochs": 5, "iterations": 16, "val_iterations": 2}
@@ -58,7 +58,8 @@ def _rule(base: type, name: str, rule: str, prior_iterations: int = TUMOR_PRIOR_
 
 
 for _rule_name in TRANSFORMER_RULES:
-    for _base, _prefix in ((FTSegNetTrainer_NoCPB, "FTSegNetTrainer_NoCPB"), (FTSegNetTrainer, "FTSegNetTrainer")):
+    for _base, _prefix in ((FTSegNetTrainer_NoCPB, "FTSegNetTrainer_NoCPB"), (FTSegNetTrainer, "FTSegNetTrainer"),
+                           (FTSegNetTrainer_ClassOnly, "FTSegNetTrainer_ClassOnly")):
         _rule(_base, f"{_prefix}_tumorbench_{_rule_name}", _rule_name)
 
 # the abundant-classes setting (168 images, 160 classification-only): its prior's step count, chosen on fold 0's
@@ -66,5 +67,7 @@ for _rule_name in TRANSFORMER_RULES:
 ABUNDANT_PRIOR_ITERATIONS = 6000  # validation accuracy 0.963 / 0.944 / 0.988 after 1000 / 3000 / 6000
 if ABUNDANT_PRIOR_ITERATIONS != TUMOR_PRIOR_ITERATIONS:
     for _rule_name in TRANSFORMER_RULES:
-        _rule(FTSegNetTrainer, f"FTSegNetTrainer_tumorbench_{_rule_name}_prior{ABUNDANT_PRIOR_ITERATIONS}", _rule_name,
-              ABUNDANT_PRIOR_ITERATIONS)
+        for _base, _prefix in ((FTSegNetTrainer, "FTSegNetTrainer"),
+                               (FTSegNetTrainer_ClassOnly, "FTSegNetTrainer_ClassOnly")):
+            _rule(_base, f"{_prefix}_tumorbench_{_rule_name}_prior{ABUNDANT_PRIOR_ITERATIONS}", _rule_name,
+                  ABUNDANT_PRIOR_ITERATIONS)

@@ -11,6 +11,8 @@
   plain sigmoid would halve every feature at initialisation). The class probabilities of P enter the bottleneck
   through a zero-initialised linear layer. At initialisation the network therefore computes exactly what the
   transformer-only network (no prior) computes, and training moves away from it only where the prior helps.
+  `spatial_prior=False` drops the spatial term (no conv1x1(G_s), alpha fixed at 0): the CPB then passes on only what
+  P's features say about the whole image (the gate and the class vector), an ablation of where the prior enters.
 
 Everything is one module: the stock `nnUNetv2_predict` builds it with the trainer's `build_network_architecture`,
 loads `network_weights` (prior included) and calls forward, which runs P and returns the segmentation logits.
@@ -151,15 +153,21 @@ class ClassificationPrior(nn.Module):
 
 
 class ClassificationPriorBlock(nn.Module):
-    """F' = F * 2 sigmoid(W_c GAP(G)) + alpha * conv1x1(G), the identity at initialisation (W_c = 0, alpha = 0)."""
+    """F' = F * 2 sigmoid(W_c GAP(G)) + alpha * conv1x1(G), the identity at initialisation (W_c = 0, alpha = 0).
+    Without the spatial term (spatial=False): F' = F * 2 sigmoid(W_c GAP(G)), alpha a buffer fixed at 0."""
 
-    def __init__(self, channels: int, prior_channels: int, conv_op: type[nn.Module]):
+    def __init__(self, channels: int, prior_channels: int, conv_op: type[nn.Module], spatial: bool = True):
         super().__init__()
         self.gate = nn.Linear(prior_channels, channels)
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)
-        self.project = conv_op(prior_channels, channels, 1)
-        self.alpha = nn.Parameter(torch.zeros(1))
+        if spatial:
+            self.project = conv_op(prior_channels, channels, 1)
+            self.alpha = nn.Parameter(torch.zeros(1))
+        else:
+            # kept as a buffer so that vital signs and close_cpb read every block alike
+            self.project = None
+            self.register_buffer("alpha", torch.zeros(1))
         # the gate of the last forward (images x channels), read by the trainer's vital signs
         self.last_gate: torch.Tensor | None = None
 
@@ -170,6 +178,8 @@ class ClassificationPriorBlock(nn.Module):
         gate = 2 * torch.sigmoid(self.gate(prior.flatten(2).mean(2)))
         self.last_gate = gate.detach()
         gate = gate.view(*gate.shape, *([1] * (features.ndim - 2)))
+        if self.project is None:
+            return features * gate
         return features * gate + self.alpha * self.project(prior)
 
 
@@ -179,7 +189,7 @@ class FTSegNetwork(nn.Module):
 
     def __init__(self, unet: nn.Module, prior: ClassificationPrior | None, patch_size: list[int],
                  transformer_stages: int = 2, transformer_depth: int = 1, reduction_ratio: int = 2,
-                 mlp_ratio: int = 4):
+                 mlp_ratio: int = 4, spatial_prior: bool = True):
         super().__init__()
         encoder = getattr(unet, "encoder", None)
         if encoder is None or not hasattr(encoder, "stages") or not hasattr(unet, "decoder"):
@@ -210,7 +220,7 @@ class FTSegNetwork(nn.Module):
         if prior is not None:
             if len(prior.stages) != n_stages:
                 raise ValueError(f"the prior has {len(prior.stages)} stages, the encoder {n_stages}")
-            self.cpb = nn.ModuleList([ClassificationPriorBlock(c, pc, conv_op)
+            self.cpb = nn.ModuleList([ClassificationPriorBlock(c, pc, conv_op, spatial_prior)
                                       for c, pc in zip(channels, prior.output_channels, strict=True)])
             self.class_to_bottleneck = nn.Linear(prior.num_classes, channels[-1])
             nn.init.zeros_(self.class_to_bottleneck.weight)
