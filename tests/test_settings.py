@@ -74,6 +74,7 @@ STRUCTURAL = {
     "detach_branches": "built into the fusion network's forward, in build_network_architecture",
     "allow_3d": "read by the classmethod check_dataset, which refuses a data set before the instance exists",
     "use_cpb": "whether the network holds the prior, in build_network_architecture",
+    "cpb_spatial_prior": "whether the CPB holds its spatial term, in build_network_architecture",
     "transformer_stages": "transformer blocks of the network, in build_network_architecture",
     "transformer_depth": "transformer blocks of the network, in build_network_architecture",
     "reduction_ratio": "attention reduction convolutions of the network, in build_network_architecture",
