@@ -57,17 +57,16 @@ def _rule(base: type, name: str, rule: str, prior_iterations: int = TUMOR_PRIOR_
         globals()[name + suffix] = short_variant(narrow, name + suffix, **budget)
 
 
+_WITH_PRIOR = (FTSegNetTrainer, FTSegNetTrainer_ClassOnly)  # the arms whose prior trains before epoch 0
 for _rule_name in TRANSFORMER_RULES:
-    for _base, _prefix in ((FTSegNetTrainer_NoCPB, "FTSegNetTrainer_NoCPB"), (FTSegNetTrainer, "FTSegNetTrainer"),
-                           (FTSegNetTrainer_ClassOnly, "FTSegNetTrainer_ClassOnly")):
-        _rule(_base, f"{_prefix}_tumorbench_{_rule_name}", _rule_name)
+    for _base in (FTSegNetTrainer_NoCPB, *_WITH_PRIOR):
+        _rule(_base, f"{_base.__name__}_tumorbench_{_rule_name}", _rule_name)
 
 # the abundant-classes setting (168 images, 160 classification-only): its prior's step count, chosen on fold 0's
 # validation cases by bench_ftsegnet_prior_sweep.py --dataset 789 (bench/results/ftsegnet/prior_sweep_789.json)
 ABUNDANT_PRIOR_ITERATIONS = 6000  # validation accuracy 0.963 / 0.944 / 0.988 after 1000 / 3000 / 6000
 if ABUNDANT_PRIOR_ITERATIONS != TUMOR_PRIOR_ITERATIONS:
     for _rule_name in TRANSFORMER_RULES:
-        for _base, _prefix in ((FTSegNetTrainer, "FTSegNetTrainer"),
-                               (FTSegNetTrainer_ClassOnly, "FTSegNetTrainer_ClassOnly")):
-            _rule(_base, f"{_prefix}_tumorbench_{_rule_name}_prior{ABUNDANT_PRIOR_ITERATIONS}", _rule_name,
+        for _base in _WITH_PRIOR:
+            _rule(_base, f"{_base.__name__}_tumorbench_{_rule_name}_prior{ABUNDANT_PRIOR_ITERATIONS}", _rule_name,
                   ABUNDANT_PRIOR_ITERATIONS)
