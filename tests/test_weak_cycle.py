@@ -34,7 +34,7 @@ from nnunet_ext.methods.weak_cycle.data import (
     teacher_thresholds,
     threshold_image,
 )
-from nnunet_ext.methods.weak_cycle.loss import CYCLE_LOSS_WEIGHTS, cycle_generator_losses
+from nnunet_ext.methods.weak_cycle.loss import CYCLE_LOSS_WEIGHTS, LOSS_NAMES, cycle_generator_losses, weighted_sum
 from nnunet_ext.methods.weak_cycle.network import (
     WeakCycleDiscriminator,
     WeakCycleGenerator,
@@ -45,6 +45,7 @@ from nnunet_ext.methods.weak_cycle.network import (
 from nnunet_ext.methods.weak_cycle.views import split_views
 from nnunet_ext.phantoms import weak2d
 from nnunet_ext.trainers.weak_cycle_trainers import (
+    WeakCycleTrainer_identityAttention,
     WeakCycleTrainer_noComposite,
     lesion_and_rest,
     lesion_contrast,
@@ -191,7 +192,7 @@ def _translation_networks():
 def test_generator_losses_reach_every_generator_parameter():
     g_ab, g_ba, d_a, d_b = _translation_networks()
     losses, _ = cycle_generator_losses(g_ab, g_ba, d_a, d_b, torch.randn(2, 1, 16, 16), torch.randn(2, 1, 16, 16))
-    assert set(losses) == set(CYCLE_LOSS_WEIGHTS)
+    assert set(losses) == set(LOSS_NAMES) == set(CYCLE_LOSS_WEIGHTS) | {"identity_attention"}
     sum(losses.values()).backward()
     assert [n for n, p in g_ab.named_parameters() if p.grad is None] == []
 
@@ -209,6 +210,27 @@ def test_weak_cycle_composite_adversarial_term_reaches_the_attention():
     without, _ = cycle_generator_losses(g_ab, g_ba, d_a, d_b, disease, normal, composite=False)
     assert "adversarial_composite" not in without and set(without) == set(losses) - {"adversarial_composite"}
     assert WeakCycleTrainer_noComposite.cycle_loss_weights["adversarial_composite"] == 0.0
+
+
+def test_weak_cycle_identity_attention_term_is_the_identity_passes_attention():
+    """The candidate's term: the mean attention of G_BA fed a disease image plus that of G_AB fed a normal one (the
+    passes that must change nothing), reaching both attention convolutions; the original's presets weigh it 0, so
+    their total loss is unchanged to the bit, and WeakCycleTrainer_identityAttention weighs it like the identity
+    loss."""
+    g_ab, g_ba, d_a, d_b = _translation_networks()
+    disease, normal = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
+    losses, _ = cycle_generator_losses(g_ab, g_ba, d_a, d_b, disease, normal)
+    with torch.no_grad():
+        by_hand = g_ba(disease)["mask"].mean() + g_ab(normal)["mask"].mean()
+    assert 0 < float(by_hand) < 2
+    torch.testing.assert_close(losses["identity_attention"].detach(), by_hand)
+    losses["identity_attention"].backward()
+    assert g_ab.attention.weight.grad.abs().sum() > 0 and g_ba.attention.weight.grad.abs().sum() > 0
+    original = sum(CYCLE_LOSS_WEIGHTS[k] * v for k, v in losses.items() if k in CYCLE_LOSS_WEIGHTS)
+    assert torch.equal(weighted_sum(losses, CYCLE_LOSS_WEIGHTS), original)
+    weights = WeakCycleTrainer_identityAttention.cycle_loss_weights
+    assert weights["identity_attention"] == weights["identity"] == 10.0
+    assert {k: v for k, v in weights.items() if k != "identity_attention"} == CYCLE_LOSS_WEIGHTS
 
 
 # ---------------------------------------------------------------------------------------------- phantom + trainer
@@ -261,6 +283,14 @@ def test_data_set_without_ignore_label_refused(weak_preprocessed, tmp_path, monk
     dataset_json["labels"] = {"background": 0, "lesion": 1}
     with pytest.raises(WeakLabelError, match="Dataset796_PhantomWeak: dataset.json declares no ignore label"):
         build_trainer(WeakCycleTrainer_small, weak_preprocessed, tmp_path, monkeypatch, "2d", dataset_json=dataset_json)
+
+
+def test_weak_cycle_misspelt_loss_weight_refused(weak_preprocessed, tmp_path, monkeypatch):
+    cls = type("WeakCycleTrainer_typo", (WeakCycleTrainer_small,),
+               {"cycle_loss_weights": {**CYCLE_LOSS_WEIGHTS, "identiy": 1.0}})
+    trainer = build_trainer(cls, weak_preprocessed, tmp_path, monkeypatch, "2d")
+    with pytest.raises(ValueError, match=r"_typo.cycle_loss_weights names unknown losses \['identiy'\]"):
+        trainer.initialize()
 
 
 def test_translation_fit_identity_attention_and_teacher(weak_preprocessed, tmp_path, monkeypatch):

@@ -16,7 +16,9 @@ rule before 2026-12-01, pixels the teacher is unsure about become ignore; neithe
 with its own targets), --xlong 16000
 (--xlong --uncertain-ignore: that rule at this budget, no targets). On brats, --full-width trains the real-sample
 budget with the trainer's own widths (its own targets); on isic, --no-composite trains the real-sample budget
-without the composite's adversarial term (no targets).
+without the composite's adversarial term (no targets). --long --identity-attention (with or without --full-width):
+the candidate WeakCycleTrainer_identityAttention, not the original (the identity passes' attention pushed towards 0),
+scored the same way; it writes no targets.
 
 --data is the source folder: the real sample, or for the phantom the folder it is generated into (kept there). One
 stock `nnUNetv2_train` per seed with WeakCycleTrainer_ckpt_* (bench/weak_cycle/trainers/
@@ -194,8 +196,8 @@ def summarise(dataset: str, runs: list[dict]) -> tuple[dict, list[dict]]:
 
 def markdown(dataset: str, args, runs: list[dict], summary: dict, targets: list[dict]) -> str:
     seeds = ", ".join(str(r["seed"]) for r in runs)
-    flags = "".join(f" --{name.replace('_', '-')}" for name in ("long", "xlong", "no_composite", "uncertain_ignore",
-                                                                "full_width") if getattr(args, name, False))
+    names = ("long", "xlong", "no_composite", "uncertain_ignore", "identity_attention", "full_width")
+    flags = "".join(f" --{name.replace('_', '-')}" for name in names if getattr(args, name, False))
     lines = [f"# WeakCycle pseudo-masks through translation: {dataset}", "",
              f"`python bench/weak_cycle/bench_weak_cycle_checkpoints.py --dataset {dataset}{flags} ...` "
              f"(seeds {seeds}; {time.strftime('%Y-%m-%d')}, shared 2-core CPU). Mean Dice of the weak training "
@@ -256,6 +258,9 @@ def main(argv=None) -> int:
     p.add_argument("--uncertain-ignore", action="store_true",
                    help="phantom, --long or --xlong: the teacher rule before 2026-12-01, pixels the teacher is "
                         "unsure about become ignore (teacher_uncertain = 'ignore'); an ablation, writes no targets")
+    p.add_argument("--identity-attention", action="store_true",
+                   help="phantom with --long: the candidate WeakCycleTrainer_identityAttention (the identity passes' "
+                        "attention pushed towards 0; not the original), writes no targets")
     p.add_argument("--full-width", action="store_true",
                    help="phantom with --long, or brats: WeakCycleTrainer's own generator and discriminator widths "
                         "(32 features, 4 blocks) instead of the bench's quarter-width networks; writes its own "
@@ -279,9 +284,11 @@ def main(argv=None) -> int:
         p.error("--uncertain-ignore runs with --long or --xlong")
     if args.full_width and (args.dataset == "isic" or args.dataset == "phantom" and not args.long
                             or args.no_composite or args.uncertain_ignore):
-        p.error("--full-width runs on the phantom with --long alone, or on brats")
-    if args.no_composite and args.uncertain_ignore:
-        p.error("--no-composite and --uncertain-ignore are separate runs")
+        p.error("--full-width runs on the phantom with --long (alone or with --identity-attention), or on brats")
+    if args.identity_attention and not (args.dataset == "phantom" and args.long):
+        p.error("--identity-attention runs on the phantom with --long")
+    if sum((args.no_composite, args.uncertain_ignore, args.identity_attention)) > 1:
+        p.error("--no-composite, --uncertain-ignore and --identity-attention are separate runs")
     work, out = Path(args.work), Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     env = stock.work_environment(work / "nnunet", device="cpu")
@@ -292,7 +299,8 @@ def main(argv=None) -> int:
     trainer += budget
     if args.dataset == "isic":
         trainer += "_isic"  # the original's ISIC loss weights
-    variant = "_nocomposite" if args.no_composite else "_ignore" if args.uncertain_ignore else ""
+    variant = "_nocomposite" if args.no_composite else "_ignore" if args.uncertain_ignore else \
+        "_idattn" if args.identity_attention else ""
     width = "_full" if args.full_width else ""
     trainer += variant + width
     size = f"_n{args.n_train}" if args.n_train != PHANTOM["n_train"] else ""

@@ -73,6 +73,7 @@ from nnunet_ext.methods.weak_cycle.data import (
 from nnunet_ext.methods.weak_cycle.loss import (
     CYCLE_LOSS_WEIGHTS,
     ISIC_LOSS_WEIGHTS,
+    LOSS_NAMES,
     cycle_generator_losses,
     discriminator_loss,
     teacher_consistency,
@@ -93,7 +94,8 @@ from nnunet_ext.training.phases import NETWORK, Phase, PhasePolyLRScheduler, Pha
 from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
 
 __all__ = ["WeakCycleTrainer", "WeakCycleTrainer_CAM", "WeakCycleTrainer_ISIC", "WeakCycleTrainer_noComposite",
-           "WeakCycleTrainer_debug", "WeakCycleTrainer_demo", "WeakCycleTrainer_CAM_debug", "WeakCycleTrainer_CAM_demo"]
+           "WeakCycleTrainer_identityAttention", "WeakCycleTrainer_debug", "WeakCycleTrainer_demo",
+           "WeakCycleTrainer_CAM_debug", "WeakCycleTrainer_CAM_demo"]
 
 EXPORT_ENV = "nnUNet_ext_weak_export"
 GENERATORS = ("gen_ab", "gen_ba")
@@ -208,6 +210,10 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         self.selected_generator: dict | None = None
 
     def build_phase_schedule(self) -> PhaseSchedule:
+        unknown = sorted(set(self.cycle_loss_weights) - set(LOSS_NAMES))
+        if unknown:  # a misspelt term would silently weigh nothing
+            raise ValueError(f"{type(self).__name__}.cycle_loss_weights names unknown losses {unknown}; known: "
+                             f"{list(LOSS_NAMES)}")
         return PhaseSchedule([
             Phase(TRANSLATION, self.translation_fraction, train=GENERATORS + DISCRIMINATORS,
                   losses=self.cycle_loss_weights),
@@ -648,22 +654,23 @@ class WeakCycleTrainer(nnUNetExtTrainer):
 
     # ------------------------------------------------------------------ vital signs
     def _vital_cases(self) -> dict:
-        """Up to VITAL_CASES disease training cases and fully labelled validation cases, loaded once."""
+        """Up to VITAL_CASES disease and normal training cases and fully labelled validation cases, loaded once."""
         if self._vital_data is None:
             dataset_tr, dataset_val = super().get_tr_and_val_datasets()
-            disease = []
-            for case in self.weak_cases.disease[:VITAL_CASES]:
-                data, seg = load_case_arrays(dataset_tr, case)
-                disease.append((data, body_mask(seg, data)))
-            self._vital_data = {"disease": disease, "validation": self.validation_cases(dataset_val)[:VITAL_CASES]}
+            self._vital_data = {"validation": self.validation_cases(dataset_val)[:VITAL_CASES]}
+            for kind in ("disease", "normal"):
+                self._vital_data[kind] = []
+                for case in getattr(self.weak_cases, kind)[:VITAL_CASES]:
+                    data, seg = load_case_arrays(dataset_tr, case)
+                    self._vital_data[kind].append((data, body_mask(seg, data)))
         return self._vital_data
 
     def epoch_vital_signs(self) -> dict[str, float]:
         """Translation: attention coverage (share of the body in the pseudo-mask it would give now), mean raw
-        attention inside and outside the body, G_AB's CAM accuracy over the epoch's steps, and on the fully labelled
-        validation cases the pseudo-mask Dice of attention and CAM and the attention's lesion contrast. Refinement:
-        the share of the body's pseudo-labels the teacher's update changed, left ignored and made lesion, and its two
-        thresholds (epochs with an update)."""
+        attention inside and outside the body and inside the body of normal cases (where nothing needs changing),
+        G_AB's CAM accuracy over the epoch's steps, and on the fully labelled validation cases the pseudo-mask Dice of
+        attention and CAM and the attention's lesion contrast. Refinement: the share of the body's pseudo-labels the
+        teacher's update changed, left ignored and made lesion, and its two thresholds (epochs with an update)."""
         if self.current_phase is None:
             return {}
         if self.current_phase.name == REFINEMENT:
@@ -678,8 +685,11 @@ class WeakCycleTrainer(nnUNetExtTrainer):
             if (~body).any():
                 outside.append(float(attention[~body].mean()))
             coverage.append(self.binarise(attention * body, body, threshold)[0].sum() / max(int(body.sum()), 1))
+        normal = [float(attention[body].mean()) for data, body in cases["normal"] if body.any()
+                  for attention in [self.generator_maps(generator, data)["attention"]]]
         values = {"attention/coverage": float(np.mean(coverage)), "attention/inside_body": float(np.mean(inside)),
                   "attention/outside_body": float(np.mean(outside)) if outside else math.nan,
+                  "attention/normal_body": float(np.mean(normal)) if normal else math.nan,
                   "cam/accuracy": self._cam_hits / self._cam_total if self._cam_total else math.nan}
         scores = {"attention": [], "cam": []}
         contrast = []
@@ -784,6 +794,16 @@ class WeakCycleTrainer_noComposite(WeakCycleTrainer):
     directly (the attention then learns only through the stream blend)."""
 
     cycle_loss_weights = {**CYCLE_LOSS_WEIGHTS, "adversarial_composite": 0.0}
+
+
+class WeakCycleTrainer_identityAttention(WeakCycleTrainer):
+    """Not in the original: the identity passes' attention (G_AB fed a normal image, G_BA a disease one) is pushed
+    towards 0 (L1, weight 10, the identity loss's), so the attention learns to stay off what normal images also hold
+    (body texture, vessels, ridges) and what is left lit is what only disease images hold. The original's losses
+    leave the attention free wherever the decoder can copy the input, which on the distractor phantom lets it light
+    up every bright structure (docs/weak_cycle.md)."""
+
+    cycle_loss_weights = {**CYCLE_LOSS_WEIGHTS, "identity_attention": 10.0}
 
 
 WeakCycleTrainer_debug = short_variant(WeakCycleTrainer, "WeakCycleTrainer_debug", **DEBUG_BUDGET)

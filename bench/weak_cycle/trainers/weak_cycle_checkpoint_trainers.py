@@ -25,7 +25,11 @@ from PIL import Image
 
 from nnunet_ext.methods.weak_cycle.data import body_mask, dice
 from nnunet_ext.methods.weak_cycle.loss import CYCLE_LOSS_WEIGHTS, ISIC_LOSS_WEIGHTS
-from nnunet_ext.trainers.weak_cycle_trainers import WeakCycleTrainer, load_case_arrays
+from nnunet_ext.trainers.weak_cycle_trainers import (
+    WeakCycleTrainer,
+    WeakCycleTrainer_identityAttention,
+    load_case_arrays,
+)
 from nnunet_ext.training.variants import short_variant
 
 REFERENCE_ENV = "nnUNet_ext_bench_reference"
@@ -181,6 +185,11 @@ WeakCycleTrainer_ckpt_phantom_xlong = _phantom_variant("xlong", {**LONG_BUDGET, 
 # ablation: no adversarial term on the composite
 WeakCycleTrainer_ckpt_phantom_long_nocomposite = _phantom_variant(
     "long_nocomposite", LONG_BUDGET, cycle_loss_weights={**CYCLE_LOSS_WEIGHTS, "adversarial_composite": 0.0})
+# candidate, not the original: the identity passes' attention pushed towards 0 (WeakCycleTrainer_identityAttention)
+IDENTITY_ATTENTION = {"cycle_loss_weights": WeakCycleTrainer_identityAttention.cycle_loss_weights}
+WeakCycleTrainer_ckpt_phantom_long_idattn = _phantom_variant("long_idattn", LONG_BUDGET, **IDENTITY_ATTENTION)
+WeakCycleTrainer_ckpt_phantom_long_idattn_full = _phantom_variant("long_idattn_full", LONG_BUDGET,
+                                                                  **IDENTITY_ATTENTION, **FULL_WIDTHS)
 # the teacher rule before 2026-12-01: pixels the teacher is unsure about become ignore (the default keeps their label;
 # the run that chose it used the then-candidate WeakCycleTrainer_ckpt_phantom_long_keep, the default trainer now)
 WeakCycleTrainer_ckpt_phantom_long_ignore = _phantom_variant("long_ignore", LONG_BUDGET, teacher_uncertain="ignore")

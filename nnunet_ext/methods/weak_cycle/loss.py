@@ -22,6 +22,8 @@ ISIC_LOSS_WEIGHTS = {"adversarial": 1.0, "adversarial_composite": 1.0, "cycle": 
                      "cam": 1400.0, "reconstruction": 10.0}
 CYCLE_LOSS_WEIGHTS = BRATS_LOSS_WEIGHTS
 LOSS_PRESETS = {"brats": BRATS_LOSS_WEIGHTS, "isic": ISIC_LOSS_WEIGHTS}
+# every term cycle_generator_losses computes ("identity_attention" is ours, weight 0 unless a variant sets it)
+LOSS_NAMES = (*BRATS_LOSS_WEIGHTS, "identity_attention")
 
 
 def lsgan(outputs: tuple[torch.Tensor, torch.Tensor], real: bool) -> torch.Tensor:
@@ -52,7 +54,10 @@ def cycle_generator_losses(g_ab: nn.Module, g_ba: nn.Module, d_a: tuple[nn.Modul
     As the original, the cycle and identity terms act on the generators' decoder output ("translated"), not on the
     composite: an L1 on the composite is smallest where the attention is 0, which pushes the mask towards nothing.
     The adversarial term judges the translated image; "adversarial_composite" (left out when `composite` is False,
-    which saves the discriminator passes) the composite, the only term that reaches the attention directly."""
+    which saves the discriminator passes) the composite, the only term that reaches the attention directly.
+    "identity_attention" is the mean attention of the identity passes (each generator fed an image of its target
+    domain, which it must leave alone): not one of the original's losses (weight 0 in its presets); with a weight it
+    teaches the attention to stay off everything a normal image also holds."""
     ab, ba = g_ab(disease), g_ba(normal)  # disease -> normal, normal -> disease
     aba, bab = g_ba(ab["translated"]), g_ab(ba["translated"])  # cycles
     aa, bb = g_ba(disease), g_ab(normal)  # identities: a generator fed its target domain must leave it alone
@@ -65,6 +70,7 @@ def cycle_generator_losses(g_ab: nn.Module, g_ba: nn.Module, d_a: tuple[nn.Modul
         "cam": cam_bce(ab["cam_logits"], True) + cam_bce(bb["cam_logits"], False)
         + cam_bce(ba["cam_logits"], True) + cam_bce(aa["cam_logits"], False),
         "reconstruction": l1_loss(ab["reconstruction"], disease) + l1_loss(ba["reconstruction"], normal),
+        "identity_attention": aa["mask"].mean() + bb["mask"].mean(),
     }
     if composite:
         losses["adversarial_composite"] = sum(lsgan(d(ab["composite"]), True) for d in d_b) + \
