@@ -34,7 +34,13 @@ from nnunet_ext.methods.weak_cycle.data import (
     teacher_thresholds,
     threshold_image,
 )
-from nnunet_ext.methods.weak_cycle.loss import CYCLE_LOSS_WEIGHTS, LOSS_NAMES, cycle_generator_losses, weighted_sum
+from nnunet_ext.methods.weak_cycle.loss import (
+    CYCLE_LOSS_WEIGHTS,
+    ISIC_LOSS_WEIGHTS,
+    LOSS_NAMES,
+    cycle_generator_losses,
+    weighted_sum,
+)
 from nnunet_ext.methods.weak_cycle.network import (
     WeakCycleDiscriminator,
     WeakCycleGenerator,
@@ -45,7 +51,6 @@ from nnunet_ext.methods.weak_cycle.network import (
 from nnunet_ext.methods.weak_cycle.views import split_views
 from nnunet_ext.phantoms import weak2d
 from nnunet_ext.trainers.weak_cycle_trainers import (
-    WeakCycleTrainer_identityAttention,
     WeakCycleTrainer_noComposite,
     lesion_and_rest,
     lesion_contrast,
@@ -213,10 +218,9 @@ def test_weak_cycle_composite_adversarial_term_reaches_the_attention():
 
 
 def test_weak_cycle_identity_attention_term_is_the_identity_passes_attention():
-    """The candidate's term: the mean attention of G_BA fed a disease image plus that of G_AB fed a normal one (the
-    passes that must change nothing), reaching both attention convolutions; the original's presets weigh it 0, so
-    their total loss is unchanged to the bit, and WeakCycleTrainer_identityAttention weighs it like the identity
-    loss."""
+    """The bench candidate's term: the mean attention of G_BA fed a disease image plus that of G_AB fed a normal one
+    (the passes that must change nothing), reaching both attention convolutions; the original's presets weigh it 0,
+    so their total loss is unchanged to the bit."""
     g_ab, g_ba, d_a, d_b = _translation_networks()
     disease, normal = torch.rand(2, 1, 16, 16), torch.rand(2, 1, 16, 16)
     losses, _ = cycle_generator_losses(g_ab, g_ba, d_a, d_b, disease, normal)
@@ -228,9 +232,7 @@ def test_weak_cycle_identity_attention_term_is_the_identity_passes_attention():
     assert g_ab.attention.weight.grad.abs().sum() > 0 and g_ba.attention.weight.grad.abs().sum() > 0
     original = sum(CYCLE_LOSS_WEIGHTS[k] * v for k, v in losses.items() if k in CYCLE_LOSS_WEIGHTS)
     assert torch.equal(weighted_sum(losses, CYCLE_LOSS_WEIGHTS), original)
-    weights = WeakCycleTrainer_identityAttention.cycle_loss_weights
-    assert weights["identity_attention"] == weights["identity"] == 10.0
-    assert {k: v for k, v in weights.items() if k != "identity_attention"} == CYCLE_LOSS_WEIGHTS
+    assert "identity_attention" not in CYCLE_LOSS_WEIGHTS and "identity_attention" not in ISIC_LOSS_WEIGHTS
 
 
 # ---------------------------------------------------------------------------------------------- phantom + trainer
@@ -676,3 +678,37 @@ def test_weak_cycle_bench_watershed_refinement_snaps_a_blurry_attention_to_the_l
     masks = module.masks(attention, image, body)
     assert dice(lesion, masks["watershed_original"]) > 0.9
     assert dice(lesion, masks["otsu_opening"]) < 0.8
+
+
+def test_weak_cycle_bench_vitals_table_reads_each_epochs_vital_signs(tmp_path):
+    """bench/weak_cycle/vitals_table.py: the vital signs of each epoch from an nnU-Net log (a resumed epoch's later
+    line wins), the table up to the last epoch every run reached, and a log without vital signs refused by name."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "weak_cycle" / "vitals_table.py"
+    spec = importlib.util.spec_from_file_location("weak_cycle_vitals_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.write_text("2026-12-04 01:14:57.0: Epoch 0\n"
+                 "2026-12-04 01:15:04.0: Vital signs: attention: coverage 0.63, inside_body 0.4114; cam: accuracy 0.5\n"
+                 "2026-12-04 01:15:05.0: Epoch 1\n"
+                 "2026-12-04 01:15:06.0: Vital signs: attention: coverage 0.5; pseudo_mask: validation_dice 0\n"
+                 "2026-12-04 01:15:07.0: Epoch 1\n"
+                 "2026-12-04 01:15:08.0: Vital signs: attention: coverage 0.25; pseudo_mask: validation_dice 0.125\n"
+                 "2026-12-04 01:15:09.0: Epoch 2\n"
+                 "2026-12-04 01:15:10.0: Vital signs: attention: coverage 0.1\n")
+    b.write_text("2026-12-04 01:14:57.0: Epoch 0\n2026-12-04 01:15:04.0: Vital signs: attention: coverage 0.7\n"
+                 "2026-12-04 01:15:05.0: Epoch 1\n2026-12-04 01:15:06.0: Vital signs: attention: coverage 0.6\n")
+    epochs = module.read_log(a)
+    assert epochs == {0: {"attention/coverage": 0.63, "attention/inside_body": 0.4114, "cam/accuracy": 0.5},
+                      1: {"attention/coverage": 0.25, "pseudo_mask/validation_dice": 0.125},
+                      2: {"attention/coverage": 0.1}}
+    assert module.main(["--name", "t", "--every", "1", "-o", str(tmp_path), f"x={a}", f"y={b}"]) == 0
+    rows = [r for r in (tmp_path / "t.md").read_text().splitlines() if r.startswith("| 1 ")]
+    assert rows == ["| 1 | x | 0.250 |  | 0.125 |  |", "| 1 | y | 0.600 |  |  |  |"]
+    assert "| 2 |" not in (tmp_path / "t.md").read_text()  # y stopped after epoch 1
+    empty = tmp_path / "empty.log"
+    empty.write_text("2026-12-04 01:14:57.0: Epoch 0\n")
+    with pytest.raises(SystemExit, match="empty.log: no 'Vital signs' lines"):
+        module.read_log(empty)

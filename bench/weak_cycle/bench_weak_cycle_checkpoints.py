@@ -17,8 +17,8 @@ with its own targets), --xlong 16000
 (--xlong --uncertain-ignore: that rule at this budget, no targets). On brats, --full-width trains the real-sample
 budget with the trainer's own widths (its own targets); on isic, --no-composite trains the real-sample budget
 without the composite's adversarial term (no targets). --long --identity-attention (with or without --full-width):
-the candidate WeakCycleTrainer_identityAttention, not the original (the identity passes' attention pushed towards 0),
-scored the same way; it writes no targets.
+a candidate, not the original: the identity passes' attention pushed towards 0 (loss term identity_attention, weight
+10), scored the same way; it writes no targets.
 
 --data is the source folder: the real sample, or for the phantom the folder it is generated into (kept there). One
 stock `nnUNetv2_train` per seed with WeakCycleTrainer_ckpt_* (bench/weak_cycle/trainers/
@@ -259,8 +259,8 @@ def main(argv=None) -> int:
                    help="phantom, --long or --xlong: the teacher rule before 2026-12-01, pixels the teacher is "
                         "unsure about become ignore (teacher_uncertain = 'ignore'); an ablation, writes no targets")
     p.add_argument("--identity-attention", action="store_true",
-                   help="phantom with --long: the candidate WeakCycleTrainer_identityAttention (the identity passes' "
-                        "attention pushed towards 0; not the original), writes no targets")
+                   help="phantom with --long: a candidate, the identity passes' attention pushed towards 0 (loss "
+                        "term identity_attention, weight 10; not the original), writes no targets")
     p.add_argument("--full-width", action="store_true",
                    help="phantom with --long, or brats: WeakCycleTrainer's own generator and discriminator widths "
                         "(32 features, 4 blocks) instead of the bench's quarter-width networks; writes its own "

@@ -94,8 +94,7 @@ from nnunet_ext.training.phases import NETWORK, Phase, PhasePolyLRScheduler, Pha
 from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_variant
 
 __all__ = ["WeakCycleTrainer", "WeakCycleTrainer_CAM", "WeakCycleTrainer_ISIC", "WeakCycleTrainer_noComposite",
-           "WeakCycleTrainer_identityAttention", "WeakCycleTrainer_debug", "WeakCycleTrainer_demo",
-           "WeakCycleTrainer_CAM_debug", "WeakCycleTrainer_CAM_demo"]
+           "WeakCycleTrainer_debug", "WeakCycleTrainer_demo", "WeakCycleTrainer_CAM_debug", "WeakCycleTrainer_CAM_demo"]
 
 EXPORT_ENV = "nnUNet_ext_weak_export"
 GENERATORS = ("gen_ab", "gen_ba")
@@ -794,16 +793,6 @@ class WeakCycleTrainer_noComposite(WeakCycleTrainer):
     directly (the attention then learns only through the stream blend)."""
 
     cycle_loss_weights = {**CYCLE_LOSS_WEIGHTS, "adversarial_composite": 0.0}
-
-
-class WeakCycleTrainer_identityAttention(WeakCycleTrainer):
-    """Not in the original: the identity passes' attention (G_AB fed a normal image, G_BA a disease one) is pushed
-    towards 0 (L1, weight 10, the identity loss's), so the attention learns to stay off what normal images also hold
-    (body texture, vessels, ridges) and what is left lit is what only disease images hold. The original's losses
-    leave the attention free wherever the decoder can copy the input, which on the distractor phantom lets it light
-    up every bright structure (docs/weak_cycle.md)."""
-
-    cycle_loss_weights = {**CYCLE_LOSS_WEIGHTS, "identity_attention": 10.0}
 
 
 WeakCycleTrainer_debug = short_variant(WeakCycleTrainer, "WeakCycleTrainer_debug", **DEBUG_BUDGET)

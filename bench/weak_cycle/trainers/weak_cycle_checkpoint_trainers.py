@@ -25,11 +25,7 @@ from PIL import Image
 
 from nnunet_ext.methods.weak_cycle.data import body_mask, dice
 from nnunet_ext.methods.weak_cycle.loss import CYCLE_LOSS_WEIGHTS, ISIC_LOSS_WEIGHTS
-from nnunet_ext.trainers.weak_cycle_trainers import (
-    WeakCycleTrainer,
-    WeakCycleTrainer_identityAttention,
-    load_case_arrays,
-)
+from nnunet_ext.trainers.weak_cycle_trainers import WeakCycleTrainer, load_case_arrays
 from nnunet_ext.training.variants import short_variant
 
 REFERENCE_ENV = "nnUNet_ext_bench_reference"
@@ -185,8 +181,10 @@ WeakCycleTrainer_ckpt_phantom_xlong = _phantom_variant("xlong", {**LONG_BUDGET, 
 # ablation: no adversarial term on the composite
 WeakCycleTrainer_ckpt_phantom_long_nocomposite = _phantom_variant(
     "long_nocomposite", LONG_BUDGET, cycle_loss_weights={**CYCLE_LOSS_WEIGHTS, "adversarial_composite": 0.0})
-# candidate, not the original: the identity passes' attention pushed towards 0 (WeakCycleTrainer_identityAttention)
-IDENTITY_ATTENTION = {"cycle_loss_weights": WeakCycleTrainer_identityAttention.cycle_loss_weights}
+# candidate, not the original: the identity passes' attention (G_AB fed a normal image, G_BA a disease one, which
+# must change nothing) pushed towards 0 with the identity loss's weight, so that the attention would stay off what
+# normal images also hold
+IDENTITY_ATTENTION = {"cycle_loss_weights": {**CYCLE_LOSS_WEIGHTS, "identity_attention": 10.0}}
 WeakCycleTrainer_ckpt_phantom_long_idattn = _phantom_variant("long_idattn", LONG_BUDGET, **IDENTITY_ATTENTION)
 WeakCycleTrainer_ckpt_phantom_long_idattn_full = _phantom_variant("long_idattn_full", LONG_BUDGET,
                                                                   **IDENTITY_ATTENTION, **FULL_WIDTHS)

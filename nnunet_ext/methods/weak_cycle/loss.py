@@ -56,8 +56,9 @@ def cycle_generator_losses(g_ab: nn.Module, g_ba: nn.Module, d_a: tuple[nn.Modul
     The adversarial term judges the translated image; "adversarial_composite" (left out when `composite` is False,
     which saves the discriminator passes) the composite, the only term that reaches the attention directly.
     "identity_attention" is the mean attention of the identity passes (each generator fed an image of its target
-    domain, which it must leave alone): not one of the original's losses (weight 0 in its presets); with a weight it
-    teaches the attention to stay off everything a normal image also holds."""
+    domain, which it must leave alone): not one of the original's losses (weight 0 in its presets). Meant to teach
+    the attention to stay off what normal images also hold; at weight 10 on the distractor phantom it drove the
+    attention to 0 everywhere, lesions first (docs/weak_cycle.md), so no trainer sets it."""
     ab, ba = g_ab(disease), g_ba(normal)  # disease -> normal, normal -> disease
     aba, bab = g_ba(ab["translated"]), g_ab(ba["translated"])  # cycles
     aa, bb = g_ba(disease), g_ab(normal)  # identities: a generator fed its target domain must leave it alone
