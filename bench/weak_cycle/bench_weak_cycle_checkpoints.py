@@ -18,7 +18,7 @@ with its own targets), --xlong 16000
 budget with the trainer's own widths (its own targets); on isic, --no-composite trains the real-sample budget
 without the composite's adversarial term (no targets). --long --identity-attention (with or without --full-width):
 a candidate, not the original: the identity passes' attention pushed towards 0 (loss term identity_attention, weight
-10), scored the same way; it writes no targets.
+10, or 1 with --identity-attention 1), scored the same way; it writes no targets.
 
 --data is the source folder: the real sample, or for the phantom the folder it is generated into (kept there). One
 stock `nnUNetv2_train` per seed with WeakCycleTrainer_ckpt_* (bench/weak_cycle/trainers/
@@ -55,7 +55,7 @@ from nnunet_ext.phantoms import weak2d
 HERE = Path(__file__).resolve().parent
 TRAINERS = HERE / "trainers"
 sys.path.insert(0, str(TRAINERS))
-from weak_cycle_checkpoint_trainers import REFERENCE_ENV  # noqa: E402
+from weak_cycle_checkpoint_trainers import IDENTITY_ATTENTION_WEIGHTS, REFERENCE_ENV  # noqa: E402
 
 CONTROLS = ("untrained_attention", "intensity", "keep_all", "cam")
 PHANTOM = {"n_train": 32, "n_val": 4, "n_test": 8, "size": 48}
@@ -197,7 +197,9 @@ def summarise(dataset: str, runs: list[dict]) -> tuple[dict, list[dict]]:
 def markdown(dataset: str, args, runs: list[dict], summary: dict, targets: list[dict]) -> str:
     seeds = ", ".join(str(r["seed"]) for r in runs)
     names = ("long", "xlong", "no_composite", "uncertain_ignore", "identity_attention", "full_width")
-    flags = "".join(f" --{name.replace('_', '-')}" for name in names if getattr(args, name, False))
+    flags = "".join(f" --{name.replace('_', '-')}" for name in names if getattr(args, name, None))
+    if getattr(args, "identity_attention", None) == 1.0:
+        flags = flags.replace("--identity-attention", "--identity-attention 1")
     lines = [f"# WeakCycle pseudo-masks through translation: {dataset}", "",
              f"`python bench/weak_cycle/bench_weak_cycle_checkpoints.py --dataset {dataset}{flags} ...` "
              f"(seeds {seeds}; {time.strftime('%Y-%m-%d')}, shared 2-core CPU). Mean Dice of the weak training "
@@ -258,9 +260,10 @@ def main(argv=None) -> int:
     p.add_argument("--uncertain-ignore", action="store_true",
                    help="phantom, --long or --xlong: the teacher rule before 2026-12-01, pixels the teacher is "
                         "unsure about become ignore (teacher_uncertain = 'ignore'); an ablation, writes no targets")
-    p.add_argument("--identity-attention", action="store_true",
+    p.add_argument("--identity-attention", type=float, nargs="?", const=10.0, choices=(10.0, 1.0),
                    help="phantom with --long: a candidate, the identity passes' attention pushed towards 0 (loss "
-                        "term identity_attention, weight 10; not the original), writes no targets")
+                        "term identity_attention, weight 10 or the value given, 1; not the original), writes no "
+                        "targets")
     p.add_argument("--full-width", action="store_true",
                    help="phantom with --long, or brats: WeakCycleTrainer's own generator and discriminator widths "
                         "(32 features, 4 blocks) instead of the bench's quarter-width networks; writes its own "
@@ -285,9 +288,9 @@ def main(argv=None) -> int:
     if args.full_width and (args.dataset == "isic" or args.dataset == "phantom" and not args.long
                             or args.no_composite or args.uncertain_ignore):
         p.error("--full-width runs on the phantom with --long (alone or with --identity-attention), or on brats")
-    if args.identity_attention and not (args.dataset == "phantom" and args.long):
+    if args.identity_attention is not None and not (args.dataset == "phantom" and args.long):
         p.error("--identity-attention runs on the phantom with --long")
-    if sum((args.no_composite, args.uncertain_ignore, args.identity_attention)) > 1:
+    if sum((args.no_composite, args.uncertain_ignore, args.identity_attention is not None)) > 1:
         p.error("--no-composite, --uncertain-ignore and --identity-attention are separate runs")
     work, out = Path(args.work), Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -300,7 +303,7 @@ def main(argv=None) -> int:
     if args.dataset == "isic":
         trainer += "_isic"  # the original's ISIC loss weights
     variant = "_nocomposite" if args.no_composite else "_ignore" if args.uncertain_ignore else \
-        "_idattn" if args.identity_attention else ""
+        f"_idattn{IDENTITY_ATTENTION_WEIGHTS[args.identity_attention]}" if args.identity_attention is not None else ""
     width = "_full" if args.full_width else ""
     trainer += variant + width
     size = f"_n{args.n_train}" if args.n_train != PHANTOM["n_train"] else ""

@@ -184,10 +184,13 @@ WeakCycleTrainer_ckpt_phantom_long_nocomposite = _phantom_variant(
 # candidate, not the original: the identity passes' attention (G_AB fed a normal image, G_BA a disease one, which
 # must change nothing) pushed towards 0 with the identity loss's weight, so that the attention would stay off what
 # normal images also hold
-IDENTITY_ATTENTION = {"cycle_loss_weights": {**CYCLE_LOSS_WEIGHTS, "identity_attention": 10.0}}
-WeakCycleTrainer_ckpt_phantom_long_idattn = _phantom_variant("long_idattn", LONG_BUDGET, **IDENTITY_ATTENTION)
-WeakCycleTrainer_ckpt_phantom_long_idattn_full = _phantom_variant("long_idattn_full", LONG_BUDGET,
-                                                                  **IDENTITY_ATTENTION, **FULL_WIDTHS)
+# weights 10 (the identity loss's; trainer suffix _idattn) and 1 (_idattn1)
+IDENTITY_ATTENTION_WEIGHTS = {10.0: "", 1.0: "1"}
+for _weight, _suffix in IDENTITY_ATTENTION_WEIGHTS.items():
+    for _width, _widths in (("", {}), ("_full", FULL_WIDTHS)):
+        _name = f"long_idattn{_suffix}{_width}"
+        globals()[f"WeakCycleTrainer_ckpt_phantom_{_name}"] = _phantom_variant(
+            _name, LONG_BUDGET, cycle_loss_weights={**CYCLE_LOSS_WEIGHTS, "identity_attention": _weight}, **_widths)
 # the teacher rule before 2026-12-01: pixels the teacher is unsure about become ignore (the default keeps their label;
 # the run that chose it used the then-candidate WeakCycleTrainer_ckpt_phantom_long_keep, the default trainer now)
 WeakCycleTrainer_ckpt_phantom_long_ignore = _phantom_variant("long_ignore", LONG_BUDGET, teacher_uncertain="ignore")
