@@ -56,6 +56,7 @@ from nnunet_ext.trainers.weak_cycle_trainers import (
     lesion_contrast,
 )
 from nnunet_ext.training.base import unwrap
+from nnunet_ext.training.vitals import format_vitals
 
 MECHANISM_STEPS = 150  # translation steps of the mechanism test
 
@@ -700,6 +701,8 @@ def test_weak_cycle_bench_vitals_table_reads_each_epochs_vital_signs(tmp_path):
                  "2026-12-04 01:15:10.0: Vital signs: attention: coverage 0.1\n")
     b.write_text("2026-12-04 01:14:57.0: Epoch 0\n2026-12-04 01:15:04.0: Vital signs: attention: coverage 0.7\n"
                  "2026-12-04 01:15:05.0: Epoch 1\n2026-12-04 01:15:06.0: Vital signs: attention: coverage 0.6\n")
+    logged = {"attention/coverage": 0.63, "attention/inside_body": 0.4114, "cam/accuracy": 0.5}
+    assert module.parse_vitals(format_vitals(logged)) == logged  # the reader is the log's own formatter reversed
     epochs = module.read_log(a)
     assert epochs == {0: {"attention/coverage": 0.63, "attention/inside_body": 0.4114, "cam/accuracy": 0.5},
                       1: {"attention/coverage": 0.25, "pseudo_mask/validation_dice": 0.125},

@@ -17,26 +17,14 @@ import re
 import sys
 from pathlib import Path
 
+from nnunet_ext.training.vitals import parse_vitals
+
 HERE = Path(__file__).resolve().parent
 KEYS = ("attention/coverage", "attention/inside_body", "attention/normal_body", "attention/outside_body",
         "attention/lesion_contrast", "pseudo_mask/validation_dice", "pseudo_mask/validation_dice_cam",
         "cam/accuracy")
 EPOCH = re.compile(r": Epoch (\d+)$")
 VITALS = re.compile(r": Vital signs: (.*)$")
-
-
-def parse_vitals(text: str) -> dict[str, float]:
-    """'attention: coverage 0.63, inside_body 0.41; cam: accuracy 0.56' -> {'attention/coverage': 0.63, ...}"""
-    values = {}
-    for group in text.split("; "):
-        name, _, items = group.partition(": ")
-        for item in items.split(", "):
-            key, _, value = item.rpartition(" ")
-            try:
-                values[f"{name}/{key}" if key else name] = float(value)
-            except ValueError:
-                continue
-    return values
 
 
 def read_log(path: Path) -> dict[int, dict[str, float]]:

@@ -25,6 +25,20 @@ def format_vitals(values: Mapping[str, float]) -> str:
     return "; ".join(f"{g}: {', '.join(v)}" for g, v in groups.items())
 
 
+def parse_vitals(text: str) -> dict[str, float]:
+    """format_vitals' text back to {"group/name": value}, for reading a training log; n/a values are left out."""
+    values = {}
+    for group in text.split("; "):
+        name, _, items = group.partition(": ")
+        for item in items.split(", "):
+            key, _, value = item.rpartition(" ")
+            try:
+                values[f"{name}/{key}" if key else name] = float(value)
+            except ValueError:
+                continue
+    return values
+
+
 def plot_vitals(history: Sequence[Mapping[str, float]], filename: str, title: str) -> None:
     """One panel per group ("group/name" keys), one line per name, epochs on x; written atomically."""
     import matplotlib
