@@ -282,6 +282,16 @@ def segmentation_loss_value(t) -> float:
     return round(float(t.loss(outputs, batch["target"])), 5)
 
 
+def ftsegnet_gate_calibration(t) -> int:
+    """Patches the CPB gates are calibrated on (0: not calibrated), through the prior's training loader."""
+    loaders = t.prior_dataloaders()
+    try:
+        return t.calibrate_gates(loaders[0])
+    finally:
+        for loader in loaders:
+            loader._finish() if hasattr(loader, "_finish") else None
+
+
 # ---------------------------------------------------------------------------------------------- FocusNet
 def organ_seg(t) -> torch.Tensor:
     """One item with a 3-voxel cube of every selected small organ, spread along the last axis."""
@@ -612,6 +622,8 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
         Init(0.05, lambda t: t.optimizer.param_groups[1]["weight_decay"]),
     (FTSegNetTrainer, "transformer_warmup"): Init(10, lambda t: t.optimizer.param_groups[1]["warmup"]),
     (FTSegNetTrainer, "prior_lr"): Init(3e-4, aux_lr("prior")),
+    (FTSegNetTrainer, "cpb_gate_standardised"): Step(False, ftsegnet_gate_calibration),
+    (FTSegNetTrainer, "gate_calibration_batches"): Step(3, ftsegnet_gate_calibration),
     (FTSegNetTrainer_DiceFocal, "focal_gamma"): Init(0.5, segmentation_loss_value),
     # FocusNetV2
     (FocusNetV2Trainer, "sos_features"): Structural(8, sos_params),

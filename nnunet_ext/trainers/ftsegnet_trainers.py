@@ -39,7 +39,13 @@ from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from torch import nn
 
 from nnunet_ext.methods.ftsegnet.loss import DC_and_Focal_loss
-from nnunet_ext.methods.ftsegnet.network import ClassificationPrior, FTSegNetwork, count_parameters, prior_strides
+from nnunet_ext.methods.ftsegnet.network import (
+    ClassificationPrior,
+    FTSegNetwork,
+    GateCalibration,
+    count_parameters,
+    prior_strides,
+)
 from nnunet_ext.methods.ftsegnet.optim import RULES, GroupPolyLR, SGDAdamW
 from nnunet_ext.methods.ftsegnet.prior import (
     CLASS_TABLE,
@@ -56,7 +62,8 @@ from nnunet_ext.training.variants import DEBUG_BUDGET, DEMO_BUDGET, short_varian
 
 __all__ = ["FTSegNetTrainer", "FTSegNetTrainer_DiceFocal", "FTSegNetTrainer_NoCPB", "FTSegNetTrainer_debug",
            "FTSegNetTrainer_demo", "FTSegNetTrainer_DiceFocal_debug", "FTSegNetTrainer_DiceFocal_demo",
-           "FTSegNetTrainer_NoCPB_debug", "FTSegNetTrainer_NoCPB_demo", "FTSegNetTrainer_ClassOnly"]
+           "FTSegNetTrainer_NoCPB_debug", "FTSegNetTrainer_NoCPB_demo", "FTSegNetTrainer_ClassOnly",
+           "FTSegNetTrainer_rawGate"]
 
 class FTSegNetTrainer(nnUNetExtTrainer):
     # network structure: class attributes, read by build_network_architecture at training and prediction time
@@ -64,6 +71,12 @@ class FTSegNetTrainer(nnUNetExtTrainer):
     # False: the CPB without its spatial term alpha * conv1x1(G_s): P enters only through what its features say about
     # the whole image (channel gate, class vector), never where in the image (FTSegNetTrainer_ClassOnly)
     cpb_spatial_prior = True
+    # True: the CPB gate reads GAP(G_s) standardised per channel by P's statistics over `gate_calibration_batches`
+    # training batches, taken once P is frozen. P's instance norm leaves GAP(G_s) nearly the same for every image
+    # (spread ~2 % of its level), which a zero-started gate under nnU-Net's SGD turned into a constant gate (spread
+    # across images <= 0.004, docs/ftsegnet.md). False: the raw GAP, as before (FTSegNetTrainer_rawGate)
+    cpb_gate_standardised = True
+    gate_calibration_batches = 50
     transformer_stages = 2  # deepest encoder stages that get transformer blocks
     transformer_depth = 1  # blocks per such stage
     reduction_ratio = 2  # MiT spatial reduction of keys/values, squared per stage above the deepest
@@ -267,6 +280,10 @@ class FTSegNetTrainer(nnUNetExtTrainer):
             self.print_to_log_file(f"prior: validation patch accuracy {scores['accuracy']:.3f}, class-balanced "
                                    f"{scores['balanced accuracy']:.3f} ({scores['classes']} of "
                                    f"{self.prior.num_classes} classes in the validation patches)")
+            if left or self.current_epoch == 0:
+                # P is final here (trained or given) and the segmenter has not trained yet: the gate's coordinates
+                # are fixed before W_c learns in them; a resumed run keeps the checkpoint's
+                self.calibrate_gates(loader_tr)
         finally:
             for loader in (loader_tr, loader_val):
                 if hasattr(loader, "_finish"):
@@ -297,6 +314,37 @@ class FTSegNetTrainer(nnUNetExtTrainer):
         self.prior.eval()
         for p in self.prior.parameters():
             p.requires_grad_(False)
+
+    @torch.no_grad()
+    def calibrate_gates(self, loader) -> int:
+        """Per-channel mean and std of GAP(G_s) of the frozen P over `gate_calibration_batches` training batches
+        (all ranks' together under DDP, so every rank gets the same network), written into every CPB's gate.
+        Returns the patches counted (0 where `cpb_gate_standardised` is off: the gates keep the raw GAP)."""
+        if not self.cpb_gate_standardised:
+            return 0
+        net = unwrap(self.network)
+        calibration = GateCalibration(self.prior.output_channels)
+        was_training = self.prior.training
+        self.prior.eval()
+        for _ in range(self.gate_calibration_batches):
+            data = self.batch_to_device(next(loader))[0]
+            with self.autocast():
+                calibration.add(self.prior(data)[1])
+        self.prior.train(was_training)
+        if self.is_ddp:
+            both = torch.cat(calibration.sums + calibration.squares +
+                             [torch.tensor([float(calibration.count)], dtype=torch.float64)]).to(self.device)
+            dist.all_reduce(both)
+            both = both.cpu()
+            sizes = [len(t) for t in calibration.sums]
+            parts = both[:-1].split(sizes + sizes)
+            calibration.sums, calibration.squares = list(parts[:len(sizes)]), list(parts[len(sizes):])
+            calibration.count = int(both[-1])
+        stats = calibration.apply(net)
+        spread = ", ".join(f"{float(std.mean()):.4f} on {float(mean.abs().mean()):.3f}" for mean, std in stats)
+        self.print_to_log_file(f"CPB gates calibrated on {calibration.count} training patches: GAP(G_s) std across "
+                               f"patches on its mean level, stage by stage: {spread}")
+        return calibration.count
 
     def prior_targets(self, batch: dict, target: torch.Tensor) -> torch.Tensor:
         if self.class_table is not None:
@@ -438,6 +486,13 @@ class FTSegNetTrainer_ClassOnly(FTSegNetTrainer):
     P's image-level evidence or from its local features, which also answer to tumour mimics."""
 
     cpb_spatial_prior = False
+
+
+class FTSegNetTrainer_rawGate(FTSegNetTrainer):
+    """The CPB gate on the raw GAP(G_s), as before 2026-12-04: an ablation of the gate's calibration, under which the
+    gate stayed nearly the same for every image."""
+
+    cpb_gate_standardised = False
 
 
 FTSegNetTrainer_debug = short_variant(FTSegNetTrainer, "FTSegNetTrainer_debug", **DEBUG_BUDGET)

@@ -13,6 +13,11 @@
   transformer-only network (no prior) computes, and training moves away from it only where the prior helps.
   `spatial_prior=False` drops the spatial term (no conv1x1(G_s), alpha fixed at 0): the CPB then passes on only what
   P's features say about the whole image (the gate and the class vector), an ablation of where the prior enters.
+  The gate reads GAP(G_s) standardised per channel by statistics of the frozen P over training patches
+  (`calibrate_gates`): P's instance norm leaves every channel's mean nearly the same for every image (measured on the
+  tumour phantom: spread across images ~2 % of its level at stage 0), so on the raw GAP a zero-started W_c learns a
+  constant gate long before it can tell images apart. Standardising is an affine change of W_c's coordinates, the
+  same family of gates; uncalibrated (mean 0, std 1) the block reads the raw GAP, as checkpoints from before it do.
 
 Everything is one module: the stock `nnUNetv2_predict` builds it with the trainer's `build_network_architecture`,
 loads `network_weights` (prior included) and calls forward, which runs P and returns the segmentation logits.
@@ -161,6 +166,10 @@ class ClassificationPriorBlock(nn.Module):
         self.gate = nn.Linear(prior_channels, channels)
         nn.init.zeros_(self.gate.weight)
         nn.init.zeros_(self.gate.bias)
+        # per-channel statistics of GAP(G) over training patches, set once P is frozen (calibrate_gates); the
+        # defaults read the raw GAP
+        self.register_buffer("evidence_mean", torch.zeros(prior_channels))
+        self.register_buffer("evidence_std", torch.ones(prior_channels))
         if spatial:
             self.project = conv_op(prior_channels, channels, 1)
             self.alpha = nn.Parameter(torch.zeros(1))
@@ -171,11 +180,24 @@ class ClassificationPriorBlock(nn.Module):
         # the gate of the last forward (images x channels), read by the trainer's vital signs
         self.last_gate: torch.Tensor | None = None
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # checkpoints from before the gate's standardisation were trained on the raw GAP: keep reading it for them
+        for name, value in (("evidence_mean", 0.0), ("evidence_std", 1.0)):
+            if prefix + name not in state_dict:
+                state_dict[prefix + name] = torch.full_like(getattr(self, name), value)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def evidence(self, prior: torch.Tensor) -> torch.Tensor:
+        """The gate's input: GAP(G) per image, standardised by the calibrated per-channel statistics."""
+        return (prior.flatten(2).mean(2) - self.evidence_mean) / self.evidence_std
+
     def forward(self, features: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         if prior.shape[2:] != features.shape[2:]:
             # odd input sizes round differently in the two networks' strided convs
             prior = F.interpolate(prior, size=features.shape[2:], mode="nearest")
-        gate = 2 * torch.sigmoid(self.gate(prior.flatten(2).mean(2)))
+        gate = 2 * torch.sigmoid(self.gate(self.evidence(prior)))
         self.last_gate = gate.detach()
         gate = gate.view(*gate.shape, *([1] * (features.ndim - 2)))
         if self.project is None:
@@ -268,6 +290,45 @@ def close_cpb(network: FTSegNetwork) -> None:
     network.class_to_bottleneck.bias.zero_()
 
 
+class GateCalibration:
+    """Running per-channel sums of GAP(G_s) for every stage of P, fed batch by batch (`add`), then written into the
+    CPBs (`apply`). Sums rather than means, so that DDP ranks can add theirs up (`tensors`, `from_tensors`)."""
+
+    def __init__(self, channels: list[int]):
+        self.sums = [torch.zeros(c, dtype=torch.float64) for c in channels]
+        self.squares = [torch.zeros(c, dtype=torch.float64) for c in channels]
+        self.count = 0
+
+    @torch.no_grad()
+    def add(self, evidence: list[torch.Tensor]) -> None:
+        for s, g in enumerate(evidence):
+            pooled = g.flatten(2).mean(2).double().cpu()
+            self.sums[s] += pooled.sum(0)
+            self.squares[s] += (pooled ** 2).sum(0)
+        self.count += evidence[0].shape[0]
+
+    def statistics(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(mean, std) per stage; a channel that hardly moves gets a floor of 5 % of the stage's median std, so
+        that it is not blown up into noise."""
+        if self.count < 2:
+            raise ValueError(f"calibrating the CPB gates needs at least 2 patches, got {self.count}")
+        out = []
+        for total, squares in zip(self.sums, self.squares, strict=True):
+            mean = total / self.count
+            std = (squares / self.count - mean ** 2).clamp_min(0).sqrt()
+            floor = max(1e-6, 0.05 * float(std.median()))
+            out.append((mean.float(), std.clamp_min(floor).float()))
+        return out
+
+    @torch.no_grad()
+    def apply(self, network: FTSegNetwork) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        stats = self.statistics()
+        for block, (mean, std) in zip(network.cpb, stats, strict=True):
+            block.evidence_mean.copy_(mean)
+            block.evidence_std.copy_(std)
+        return stats
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -277,5 +338,6 @@ def prior_strides(encoder: nn.Module) -> list:
     return [tuple(s) for s in encoder.strides]
 
 
-__all__ = ["ClassificationPrior", "ClassificationPriorBlock", "EfficientSelfAttention", "FTSegNetwork", "MixFFN",
-           "TransformerBlock", "attention_heads", "close_cpb", "count_parameters", "prior_strides", "reduction_for"]
+__all__ = ["ClassificationPrior", "ClassificationPriorBlock", "EfficientSelfAttention", "FTSegNetwork",
+           "GateCalibration", "MixFFN", "TransformerBlock", "attention_heads", "close_cpb", "count_parameters",
+           "prior_strides", "reduction_for"]
