@@ -142,6 +142,7 @@ def test_ftsegnet_calibrated_gate_learns_to_tell_images_apart():
         evidence = prior(x)[1]
     calibration = GateCalibration(prior.output_channels)
     calibration.add(evidence)
+    statistics = calibration.statistics()
     gaps = {}
     for calibrated in (False, True):
         for s, g in enumerate(evidence):
@@ -149,7 +150,7 @@ def test_ftsegnet_calibrated_gate_learns_to_tell_images_apart():
             torch.manual_seed(0)
             block = ClassificationPriorBlock(4, prior.output_channels[s], torch.nn.Conv2d, spatial=False)
             if calibrated:
-                mean, std = calibration.statistics()[s]
+                mean, std = statistics[s]
                 block.evidence_mean.copy_(mean)
                 block.evidence_std.copy_(std)
             optimizer = torch.optim.SGD(block.parameters(), lr=1e-2, momentum=0.99, nesterov=True)

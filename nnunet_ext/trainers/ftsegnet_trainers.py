@@ -74,7 +74,7 @@ class FTSegNetTrainer(nnUNetExtTrainer):
     # True: the CPB gate reads GAP(G_s) standardised per channel by P's statistics over `gate_calibration_batches`
     # training batches, taken once P is frozen. P's instance norm leaves GAP(G_s) nearly the same for every image
     # (spread ~2 % of its level), which a zero-started gate under nnU-Net's SGD turned into a constant gate (spread
-    # across images <= 0.004, docs/ftsegnet.md). False: the raw GAP, as before (FTSegNetTrainer_rawGate)
+    # across images <= 0.006, docs/ftsegnet.md). False: the raw GAP, as before (FTSegNetTrainer_rawGate)
     cpb_gate_standardised = True
     gate_calibration_batches = 50
     transformer_stages = 2  # deepest encoder stages that get transformer blocks
@@ -332,14 +332,7 @@ class FTSegNetTrainer(nnUNetExtTrainer):
                 calibration.add(self.prior(data)[1])
         self.prior.train(was_training)
         if self.is_ddp:
-            both = torch.cat(calibration.sums + calibration.squares +
-                             [torch.tensor([float(calibration.count)], dtype=torch.float64)]).to(self.device)
-            dist.all_reduce(both)
-            both = both.cpu()
-            sizes = [len(t) for t in calibration.sums]
-            parts = both[:-1].split(sizes + sizes)
-            calibration.sums, calibration.squares = list(parts[:len(sizes)]), list(parts[len(sizes):])
-            calibration.count = int(both[-1])
+            calibration.all_reduce(self.device)
         stats = calibration.apply(net)
         spread = ", ".join(f"{float(std.mean()):.4f} on {float(mean.abs().mean()):.3f}" for mean, std in stats)
         self.print_to_log_file(f"CPB gates calibrated on {calibration.count} training patches: GAP(G_s) std across "

@@ -26,6 +26,7 @@ loads `network_weights` (prior included) and calls forward, which runs P and ret
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
 from torch.nn import functional as F
@@ -37,6 +38,12 @@ def _spatial_dims(conv_op: type[nn.Module]) -> int:
     if conv_op is nn.Conv3d:
         return 3
     raise TypeError(f"FTSegNet supports 2d and 3d U-Nets (Conv2d/Conv3d), not {conv_op.__name__}")
+
+
+def global_average(x: torch.Tensor) -> torch.Tensor:
+    """GAP: (images, channels, *spatial) -> (images, channels). The prior's class head, the CPB gate and the gate's
+    calibration must pool alike."""
+    return x.flatten(2).mean(2)
 
 
 class EfficientSelfAttention(nn.Module):
@@ -154,7 +161,7 @@ class ClassificationPrior(nn.Module):
         for stage in self.stages:
             x = stage(x)
             evidence.append(x)
-        return self.head(x.flatten(2).mean(2)), evidence
+        return self.head(global_average(x)), evidence
 
 
 class ClassificationPriorBlock(nn.Module):
@@ -191,7 +198,7 @@ class ClassificationPriorBlock(nn.Module):
 
     def evidence(self, prior: torch.Tensor) -> torch.Tensor:
         """The gate's input: GAP(G) per image, standardised by the calibrated per-channel statistics."""
-        return (prior.flatten(2).mean(2) - self.evidence_mean) / self.evidence_std
+        return (global_average(prior) - self.evidence_mean) / self.evidence_std
 
     def forward(self, features: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         if prior.shape[2:] != features.shape[2:]:
@@ -292,7 +299,7 @@ def close_cpb(network: FTSegNetwork) -> None:
 
 class GateCalibration:
     """Running per-channel sums of GAP(G_s) for every stage of P, fed batch by batch (`add`), then written into the
-    CPBs (`apply`). Sums rather than means, so that DDP ranks can add theirs up (`tensors`, `from_tensors`)."""
+    CPBs (`apply`). Sums rather than means, so that DDP ranks can add theirs up (`all_reduce`)."""
 
     def __init__(self, channels: list[int]):
         self.sums = [torch.zeros(c, dtype=torch.float64) for c in channels]
@@ -302,10 +309,20 @@ class GateCalibration:
     @torch.no_grad()
     def add(self, evidence: list[torch.Tensor]) -> None:
         for s, g in enumerate(evidence):
-            pooled = g.flatten(2).mean(2).double().cpu()
+            pooled = global_average(g).double().cpu()
             self.sums[s] += pooled.sum(0)
             self.squares[s] += (pooled ** 2).sum(0)
         self.count += evidence[0].shape[0]
+
+    def all_reduce(self, device: torch.device) -> None:
+        """Sums and count over every DDP rank (one collective), so that every rank computes the same statistics."""
+        sizes = [len(t) for t in self.sums]
+        both = torch.cat([*self.sums, *self.squares, torch.tensor([float(self.count)], dtype=torch.float64)])
+        both = both.to(device)
+        dist.all_reduce(both)
+        parts = both.cpu().split(sizes + sizes + [1])
+        self.sums, self.squares = list(parts[:len(sizes)]), list(parts[len(sizes):2 * len(sizes)])
+        self.count = int(parts[-1])
 
     def statistics(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(mean, std) per stage; a channel that hardly moves gets a floor of 5 % of the stage's median std, so
@@ -340,4 +357,4 @@ def prior_strides(encoder: nn.Module) -> list:
 
 __all__ = ["ClassificationPrior", "ClassificationPriorBlock", "EfficientSelfAttention", "FTSegNetwork",
            "GateCalibration", "MixFFN", "TransformerBlock", "attention_heads", "close_cpb", "count_parameters",
-           "prior_strides", "reduction_for"]
+           "global_average", "prior_strides", "reduction_for"]
