@@ -42,6 +42,27 @@ def _current_rss_mb() -> float:
         return _peak_rss_mb()
 
 
+def machine_info() -> dict:
+    """Where and when a bench run trained: CPU model, cores, torch and its thread count, the date, and the median
+    time of a fixed 512x512 matrix product. Kept beside each training's results, so that two runs of the same code
+    and seed that disagree can be told apart by the machine they ran on (another CPU need not repeat the digits)."""
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    a = torch.ones(512, 512)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        torch.mm(a, a)
+        times.append(time.perf_counter() - t0)
+    return {"cpu": model, "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+            "matmul512_ms": round(1000 * float(np.median(times)), 3)}
+
+
 @contextlib.contextmanager
 def phantom_environment(phantom: str, configuration: str, trainer_dirs: tuple[Path, ...] = (), **env_vars: str):
     """A phantom generated and preprocessed (nnU-Net's default plans) in a temporary folder, its nnUNet_* variables

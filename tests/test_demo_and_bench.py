@@ -165,3 +165,13 @@ def test_targets_summary_verdicts_and_refusal(tmp_path):
     proc = subprocess.run([sys.executable, str(script), "--results", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "m2/targets.json" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert (tmp_path / "TARGETS.md").read_text() == text
+
+
+def test_machine_info_names_the_cpu_and_times_a_fixed_product():
+    from nnunet_ext.benchmark import machine_info
+
+    info = machine_info()
+    assert set(info) == {"cpu", "cpu_count", "torch", "torch_threads", "date", "matmul512_ms"}
+    assert info["cpu"] and info["cpu_count"] >= 1 and info["torch_threads"] >= 1
+    assert info["torch"] == __import__("torch").__version__
+    assert 0 < info["matmul512_ms"] < 10_000

@@ -37,6 +37,7 @@ from PIL import Image
 from trainers.ftsegnet_bench_trainers import BUDGET
 
 from nnunet_ext import stock
+from nnunet_ext.benchmark import machine_info
 from nnunet_ext.phantoms import tumor2d
 from nnunet_ext.training.variants import DEMO_BUDGET
 
@@ -133,6 +134,7 @@ def train_and_score(trainer: str, seed: int, dataset_id: int, configuration: str
     t0 = time.perf_counter()
     stock.train(dataset_id, configuration, 0, trainer, train_env, plans=plans, log_file=log)
     seconds[f"train {run}"] = round(time.perf_counter() - t0, 1)
+    machine = machine_info()
     pred = work / f"pred_{trainer}_seed{seed}"
     if pred.exists():
         shutil.rmtree(pred)
@@ -147,7 +149,7 @@ def train_and_score(trainer: str, seed: int, dataset_id: int, configuration: str
     summary = json.loads((ev / "summary.json").read_text())
     return {"trainer": trainer, "seed": seed, **split_scores(raw / "labelsTs", pred),
             "foreground_mean": summary["foreground_mean"], "per_class": summary["per_class"],
-            "n_cases": summary["n_cases"]}
+            "n_cases": summary["n_cases"], "machine": machine}
 
 
 def cpb_closed_scores(folder: Path, raw: Path, out: Path, env: dict) -> dict:

@@ -72,7 +72,7 @@ from ftsegnet_bench_trainers import (  # noqa: E402
 )
 
 from nnunet_ext import stock  # noqa: E402
-from nnunet_ext.benchmark import merge_targets  # noqa: E402
+from nnunet_ext.benchmark import machine_info, merge_targets  # noqa: E402
 from nnunet_ext.evaluation.detection import lesion_detection, pool_detection  # noqa: E402
 from nnunet_ext.methods.ftsegnet.optim import SGDAdamW  # noqa: E402
 from nnunet_ext.phantoms import tumor2d  # noqa: E402
@@ -135,6 +135,7 @@ def train(env: dict, raw: Path, trainer: str, seed: int, log: Path, report: dict
         t0 = time.perf_counter()
         stock.train(int(raw.name[7:10]), "2d", 0, trainer, run_env, log_file=log)
         report.setdefault("train_seconds", {})[f"{raw.name} {trainer} seed{seed}"] = round(time.perf_counter() - t0, 1)
+        report.setdefault("machine", {})[f"{raw.name} {trainer} seed{seed}"] = machine_info()
     return folder
 
 
