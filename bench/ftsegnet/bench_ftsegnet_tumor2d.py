@@ -134,8 +134,9 @@ def train(env: dict, raw: Path, trainer: str, seed: int, log: Path, report: dict
         run_env = dict(env, nnUNet_ext_seed=str(seed), nnUNet_results=str(Path(env["nnUNet_results"]) / f"seed{seed}"))
         t0 = time.perf_counter()
         stock.train(int(raw.name[7:10]), "2d", 0, trainer, run_env, log_file=log)
-        report.setdefault("train_seconds", {})[f"{raw.name} {trainer} seed{seed}"] = round(time.perf_counter() - t0, 1)
-        report.setdefault("machine", {})[f"{raw.name} {trainer} seed{seed}"] = machine_info()
+        run = f"{raw.name} {trainer} seed{seed}"
+        report.setdefault("train_seconds", {})[run] = round(time.perf_counter() - t0, 1)
+        report.setdefault("machine", {})[run] = machine_info()
     return folder
 
 
