@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -175,3 +176,27 @@ def test_machine_info_names_the_cpu_and_times_a_fixed_product():
     assert info["cpu"] and info["cpu_count"] >= 1 and info["torch_threads"] >= 1
     assert info["torch"] == __import__("torch").__version__
     assert 0 < info["matmul512_ms"] < 10_000
+
+
+def test_gpu_check_timeout_kills_the_commands_a_stage_started(tmp_path):
+    """bench/harness/gpu_check.py bounds each stage; a stage it gives up on must not leave its nnUNetv2_train running
+    beside the next stage's timings: the whole process group goes, grandchildren included."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "harness" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pid_file = tmp_path / "grandchild.pid"
+    proc = subprocess.Popen(["bash", "-c", f"sleep 120 & echo $! > {pid_file}; wait"], start_new_session=True)
+    for _ in range(100):
+        if pid_file.is_file() and pid_file.read_text().strip():
+            break
+        time.sleep(0.05)
+    grandchild = int(pid_file.read_text())
+    assert module._wait(proc, 1.0) == "timeout"
+    time.sleep(0.2)
+    status = Path(f"/proc/{grandchild}/status")
+    assert not status.exists() or "\nState:\tZ" in status.read_text(), status.read_text()
+    done = subprocess.Popen(["true"], start_new_session=True)
+    assert module._wait(done, 5.0) == 0

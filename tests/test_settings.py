@@ -379,6 +379,15 @@ def weak_lesion_map(t) -> tuple:
     return digest(torch.from_numpy(t.lesion_probability(t.aux_modules["gen_ab"], data)))
 
 
+def weak_translation_precision(t) -> str:
+    """The dtype a convolution computes in inside the translation step's precision context, with the trainer's own
+    mixed precision switched on (bfloat16 on the CPU, as nnU-Net's float16 on CUDA)."""
+    t.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    conv = nn.Conv2d(1, 1, 1)
+    with t.translation_autocast():
+        return str(conv(torch.ones(1, 1, 2, 2)).dtype)
+
+
 def weak_binarised(t) -> tuple:
     """The pseudo-mask of a fixed map (background 0.1, a 0.6 region, a large and a 5x5 blob at 0.9) with a
     validation-chosen threshold of 0.8 on record: Otsu keeps the 0.6 region, 0.8 does not; an opening wider than
@@ -667,6 +676,7 @@ PROBES: dict[tuple[type, str], Structural | Init | Plan | Step] = {
         Init(16, lambda t: unwrap(t.aux_modules["disc_global_a"]).body[0].out_channels),
     (WeakCycleTrainer, "translation_lr"):
         Init(2e-4, aux_lr("gen_ab", "gen_ba", "disc_global_a", "disc_local_a", "disc_global_b", "disc_local_b")),
+    (WeakCycleTrainer, "translation_amp"): Step(True, weak_translation_precision),
     (WeakCycleTrainer, "translation_weight_decay"):
         Init(1e-4, lambda t: t.aux_optimizers["gen_ab"].param_groups[0]["weight_decay"]),
     (WeakCycleTrainer, "threshold_mode"): Step("validation", weak_binarised),

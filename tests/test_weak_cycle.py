@@ -488,6 +488,10 @@ def test_refinement_views_teacher_ignore_and_best_checkpoint_restart(weak_prepro
     assert any("lesion contrast -0.10" in w for w in trainer.vital_sign_warnings(flat))
     assert not any("lesion contrast" in w for w in trainer.vital_sign_warnings(
         flat[:4] + [{"cam/accuracy": 0.9, "attention/lesion_contrast": 1.5}]))
+    # a translation epoch whose steps were all NaN (the CUDA demo under mixed precision, 2026-12-04)
+    assert any("not finite (NaN or inf) in 100%" in w for w in trainer.vital_sign_warnings(
+        [{"translation/nonfinite_share": 1.0}]))
+    assert not any("not finite" in w for w in trainer.vital_sign_warnings([{"translation/nonfinite_share": 0.0}]))
     # lesion shares of three updates (the xlong phantom run's first, a middle and its last): a shrinking warning
     shrinking = [{"teacher/lesion": 0.145}, {}, {"teacher/lesion": 0.065}, {"teacher/lesion": 0.030}]
     assert any("14.5% to 3.0% in 3 updates" in w for w in trainer.vital_sign_warnings(shrinking))
@@ -715,3 +719,35 @@ def test_weak_cycle_bench_vitals_table_reads_each_epochs_vital_signs(tmp_path):
     empty.write_text("2026-12-04 01:14:57.0: Epoch 0\n")
     with pytest.raises(SystemExit, match="empty.log: no 'Vital signs' lines"):
         module.read_log(empty)
+
+
+@pytest.mark.mechanism
+def test_weak_cycle_translation_trains_in_float32_under_the_trainers_mixed_precision(weak_preprocessed, tmp_path,
+                                                                                     monkeypatch):
+    """On an H200 under nnU-Net's CUDA mixed precision the translation loss was NaN in every step, the GradScaler
+    skipped every update and G_AB never moved (bench/results/gpu/demo_WeakCycleTrainer.log). Here the trainer's
+    autocast is mixed precision on the CPU (bfloat16, as CUDA's float16 would be) and the step gets a real GradScaler:
+    by default the generators' convolutions still run in float32, the scaler is left alone, the generators move and
+    the step's loss counts as finite; with translation_amp the same step runs in the lower precision."""
+    monkeypatch.setenv("nnUNet_ext_seed", "0")
+    trainer = _trainer(weak_preprocessed, tmp_path, monkeypatch)
+    trainer.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    trainer.grad_scaler = torch.amp.GradScaler("cpu")
+    scale = trainer.grad_scaler.get_scale()
+    trainer.on_train_epoch_start()
+    generator = unwrap(trainer.aux_modules["gen_ab"])
+    seen = []
+    hook = generator.encoder[0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
+    before = [p.detach().clone() for p in generator.parameters()]
+    batch = next(trainer.dataloader_train)
+    trainer.train_step_translation(batch)
+    assert seen and set(seen) == {torch.float32}, seen
+    assert trainer.grad_scaler.get_scale() == scale
+    assert any(not torch.equal(b, p) for b, p in zip(before, generator.parameters(), strict=True))
+    assert (trainer._translation_steps, trainer._nonfinite_steps) == (1, 0)
+    assert trainer.epoch_vital_signs()["translation/nonfinite_share"] == 0.0
+    trainer.translation_amp = True
+    seen.clear()
+    trainer.train_step_translation(batch)
+    hook.remove()
+    assert set(seen) == {torch.bfloat16}, seen

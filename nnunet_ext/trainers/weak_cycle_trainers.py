@@ -50,6 +50,7 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.nnunet_masking import MaskImageTransform
 from batchgeneratorsv2.transforms.utils.random import RandomTransform
 from nnunetv2.paths import nnUNet_raw
+from nnunetv2.utilities.helpers import dummy_context
 from torch import nn
 
 from nnunet_ext.methods.weak_cycle.data import (
@@ -144,6 +145,10 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     discriminator_features = 32
     translation_lr = 1e-4  # Adam, betas (0.5, 0.999), as the original
     translation_weight_decay = 2e-5  # the original's
+    # the generators and discriminators train in float32 as the original, outside nnU-Net's CUDA mixed precision:
+    # under it the translation loss was NaN in every epoch of the demo on an H200, so the GradScaler skipped every
+    # update and G_AB never moved (bench/results/gpu/demo_WeakCycleTrainer.log, weakcycle_progress.png). True: AMP.
+    translation_amp = False
     cycle_loss_weights = CYCLE_LOSS_WEIGHTS  # the original's BraTS weights; ISIC_LOSS_WEIGHTS for ISIC
     # "otsu": per image, as the original; "validation": one threshold with the best mean Dice on the fully labelled
     # validation cases (Otsu where there are none)
@@ -204,6 +209,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         self.teacher_ready = False
         self._vital_data: dict | None = None
         self._cam_hits = self._cam_total = 0
+        self._translation_steps = self._nonfinite_steps = 0
         self._teacher_vitals: dict[str, float] = {}
         # G_AB of the translation epoch with the best validation pseudo-mask Dice so far: epoch, dice, state
         self.selected_generator: dict | None = None
@@ -339,6 +345,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     # ------------------------------------------------------------------ phase 1: cycle translation
     def on_train_epoch_start(self):
         self._cam_hits = self._cam_total = 0
+        self._translation_steps = self._nonfinite_steps = 0
         self._teacher_vitals = {}
         super().on_train_epoch_start()
         phase = self.current_phase
@@ -347,11 +354,15 @@ class WeakCycleTrainer(nnUNetExtTrainer):
                 since % self.pseudo_update_every == 0:
             self.update_pseudo_masks_from_teacher()
 
+    def translation_autocast(self):
+        """The precision of the translation networks' steps: float32 unless `translation_amp`."""
+        return self.autocast() if self.translation_amp else dummy_context()
+
     def train_step_translation(self, batch: dict) -> dict:
         disease, normal = self._translation_batch(batch)
         m = self.aux_modules
         d_a, d_b = (m["disc_global_a"], m["disc_local_a"]), (m["disc_global_b"], m["disc_local_b"])
-        with self.autocast():
+        with self.translation_autocast():
             weights = self.current_phase.phase.losses
             losses, translations = cycle_generator_losses(m["gen_ab"], m["gen_ba"], d_a, d_b, disease, normal,
                                                           composite=weights.get("adversarial_composite", 0) > 0)
@@ -359,20 +370,25 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         for name in GENERATORS:
             self.aux_optimizers[name].zero_grad(set_to_none=True)
         self.optimizer_step(generator_loss, [self.aux_optimizers[n] for n in GENERATORS],
-                            [p for n in GENERATORS for p in m[n].parameters()])
+                            [p for n in GENERATORS for p in m[n].parameters()], scaled=self.translation_amp)
 
         ab, ba, bb = translations["ab"], translations["ba"], translations["bb"]
         with torch.no_grad():  # G_AB's CAM classifier: disease (logit > 0) against normal, for the vital signs
             self._cam_hits += int((ab["cam_logits"].mean(1) > 0).sum()) + int((bb["cam_logits"].mean(1) < 0).sum())
             self._cam_total += len(ab["cam_logits"]) + len(bb["cam_logits"])
-        with self.autocast():
+        with self.translation_autocast():
             disc_loss = discriminator_loss(d_a, disease, ba["translated"]) + \
                 discriminator_loss(d_b, normal, ab["translated"])
         for name in DISCRIMINATORS:  # also drops what the generator step left in their grads
             self.aux_optimizers[name].zero_grad(set_to_none=True)
         self.optimizer_step(disc_loss, [self.aux_optimizers[n] for n in DISCRIMINATORS],
-                            [p for n in DISCRIMINATORS for p in m[n].parameters()])
-        return {"loss": (generator_loss + disc_loss).detach().cpu().numpy()}
+                            [p for n in DISCRIMINATORS for p in m[n].parameters()], scaled=self.translation_amp)
+        loss = (generator_loss + disc_loss).detach().cpu().numpy()
+        # a step whose loss is not finite changes nothing (the GradScaler skips it) or poisons the weights: counted,
+        # since a run of them leaves the generators where they started while the epochs go by
+        self._translation_steps += 1
+        self._nonfinite_steps += int(not np.isfinite(loss))
+        return {"loss": loss}
 
     @torch.no_grad()
     def generator_maps(self, generator: nn.Module, data: np.ndarray) -> dict[str, np.ndarray]:
@@ -689,7 +705,9 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         values = {"attention/coverage": float(np.mean(coverage)), "attention/inside_body": float(np.mean(inside)),
                   "attention/outside_body": float(np.mean(outside)) if outside else math.nan,
                   "attention/normal_body": float(np.mean(normal)) if normal else math.nan,
-                  "cam/accuracy": self._cam_hits / self._cam_total if self._cam_total else math.nan}
+                  "cam/accuracy": self._cam_hits / self._cam_total if self._cam_total else math.nan,
+                  "translation/nonfinite_share":
+                      self._nonfinite_steps / self._translation_steps if self._translation_steps else math.nan}
         scores = {"attention": [], "cam": []}
         contrast = []
         for data, body, reference in cases["validation"]:
@@ -742,6 +760,11 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     def vital_sign_warnings(self, history: list[dict]) -> list[str]:
         last = history[-1] if history else {}
         warnings = []
+        nonfinite = last.get("translation/nonfinite_share")
+        if nonfinite is not None and nonfinite > 0:
+            warnings.append(f"the translation loss was not finite (NaN or inf) in {100 * nonfinite:.0f}% of the "
+                            f"epoch's steps: those updates were skipped or broke the weights, and where it is every "
+                            f"step the generators do not learn at all (translation_amp {self.translation_amp})")
         coverage = last.get("attention/coverage")
         if coverage is not None and not 0.005 <= coverage <= 0.8:
             warnings.append(f"the attention pseudo-mask covers {100 * coverage:.1f}% of the body: it does not "

@@ -38,6 +38,9 @@ def parse_vitals(text: str) -> dict[str, float]:
                 continue
     return values
 
+READABLE = {"font.size": 10, "axes.titlesize": 12, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
+            "legend.fontsize": 7}
+
 
 def plot_vitals(history: Sequence[Mapping[str, float]], filename: str, title: str) -> None:
     """One panel per group ("group/name" keys), one line per name, epochs on x; written atomically."""
@@ -56,20 +59,23 @@ def plot_vitals(history: Sequence[Mapping[str, float]], filename: str, title: st
                 groups[group].append(key)
     if not groups:
         return
-    fig, axes = plt.subplots(len(groups), 1, figsize=(9, 2.6 * len(groups)), sharex=True, squeeze=False)
-    for ax, (group, keys) in zip(axes[:, 0], groups.items(), strict=True):
-        for key in keys:
-            points = [(row["epoch"], row[key]) for row in history if row.get(key) is not None]
-            if points:
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, marker=".", label=key.partition("/")[2] or group)
-        ax.set_ylabel(group)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    axes[-1, 0].set_xlabel("epoch")
-    axes[0, 0].set_title(title)
-    fig.tight_layout()
-    tmp = f"{filename}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=90)
+    # nnU-Net's progress plot sets seaborn's font_scale 2.5 for the whole process, which cut the title and crowded
+    # these panels (seen in every method's plot of the GPU demos, bench/results/gpu)
+    with plt.rc_context(READABLE):
+        fig, axes = plt.subplots(len(groups), 1, figsize=(9, 2.6 * len(groups)), sharex=True, squeeze=False)
+        for ax, (group, keys) in zip(axes[:, 0], groups.items(), strict=True):
+            for key in keys:
+                points = [(row["epoch"], row[key]) for row in history if row.get(key) is not None]
+                if points:
+                    xs, ys = zip(*points, strict=True)
+                    ax.plot(xs, ys, marker=".", label=key.partition("/")[2] or group)
+            ax.set_ylabel(group)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+        axes[-1, 0].set_xlabel("epoch")
+        axes[0, 0].set_title(title)
+        fig.tight_layout()
+        tmp = f"{filename}.tmp{os.getpid()}.png"
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
     os.replace(tmp, filename)
