@@ -724,30 +724,39 @@ def test_weak_cycle_bench_vitals_table_reads_each_epochs_vital_signs(tmp_path):
 @pytest.mark.mechanism
 def test_weak_cycle_translation_trains_in_float32_under_the_trainers_mixed_precision(weak_preprocessed, tmp_path,
                                                                                      monkeypatch):
-    """On an H200 under nnU-Net's CUDA mixed precision the translation loss was NaN in every step, the GradScaler
-    skipped every update and G_AB never moved (bench/results/gpu/demo_WeakCycleTrainer.log). Here the trainer's
-    autocast is mixed precision on the CPU (bfloat16, as CUDA's float16 would be) and the step gets a real GradScaler:
-    by default the generators' convolutions still run in float32, the scaler is left alone, the generators move and
-    the step's loss counts as finite; with translation_amp the same step runs in the lower precision."""
+    """On an H200 under nnU-Net's CUDA mixed precision the translation loss was NaN in every epoch, the GradScaler
+    skipped every update and G_AB never moved (bench/results/gpu/demo_WeakCycleTrainer.log). The same happens here
+    with the trainer's autocast as float16 on the CPU and a real GradScaler, when the translation step uses it
+    (translation_amp): from the second step on the loss is NaN and G_AB stays where it started. By default the
+    generators' convolutions run in float32 under that autocast, every loss is finite, G_AB moves and the scaler is
+    left alone; the NaN steps show as a vital sign with its warning."""
     monkeypatch.setenv("nnUNet_ext_seed", "0")
     trainer = _trainer(weak_preprocessed, tmp_path, monkeypatch)
-    trainer.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    trainer.autocast = lambda: torch.autocast("cpu", dtype=torch.float16)
     trainer.grad_scaler = torch.amp.GradScaler("cpu")
     scale = trainer.grad_scaler.get_scale()
-    trainer.on_train_epoch_start()
     generator = unwrap(trainer.aux_modules["gen_ab"])
     seen = []
     hook = generator.encoder[0].register_forward_hook(lambda module, args, out: seen.append(out.dtype))
-    before = [p.detach().clone() for p in generator.parameters()]
-    batch = next(trainer.dataloader_train)
-    trainer.train_step_translation(batch)
-    assert seen and set(seen) == {torch.float32}, seen
-    assert trainer.grad_scaler.get_scale() == scale
-    assert any(not torch.equal(b, p) for b, p in zip(before, generator.parameters(), strict=True))
-    assert (trainer._translation_steps, trainer._nonfinite_steps) == (1, 0)
+    batches = [next(trainer.dataloader_train) for _ in range(4)]
+
+    def run() -> tuple[list[float], float]:
+        trainer.on_train_epoch_start()
+        seen.clear()
+        before = [p.detach().clone() for p in generator.parameters()]
+        losses = [float(trainer.train_step_translation(batch)["loss"]) for batch in batches]
+        moved = sum(float((p.detach() - b).abs().sum()) for p, b in zip(generator.parameters(), before, strict=True))
+        return losses, moved
+
+    losses, moved = run()
+    assert set(seen) == {torch.float32}, seen
+    assert np.isfinite(losses).all() and moved > 0 and trainer.grad_scaler.get_scale() == scale, (losses, moved)
     assert trainer.epoch_vital_signs()["translation/nonfinite_share"] == 0.0
     trainer.translation_amp = True
-    seen.clear()
-    trainer.train_step_translation(batch)
+    losses, moved = run()
     hook.remove()
-    assert set(seen) == {torch.bfloat16}, seen
+    assert set(seen) == {torch.float16}, seen
+    assert np.isnan(losses[1:]).all() and moved == 0, (losses, moved)
+    share = trainer.epoch_vital_signs()["translation/nonfinite_share"]
+    assert share >= 0.75 and any("not finite" in w for w in trainer.vital_sign_warnings(
+        [{"translation/nonfinite_share": share}]))

@@ -29,13 +29,13 @@ import sys
 import time
 from pathlib import Path
 
+from nnunet_ext import stock
+from nnunet_ext.benchmark import machine_info
+from nnunet_ext.demo import resolve_demo
+from nnunet_ext.phantoms import PHANTOMS
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-
-from nnunet_ext import stock  # noqa: E402
-from nnunet_ext.benchmark import machine_info  # noqa: E402
-from nnunet_ext.demo import resolve_demo  # noqa: E402
-from nnunet_ext.phantoms import PHANTOMS  # noqa: E402
 
 DEMOS = ("nnUNetTrainer", "FocusNetV2Trainer", "FreeTumorTrainer", "WeakCycleTrainer", "AVFusionTrainer",
          "FTSegNetTrainer")
@@ -65,8 +65,9 @@ def gpu_info() -> dict:
 
 
 def base_environment(da_workers: int) -> dict:
-    # nnU-Net's default of 8 export workers per command, six commands at once, oversubscribes 16 cores: the first run
-    # spent 44 s in the stock demo's final validation of a few 96x96 images
+    # fewer export workers than nnU-Net's default 8 per command: six commands at once share 16 cores (in the first
+    # run, with the default, the stock demo spent 44 s in its final validation of a few 96x96 images; the cause was
+    # not isolated, and with 2 the three demos of the second run were still validating after 20 s)
     env = dict(os.environ, nnUNet_compile="false", nnUNet_n_proc_DA=str(da_workers), PYTHONUNBUFFERED="1")
     env.setdefault("nnUNet_def_n_proc", "2")
     return env
