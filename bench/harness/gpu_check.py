@@ -90,13 +90,13 @@ def run_demos(names: list[str], work: Path, out: Path, device: str, timeout_s: f
         trainer, phantom, floor = resolve_demo(name)
         entry = {"trainer": trainer, "phantom": phantom, "dice_floor": floor, "rc": rc,
                  "seconds": round(time.time() - t0, 1)}
-        dice = re.search(r"Foreground mean Dice on \d+ held-out phantom cases: ([0-9.]+)",
-                         (out / f"demo_{name}.log").read_text(errors="replace"))
+        text = (out / f"demo_{name}.log").read_text(errors="replace")
+        dice = re.search(r"Foreground mean Dice on \d+ held-out phantom cases: ([0-9.]+)", text)
         entry["foreground_dice"] = float(dice.group(1)) if dice else None
         report = work / f"demo_{name}" / "report.md"
         if report.is_file():
             shutil.copy(report, out / f"demo_{name}_report.md")
-        entry["traceback"] = _traceback(out / f"demo_{name}.log")
+        entry["traceback"] = _traceback(text)
         results[name] = entry
     return results
 
@@ -112,18 +112,21 @@ def _wait(proc: subprocess.Popen, seconds: float) -> int | str:
         return "timeout"
 
 
-def _traceback(log: Path) -> str | None:
-    text = log.read_text(errors="replace")
+def _traceback(text: str) -> str | None:
     at = text.rfind("Traceback")
     return text[at:][-3000:] if at >= 0 else None
+
+
+def harness_tag(device: str, demo: str, what: str) -> str:
+    """The name of a HARNESS run's log and tables, and what --harness selects it by."""
+    return f"{device}_{resolve_demo(demo)[1]}_{what}"
 
 
 def run_harness(runs, work: Path, out: Path, device: str, deadline: float, env: dict, args) -> list[dict]:
     done = []
     for demo, what, trainers, phases in runs:
-        trainer, phantom, _ = resolve_demo(demo)
-        module = PHANTOMS[phantom]
-        tag = f"{device}_{phantom}_{what}"
+        module = PHANTOMS[resolve_demo(demo)[1]]
+        tag = harness_tag(device, demo, what)
         left = deadline - time.time()
         entry = {"tag": tag, "trainers": trainers, "phases": phases}
         preprocessed = work / f"demo_{demo}" / "nnunet" / "nnUNet_preprocessed"
@@ -142,7 +145,7 @@ def run_harness(runs, work: Path, out: Path, device: str, deadline: float, env: 
                 entry["rc"] = _wait(subprocess.Popen(argv, env=run_env, stdout=log, stderr=subprocess.STDOUT,
                                                      cwd=work, start_new_session=True), left)
             entry["seconds"] = round(time.time() - t0, 1)
-            entry["traceback"] = _traceback(out / f"{tag}.log")
+            entry["traceback"] = _traceback((out / f"{tag}.log").read_text(errors="replace"))
             table = out / f"{tag}.json"
             if table.is_file():
                 entry["rows"] = [{k: r.get(k) for k in ROW_KEYS} for r in json.loads(table.read_text())["results"]]
@@ -204,8 +207,7 @@ def main() -> int:
     print(json.dumps(report), flush=True)
     report["demos"] = run_demos(args.demos, args.work, args.out, args.device, args.budget_s * args.demo_share, env)
     print(json.dumps({k: {x: v[x] for x in ("rc", "seconds")} for k, v in report["demos"].items()}), flush=True)
-    runs = [h for h in HARNESS
-            if args.harness is None or f"{args.device}_{resolve_demo(h[0])[1]}_{h[1]}" in args.harness]
+    runs = [h for h in HARNESS if args.harness is None or harness_tag(args.device, h[0], h[1]) in args.harness]
     report["harness"] = run_harness(runs, args.work, args.out, args.device, deadline, env, args)
     report["seconds"] = round(time.time() - t0, 1)
     (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))

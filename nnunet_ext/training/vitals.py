@@ -38,6 +38,7 @@ def parse_vitals(text: str) -> dict[str, float]:
                 continue
     return values
 
+
 READABLE = {"font.size": 10, "axes.titlesize": 12, "axes.labelsize": 10, "xtick.labelsize": 9, "ytick.labelsize": 9,
             "legend.fontsize": 7}
 
@@ -71,7 +72,7 @@ def plot_vitals(history: Sequence[Mapping[str, float]], filename: str, title: st
                     ax.plot(xs, ys, marker=".", label=key.partition("/")[2] or group)
             ax.set_ylabel(group)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="best")
+            ax.legend(loc="best")
         axes[-1, 0].set_xlabel("epoch")
         axes[0, 0].set_title(title)
         fig.tight_layout()
