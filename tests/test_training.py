@@ -113,3 +113,42 @@ def test_checkpoint_without_aux_state_is_refused(fundus_preprocessed, tmp_path, 
     aux = _build(AuxPhaseTestTrainer, fundus_preprocessed, tmp_path, monkeypatch)
     with pytest.raises(RuntimeError, match=r"plain.pth was written by nnUNetTrainer_debug.*needs \['critic'\]"):
         aux.load_checkpoint(str(ckpt))
+
+
+def test_optimizer_step_skips_an_update_whose_gradient_norm_is_not_finite(fundus_preprocessed, tmp_path, monkeypatch):
+    """nnU-Net's order (unscale, clip, step) steps on gradients the clipping made NaN; the shared step skips such an
+    update instead (weights and optimizer state untouched, gradients dropped), backs a GradScaler off by its factor,
+    counts the skip for the epoch's warning, and applies the finite updates as before."""
+    t = _build(AuxPhaseTestTrainer, fundus_preprocessed, tmp_path, monkeypatch)
+    t.initialize()
+    t.current_epoch = 1
+    t.on_train_epoch_start()
+    critic, optimizer = t.aux_modules["critic"], t.aux_optimizers["critic"]
+    params = list(critic.parameters())
+    x = torch.rand(2, t.label_manager.num_segmentation_heads, 8, 8)
+
+    def weights():
+        return [p.detach().clone() for p in params]
+
+    def moved(before):
+        return sum(float((p.detach() - b).abs().sum()) for p, b in zip(params, before, strict=True))
+
+    assert t.grad_scaler is None and t.skipped_updates_warning() is None  # CPU: no scaler, as nnU-Net
+    before = weights()
+    assert t.optimizer_step(critic(x).sum() * float("nan"), optimizer, params) is False
+    assert moved(before) == 0 and all(p.grad is None for p in params) and not optimizer.state
+    assert t.optimizer_step(critic(x).square().sum(), optimizer, params) is True
+    assert moved(before) > 0 and all(bool(torch.isfinite(p).all()) for p in params)
+    assert t.update_counts == [2, 1] and t.skipped_updates_warning().startswith("1 of this epoch's 2 updates skipped")
+
+    # the same with a real GradScaler: an overflowing loss halves the scale and steps nothing; then a finite one steps
+    t.grad_scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    before = weights()
+    state = {k: v.clone() for k, v in optimizer.state[params[0]].items()}
+    assert t.optimizer_step(critic(x).sum() * 3e38, optimizer, params) is False
+    assert t.grad_scaler.get_scale() == 2.0 ** 9 and moved(before) == 0
+    assert _state_equal(state, optimizer.state[params[0]]) == []
+    assert t.optimizer_step(critic(x).square().sum(), optimizer, params) is True
+    assert t.grad_scaler.get_scale() == 2.0 ** 9 and moved(before) > 0
+    t.on_train_epoch_start()
+    assert t.update_counts == [0, 0] and t.skipped_updates_warning() is None

@@ -135,6 +135,8 @@ class nnUNetExtTrainer(nnUNetTrainer):
         self.aux_lr_schedulers: dict[str, object] = {}
         self._rng_state_to_restore: dict | None = None
         self.vital_history: list[dict] = []
+        # optimizer_step's updates of the epoch: [tried, skipped for a gradient norm that was not finite]
+        self.update_counts = [0, 0]
 
     # ------------------------------------------------------------------ hooks for the methods
     @classmethod
@@ -231,16 +233,23 @@ class nnUNetExtTrainer(nnUNetTrainer):
         return data, target, target
 
     def optimizer_step(self, loss: torch.Tensor | None, optimizers, parameters, sync: bool = False,
-                       scaled: bool = True) -> None:
+                       scaled: bool = True) -> bool:
         """backward, (DDP average), unscale, clip the gradient norm to GRAD_CLIP, step: nnU-Net's update for any
-        optimizer(s) and parameters.
+        optimizer(s) and parameters. Returns whether the update was applied.
 
         loss None: this rank's batch had nothing for the step, but it joins the others' (sync) with no gradient of
         its own. sync: average the gradients over the ranks here, for steps that call sub-networks directly instead
         of through a DDP wrapper's forward. scaled=False: no GradScaler, for losses computed in float32 outside
         autocast. parameters: the tensors the step updates, or a list of groups of them (one per network sharing the
         step), each group then clipped on its own, so that one network's large gradient does not shrink another's
-        update."""
+        update.
+
+        A step whose gradient norm (after unscaling) is not finite is skipped, gradients dropped, and a GradScaler
+        backs off as for an overflow. nnU-Net's order (unscale, clip, step) lets the scaler judge the gradients
+        before clipping: under float16 autocast (WeakCycle's translation, NaN on an H200, bench/results/gpu; the
+        same on the CPU) a discriminator's gradients passed the scaler's check, came out of the clipping as NaN, and
+        its update turned its weights NaN for good. The ranks of a DDP run hold the same averaged gradients, so they
+        skip the same steps."""
         optimizers = [optimizers] if isinstance(optimizers, torch.optim.Optimizer) else list(optimizers)
         parameters = list(parameters)
         grouped = bool(parameters) and all(isinstance(g, list | tuple) for g in parameters)
@@ -254,8 +263,18 @@ class nnUNetExtTrainer(nnUNetTrainer):
         if scaler is not None:
             for optimizer in optimizers:
                 scaler.unscale_(optimizer)
+        finite = True
         for group in groups:
-            torch.nn.utils.clip_grad_norm_(group, GRAD_CLIP)
+            finite &= bool(torch.isfinite(torch.nn.utils.clip_grad_norm_(group, GRAD_CLIP)))
+        self.update_counts[0] += 1
+        if not finite:
+            self.update_counts[1] += 1
+            for p in parameters:
+                p.grad = None
+            if scaler is not None:
+                # the scaler's own overflow rule: the new scale without a step (update() demands a recorded step)
+                scaler.update(scaler.get_scale() * scaler.get_backoff_factor())
+            return False
         for optimizer in optimizers:
             if scaler is not None:
                 scaler.step(optimizer)
@@ -263,6 +282,16 @@ class nnUNetExtTrainer(nnUNetTrainer):
                 optimizer.step()
         if scaler is not None:
             scaler.update()
+        return True
+
+    def skipped_updates_warning(self) -> str | None:
+        """The epoch's warning about updates optimizer_step skipped, if any."""
+        tried, skipped = self.update_counts
+        if not skipped:
+            return None
+        return (f"{skipped} of this epoch's {tried} updates skipped: the gradient norm was not finite (NaN or inf; "
+                f"under mixed precision the loss scale backed off). A run that skips most of its updates is not "
+                f"learning")
 
     # ------------------------------------------------------------------ set-up
     def modules_by_name(self) -> dict[str, nn.Module]:
@@ -385,6 +414,7 @@ class nnUNetExtTrainer(nnUNetTrainer):
     # ------------------------------------------------------------------ phases
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
+        self.update_counts = [0, 0]
         for sched in self.aux_lr_schedulers.values():
             sched.step(self.current_epoch)
         if self.phase_schedule is None:
@@ -423,6 +453,9 @@ class nnUNetExtTrainer(nnUNetTrainer):
 
     # ------------------------------------------------------------------ stopping and resuming
     def on_epoch_end(self):
+        warning = self.skipped_updates_warning()
+        if warning:
+            self.print_to_log_file(f"WARNING: {warning}")
         values = self.epoch_vital_signs()
         if values:
             self.vital_history.append({"epoch": self.current_epoch, **values})
