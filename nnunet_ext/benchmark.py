@@ -42,10 +42,20 @@ def _current_rss_mb() -> float:
         return _peak_rss_mb()
 
 
+def gpu_info() -> dict | None:
+    """The first CUDA device (name, memory, CUDA and cuDNN versions), None without one."""
+    if not torch.cuda.is_available():
+        return None
+    p = torch.cuda.get_device_properties(0)
+    return {"name": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "cuda_version": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version()}
+
+
 def machine_info() -> dict:
-    """Where and when a bench run trained: CPU model, cores, torch and its thread count, the date, and the median
-    time of a fixed 512x512 matrix product. Kept beside each training's results, so that two runs of the same code
-    and seed that disagree can be told apart by the machine they ran on (another CPU need not repeat the digits)."""
+    """Where and when a bench run trained: CPU model, cores, torch and its thread count, the GPU if any (gpu_info),
+    the date, and the median time of a fixed 512x512 matrix product. Kept beside each training's results, so that two
+    runs of the same code and seed that disagree can be told apart by the machine they ran on (another CPU need not
+    repeat the digits)."""
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -59,7 +69,7 @@ def machine_info() -> dict:
         torch.mm(a, a)
         times.append(time.perf_counter() - t0)
     return {"cpu": model, "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "date": time.strftime("%Y-%m-%d"),
+            "torch_threads": torch.get_num_threads(), "gpu": gpu_info(), "date": time.strftime("%Y-%m-%d"),
             "matmul512_ms": round(1000 * float(np.median(times)), 3)}
 
 
@@ -263,11 +273,12 @@ def run_benchmark(trainers: list[str], dataset: str, configuration: str, device:
         r["ratio_trainer_rss"] = r["trainer_rss_mb"] / (stock["peak_rss_mb"] - stock["rss_at_start_mb"])
         if r["peak_gpu_mb"] is not None:
             r["ratio_peak_gpu"] = r["peak_gpu_mb"] / stock["peak_gpu_mb"]
+    machine = machine_info()
     report = {
         "dataset": str(dataset), "configuration": configuration, "plans": plans, "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "torch": torch.__version__, "iterations": iterations, "warmup": warmup,
-        "date": time.strftime("%Y-%m-%d"), "results": results,
+        "device_name": machine["gpu"]["name"] if device == "cuda" else machine["cpu"],
+        "cpu_count": machine["cpu_count"], "torch": machine["torch"], "iterations": iterations, "warmup": warmup,
+        "date": machine["date"], "machine": machine, "results": results,
     }
     if out_dir is not None:
         out_dir = Path(out_dir)

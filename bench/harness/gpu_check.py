@@ -54,16 +54,6 @@ ROW_KEYS = ("trainer", "phase", "seconds_per_iteration", "ratio_iteration", "sec
 HARNESS_RESERVE_S = 45  # the least a harness run needs (start-up, warm-up, prediction); fewer seconds left: skipped
 
 
-def gpu_info() -> dict:
-    import torch
-
-    if not torch.cuda.is_available():
-        return {"cuda": False}
-    p = torch.cuda.get_device_properties(0)
-    return {"cuda": True, "gpu": p.name, "gpu_memory_gib": round(p.total_memory / 2**30, 1),
-            "cuda_version": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
-
-
 def base_environment(da_workers: int) -> dict:
     # fewer export workers than nnU-Net's default 8 per command: six commands at once share 16 cores (in the first
     # run, with the default, the stock demo spent 44 s in its final validation of a few 96x96 images; the cause was
@@ -155,10 +145,11 @@ def run_harness(runs, work: Path, out: Path, device: str, deadline: float, env: 
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Every method on a GPU ({report['gpu'].get('gpu', 'no GPU')})", "",
+    gpu = report["machine"]["gpu"] or {}
+    lines = [f"# Every method on a GPU ({gpu.get('name', 'no GPU')})", "",
              "Written by `bench/harness/gpu_check.py`: each method's demo (`nnunet_ext demo --trainer NAME --device "
              "cuda`, the stock commands on the demo budget, default plans), then the harness against stock on the "
-             f"demo's data. torch {report['machine']['torch']}, CUDA {report['gpu'].get('cuda_version')}, "
+             f"demo's data. torch {report['machine']['torch']}, CUDA {gpu.get('cuda_version')}, "
              f"{report['machine']['cpu_count']} CPU cores, {report['machine']['date']}; torch.compile off.", "",
              "| demo | phantom | exit | seconds | foreground Dice | floor |", "|---|---|---|---|---|---|"]
     for d in report["demos"].values():
@@ -202,7 +193,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     env = base_environment(args.da_workers)
-    report = {"machine": machine_info(), "gpu": gpu_info(), "budget_s": args.budget_s,
+    report = {"machine": machine_info(), "budget_s": args.budget_s,
               "da_workers": args.da_workers}
     print(json.dumps(report), flush=True)
     report["demos"] = run_demos(args.demos, args.work, args.out, args.device, args.budget_s * args.demo_share, env)
