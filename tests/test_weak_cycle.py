@@ -488,6 +488,33 @@ def test_refinement_views_teacher_ignore_and_best_checkpoint_restart(weak_prepro
     assert any("lesion contrast -0.10" in w for w in trainer.vital_sign_warnings(flat))
     assert not any("lesion contrast" in w for w in trainer.vital_sign_warnings(
         flat[:4] + [{"cam/accuracy": 0.9, "attention/lesion_contrast": 1.5}]))
+    # the CAM's validation pseudo-masks far ahead of the attention's over the last 3 of 5 translation epochs (the
+    # ISIC sample at the trainer's widths): the warning names the better source; level, or fewer epochs: none
+    ahead = [{"cam/accuracy": 1.0}] * 2 + [{"cam/accuracy": 1.0, "pseudo_mask/validation_dice": a,
+                                            "pseudo_mask/validation_dice_cam": c}
+                                           for a, c in ((0.41, 0.88), (0.43, 0.87), (0.37, 0.83))]
+    assert any("cam pseudo-masks score 0.860 against the attention's 0.403" in w and "WeakCycleTrainer_CAM" in w
+               for w in trainer.vital_sign_warnings(ahead))
+    assert not any("pseudo-masks score" in w for w in trainer.vital_sign_warnings(ahead[1:]))
+    level = ahead[:2] + [dict(row, **{"pseudo_mask/validation_dice": 0.8}) for row in ahead[2:]]
+    assert not any("pseudo-masks score" in w for w in trainer.vital_sign_warnings(level))
+    trainer.pseudo_source = "cam"  # the CAM-only variant is told when the attention is the better source
+    assert not any("pseudo-masks score" in w for w in trainer.vital_sign_warnings(ahead))
+    reversed_ = ahead[:2] + [dict(row, **{"pseudo_mask/validation_dice_cam": 0.5, "pseudo_mask/validation_dice": 0.8})
+                             for row in ahead[2:]]
+    assert any("attention pseudo-masks score 0.800 against the cam's 0.500" in w
+               and "pseudo_source = 'attention' (WeakCycleTrainer)" in w
+               for w in trainer.vital_sign_warnings(reversed_))
+    trainer.pseudo_source = "attention"
+    # at the phase switch: the CAM's best epoch against the selected G_AB's attention (the ISIC run at the trainer's
+    # widths: CAM 0.906 at epoch 2, the attention selected at 0.592)
+    history, trainer.vital_history = trainer.vital_history, [
+        {"epoch": e, "pseudo_mask/validation_dice": a, "pseudo_mask/validation_dice_cam": c}
+        for e, (a, c) in enumerate(((0.12, 0.87), (0.14, 0.89), (0.34, 0.906), (0.592, 0.38)))]
+    assert "best translation epoch (2) scored 0.906 on the validation cases against 0.592" in \
+        trainer.other_source_at_switch({"dice": 0.592})
+    assert trainer.other_source_at_switch({"dice": 0.85}) is None
+    trainer.vital_history = history
     # a translation epoch whose steps were all NaN (the CUDA demo under mixed precision, 2026-12-04)
     assert any("not finite (NaN or inf) in 100%" in w for w in trainer.vital_sign_warnings(
         [{"translation/nonfinite_share": 1.0}]))

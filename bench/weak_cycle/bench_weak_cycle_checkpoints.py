@@ -15,10 +15,11 @@ rule before 2026-12-01, pixels the teacher is unsure about become ignore; neithe
 --full-width: WeakCycleTrainer's own widths, 32 features and 4 blocks, instead of the quarter-width networks below,
 with its own targets), --xlong 16000
 (--xlong --uncertain-ignore: that rule at this budget, no targets). On brats, --full-width trains the real-sample
-budget with the trainer's own widths (its own targets); on isic, --no-composite trains the real-sample budget
-without the composite's adversarial term (no targets). --long --identity-attention (with or without --full-width):
-a candidate, not the original: the identity passes' attention pushed towards 0 (loss term identity_attention, weight
-10, or 1 with --identity-attention 1), scored the same way; it writes no targets.
+budget with the trainer's own widths, on isic half its iterations (500 + 125; a full-width iteration on its 256x256
+patches costs 8.6 s on 2 CPU cores); each writes its own targets. On isic, --no-composite trains the real-sample
+budget without the composite's adversarial term (no targets). --long --identity-attention (with or without
+--full-width): a candidate, not the original: the identity passes' attention pushed towards 0 (loss term
+identity_attention, weight 10, or 1 with --identity-attention 1), scored the same way; it writes no targets.
 
 --data is the source folder: the real sample, or for the phantom the folder it is generated into (kept there). One
 stock `nnUNetv2_train` per seed with WeakCycleTrainer_ckpt_* (bench/weak_cycle/trainers/
@@ -265,9 +266,9 @@ def main(argv=None) -> int:
                         "term identity_attention, weight 10 or the value given, 1; not the original), writes no "
                         "targets")
     p.add_argument("--full-width", action="store_true",
-                   help="phantom with --long, or brats: WeakCycleTrainer's own generator and discriminator widths "
-                        "(32 features, 4 blocks) instead of the bench's quarter-width networks; writes its own "
-                        "targets")
+                   help="phantom with --long, or brats or isic: WeakCycleTrainer's own generator and discriminator "
+                        "widths (32 features, 4 blocks) instead of the bench's quarter-width networks; writes its "
+                        "own targets")
     p.add_argument("--no-ablation", action="store_true",
                    help="phantom: skip the arm with the teacher's pseudo-label updates ablated")
     p.add_argument("--n-train", type=int, default=PHANTOM["n_train"],
@@ -285,9 +286,9 @@ def main(argv=None) -> int:
         p.error("--no-composite runs on the phantom with --long, or on isic")
     if args.uncertain_ignore and not (args.long or args.xlong):
         p.error("--uncertain-ignore runs with --long or --xlong")
-    if args.full_width and (args.dataset == "isic" or args.dataset == "phantom" and not args.long
-                            or args.no_composite or args.uncertain_ignore):
-        p.error("--full-width runs on the phantom with --long (alone or with --identity-attention), or on brats")
+    if args.full_width and (args.dataset == "phantom" and not args.long or args.no_composite or args.uncertain_ignore):
+        p.error("--full-width runs on the phantom with --long (alone or with --identity-attention), or on brats or "
+                "isic")
     if args.identity_attention is not None and not (args.dataset == "phantom" and args.long):
         p.error("--identity-attention runs on the phantom with --long")
     if sum((args.no_composite, args.uncertain_ignore, args.identity_attention is not None)) > 1:
@@ -321,8 +322,10 @@ def main(argv=None) -> int:
             "runs": ablation}
     summary["student_validation_dice"] = float(np.mean([r["student_validation_dice"] for r in runs]))
     if budget or width:
-        # a run of its own, with its own rows in targets.json beside those of the default budget and widths
-        run = ", ".join(([f"{summary['final_iterations']} iterations"] if budget else [])
+        # a run of its own, with its own rows in targets.json beside those of the default budget and widths; isic at
+        # full width trains half the real-sample iterations (its trainer says why)
+        iterations = budget or (width and args.dataset == "isic")
+        run = ", ".join(([f"{summary['final_iterations']} iterations"] if iterations else [])
                         + (["the trainer's own widths"] if width else [])
                         + ([f"{args.n_train} training images"] if size else []))
         for t in targets:
