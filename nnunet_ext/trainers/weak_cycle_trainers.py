@@ -819,10 +819,12 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         if len(translation) >= 5 and contrast is not None and not math.isnan(contrast) and contrast <= 0:
             warnings.append(f"the attention on the validation cases' lesions is not above the rest of their body "
                             f"(lesion contrast {contrast:.2f}): it does not single out lesions")
-        other = self.other_source_warning(translation)
+        # the translation's own warnings while it trains; refinement epochs would repeat its last state
+        translating = bool(translation) and translation[-1] is last
+        other = self.other_source_warning(translation) if translating else None
         if other:
             warnings.append(other)
-        if len(translation) >= 5 and max(row["cam/accuracy"] for row in translation[-3:]) <= 0.6:
+        if translating and len(translation) >= 5 and max(row["cam/accuracy"] for row in translation[-3:]) <= 0.6:
             warnings.append(f"G_AB's CAM classifier is at chance after {len(translation)} epochs "
                             f"(accuracy {translation[-1]['cam/accuracy']:.2f}): no class signal for the attention")
         ignored = last.get("teacher/ignored")

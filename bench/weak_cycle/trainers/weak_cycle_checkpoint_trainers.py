@@ -215,7 +215,7 @@ WeakCycleTrainer_ckpt_real_full = _real_variant("full", **FULL_WIDTHS)
 WeakCycleTrainer_ckpt_real_isic = _real_variant("isic", cycle_loss_weights=ISIC_LOSS_WEIGHTS)
 # the same at the trainer's own widths, on half the iterations (25 per epoch: 500 translation and 125 refinement
 # iterations, the same checkpoints up to 500): a full-width iteration on 256x256 patches costs 8.6 s on 2 CPU cores,
-# so the whole real-sample budget would take 2.5 hours a seed; at these widths the BraTS run found the tumour within
+# so the whole real-sample budget would take 2.4 hours a seed; at these widths the BraTS run found the tumour within
 # 100-250 iterations
 WeakCycleTrainer_ckpt_real_isic_full = short_variant(
     type("_Real_isic_full", (WeakCycleTrainer_checkpoints,),
