@@ -110,6 +110,8 @@ VITAL_CASES = 8  # cases per kind that the per-epoch vital signs look at: bounde
 # this Dice, averaged over the last 3 translation epochs: on the ISIC sample at the trainer's widths the CAM scored
 # 0.83-0.91 there while the attention stayed at 0.12-0.43
 OTHER_SOURCE_MARGIN = 0.1
+# the vital sign holding each pseudo-mask source's Dice on the fully labelled validation cases
+VALIDATION_DICE = {"attention": "pseudo_mask/validation_dice", "cam": "pseudo_mask/validation_dice_cam"}
 
 
 def lesion_contrast(attention: np.ndarray, body: np.ndarray, reference: np.ndarray) -> float:
@@ -720,8 +722,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
                 scores[key].append(dice(reference, self.binarise(maps[key] * body, body, threshold)[0]))
             contrast.append(lesion_contrast(maps["attention"], body, reference))
         if cases["validation"]:
-            values["pseudo_mask/validation_dice"] = float(np.mean(scores["attention"]))
-            values["pseudo_mask/validation_dice_cam"] = float(np.mean(scores["cam"]))
+            values.update({VALIDATION_DICE[source]: float(np.mean(dices)) for source, dices in scores.items()})
             values["attention/lesion_contrast"] = float(np.nanmean(contrast)) if np.isfinite(contrast).any() \
                 else math.nan
         return values
@@ -729,7 +730,7 @@ class WeakCycleTrainer(nnUNetExtTrainer):
     def selection_key(self) -> str:
         """The vital sign that selects G_AB: the validation pseudo-mask Dice of the map the pseudo-masks come from."""
         self.check_settings("pseudo_source")
-        return "pseudo_mask/validation_dice" + ("_cam" if self.pseudo_source == "cam" else "")
+        return VALIDATION_DICE[self.pseudo_source]
 
     def after_vital_signs(self, values: dict[str, float]) -> None:
         """Keep G_AB of the translation epoch with the best validation pseudo-mask Dice (the first of equals)."""
@@ -765,17 +766,19 @@ class WeakCycleTrainer(nnUNetExtTrainer):
             self.print_to_log_file(f"WARNING: {warning}")
 
     def _other_source(self) -> tuple[str, str, str]:
-        """The map the pseudo-masks do not come from, its validation vital sign and the trainer that uses it."""
+        """The map the pseudo-masks do not come from, its validation vital sign, and the advice that ends both of
+        its warnings (the trainer that uses it)."""
         self.check_settings("pseudo_source")
         other = "cam" if self.pseudo_source == "attention" else "attention"
-        return other, "pseudo_mask/validation_dice" + ("_cam" if other == "cam" else ""), \
-            "WeakCycleTrainer_CAM" if other == "cam" else "WeakCycleTrainer"
+        trainer = (WeakCycleTrainer_CAM if other == "cam" else WeakCycleTrainer).__name__
+        advice = f"on this data set pseudo_source = '{other}' ({trainer}) is the better choice"
+        return other, VALIDATION_DICE[other], advice
 
     def other_source_warning(self, translation: list[dict]) -> str | None:
         """After 5 translation epochs, a warning when the other map's pseudo-masks (CAM for the attention, attention
         for the CAM) beat the chosen map's on the validation cases by OTHER_SOURCE_MARGIN over the last 3 epochs: a
         choice the user can make on validation, as this is."""
-        other, other_key, trainer = self._other_source()
+        other, other_key, advice = self._other_source()
         key = self.selection_key()
         recent = [row for row in translation[-3:] if key in row and other_key in row]
         if len(translation) < 5 or len(recent) < 3:
@@ -784,20 +787,19 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         if theirs - mine <= OTHER_SOURCE_MARGIN:
             return None
         return (f"on the validation cases the {other} pseudo-masks score {theirs:.3f} against the "
-                f"{self.pseudo_source}'s {mine:.3f} (mean of the last 3 epochs): on this data set pseudo_source = "
-                f"'{other}' ({trainer}) is the better choice")
+                f"{self.pseudo_source}'s {mine:.3f} (mean of the last 3 epochs): {advice}")
 
     def other_source_at_switch(self, chosen: dict) -> str | None:
         """At the phase switch: a warning when the other map's best translation epoch scored more than
         OTHER_SOURCE_MARGIN above the selected G_AB on the validation cases."""
-        other, other_key, trainer = self._other_source()
+        other, other_key, advice = self._other_source()
         rows = [row for row in self.vital_history if other_key in row and not math.isnan(row[other_key])]
         best = max(rows, key=lambda row: row[other_key], default=None)
         if best is None or best[other_key] - chosen["dice"] <= OTHER_SOURCE_MARGIN:
             return None
         return (f"the {other} map's best translation epoch ({best['epoch']}) scored {best[other_key]:.3f} on the "
                 f"validation cases against {chosen['dice']:.3f} for the {self.pseudo_source} of the selected G_AB: "
-                f"on this data set pseudo_source = '{other}' ({trainer}) is the better choice")
+                f"{advice}")
 
     def vital_sign_warnings(self, history: list[dict]) -> list[str]:
         last = history[-1] if history else {}

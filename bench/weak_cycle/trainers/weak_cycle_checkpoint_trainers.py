@@ -204,10 +204,10 @@ REAL_BUDGET = {"epochs": 25, "iterations": 50, "val_iterations": 2}
 WeakCycleTrainer_ckpt_real = short_variant(WeakCycleTrainer_checkpoints, "WeakCycleTrainer_ckpt_real", **REAL_BUDGET)
 
 
-def _real_variant(suffix: str, **settings) -> type:
-    """The real samples' budget (WeakCycleTrainer_ckpt_real's) with other trainer settings."""
+def _real_variant(suffix: str, budget: dict = REAL_BUDGET, **settings) -> type:
+    """A real-sample budget (WeakCycleTrainer_ckpt_real's by default) with other trainer settings."""
     base = type(f"_Real_{suffix}", (WeakCycleTrainer_checkpoints,), settings)
-    return short_variant(base, f"WeakCycleTrainer_ckpt_real_{suffix}", **REAL_BUDGET)
+    return short_variant(base, f"WeakCycleTrainer_ckpt_real_{suffix}", **budget)
 
 
 WeakCycleTrainer_ckpt_real_full = _real_variant("full", **FULL_WIDTHS)
@@ -217,10 +217,8 @@ WeakCycleTrainer_ckpt_real_isic = _real_variant("isic", cycle_loss_weights=ISIC_
 # iterations, the same checkpoints up to 500): a full-width iteration on 256x256 patches costs 8.6 s on 2 CPU cores,
 # so the whole real-sample budget would take 2.4 hours a seed; at these widths the BraTS run found the tumour within
 # 100-250 iterations
-WeakCycleTrainer_ckpt_real_isic_full = short_variant(
-    type("_Real_isic_full", (WeakCycleTrainer_checkpoints,),
-         {"cycle_loss_weights": ISIC_LOSS_WEIGHTS, **FULL_WIDTHS}),
-    "WeakCycleTrainer_ckpt_real_isic_full", **{**REAL_BUDGET, "iterations": 25})
+WeakCycleTrainer_ckpt_real_isic_full = _real_variant("isic_full", {**REAL_BUDGET, "iterations": 25},
+                                                     cycle_loss_weights=ISIC_LOSS_WEIGHTS, **FULL_WIDTHS)
 # ablation: no adversarial term on the composite, which ruined ISIC where it lifted BraTS
 WeakCycleTrainer_ckpt_real_isic_nocomposite = _real_variant(
     "isic_nocomposite", cycle_loss_weights={**ISIC_LOSS_WEIGHTS, "adversarial_composite": 0.0})
