@@ -106,9 +106,14 @@ INTENSITY_TRANSFORMS = (GaussianNoiseTransform, GaussianBlurTransform, Multiplic
                         ContrastTransform, SimulateLowResolutionTransform, GammaTransform)
 SHRINK_WARNING = 1 / 3  # warn when the teacher's lesion share falls below this share of its first update's
 VITAL_CASES = 8  # cases per kind that the per-epoch vital signs look at: bounded cost on large data sets
+# the translation's warnings wait for this many epochs (an untrained generator's first epochs are expected to look
+# flat); the CAM-at-chance and other-source warnings judge the best or the mean of the last RECENT_EPOCHS, so that one
+# noisy epoch neither raises nor clears them
+WARN_AFTER_EPOCHS = 5
+RECENT_EPOCHS = 3
 # warn when the other pseudo-mask source (CAM or attention) beats the chosen one on the validation cases by more than
-# this Dice, averaged over the last 3 translation epochs: on the ISIC sample at the trainer's widths the CAM scored
-# 0.83-0.91 there while the attention stayed at 0.12-0.43
+# this Dice, averaged over the last RECENT_EPOCHS translation epochs: on the ISIC sample at the trainer's widths the
+# CAM scored 0.83-0.91 there while the attention stayed at 0.12-0.43
 OTHER_SOURCE_MARGIN = 0.1
 # the vital sign holding each pseudo-mask source's Dice on the fully labelled validation cases
 VALIDATION_DICE = {"attention": "pseudo_mask/validation_dice", "cam": "pseudo_mask/validation_dice_cam"}
@@ -775,19 +780,19 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         return other, VALIDATION_DICE[other], advice
 
     def other_source_warning(self, translation: list[dict]) -> str | None:
-        """After 5 translation epochs, a warning when the other map's pseudo-masks (CAM for the attention, attention
-        for the CAM) beat the chosen map's on the validation cases by OTHER_SOURCE_MARGIN over the last 3 epochs: a
-        choice the user can make on validation, as this is."""
+        """After WARN_AFTER_EPOCHS translation epochs, a warning when the other map's pseudo-masks (CAM for the
+        attention, attention for the CAM) beat the chosen map's on the validation cases by OTHER_SOURCE_MARGIN over
+        the last RECENT_EPOCHS epochs: a choice the user can make on validation, as this is."""
         other, other_key, advice = self._other_source()
         key = self.selection_key()
-        recent = [row for row in translation[-3:] if key in row and other_key in row]
-        if len(translation) < 5 or len(recent) < 3:
+        recent = [row for row in translation[-RECENT_EPOCHS:] if key in row and other_key in row]
+        if len(translation) < WARN_AFTER_EPOCHS or len(recent) < RECENT_EPOCHS:
             return None
         mine, theirs = (float(np.mean([row[k] for row in recent])) for k in (key, other_key))
         if theirs - mine <= OTHER_SOURCE_MARGIN:
             return None
         return (f"on the validation cases the {other} pseudo-masks score {theirs:.3f} against the "
-                f"{self.pseudo_source}'s {mine:.3f} (mean of the last 3 epochs): {advice}")
+                f"{self.pseudo_source}'s {mine:.3f} (mean of the last {RECENT_EPOCHS} epochs): {advice}")
 
     def other_source_at_switch(self, chosen: dict) -> str | None:
         """At the phase switch: a warning when the other map's best translation epoch scored more than
@@ -818,7 +823,8 @@ class WeakCycleTrainer(nnUNetExtTrainer):
             warnings.append(f"mean attention inside the body ({inside:.3f}) is not above outside it ({outside:.3f})")
         translation = [row for row in history if "cam/accuracy" in row and not math.isnan(row["cam/accuracy"])]
         contrast = last.get("attention/lesion_contrast")
-        if len(translation) >= 5 and contrast is not None and not math.isnan(contrast) and contrast <= 0:
+        if len(translation) >= WARN_AFTER_EPOCHS and contrast is not None and not math.isnan(contrast) \
+                and contrast <= 0:
             warnings.append(f"the attention on the validation cases' lesions is not above the rest of their body "
                             f"(lesion contrast {contrast:.2f}): it does not single out lesions")
         # the translation's own warnings while it trains; refinement epochs would repeat its last state
@@ -826,7 +832,8 @@ class WeakCycleTrainer(nnUNetExtTrainer):
         other = self.other_source_warning(translation) if translating else None
         if other:
             warnings.append(other)
-        if translating and len(translation) >= 5 and max(row["cam/accuracy"] for row in translation[-3:]) <= 0.6:
+        if translating and len(translation) >= WARN_AFTER_EPOCHS and \
+                max(row["cam/accuracy"] for row in translation[-RECENT_EPOCHS:]) <= 0.6:
             warnings.append(f"G_AB's CAM classifier is at chance after {len(translation)} epochs "
                             f"(accuracy {translation[-1]['cam/accuracy']:.2f}): no class signal for the attention")
         ignored = last.get("teacher/ignored")
